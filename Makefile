@@ -1,0 +1,44 @@
+# Thin wrappers over the real commands. Every target installs what it needs itself.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test bench lint synth build clean install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,infra]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run the whole pipeline locally on the embedded default (moto on 127.0.0.1, sample events).
+demo: $(STAMP)
+	$(BIN)/ehrbridge local demo
+
+## Run the whole test suite (unit, integration against moto/sockets, infra synth + cdk-nag + cfn-lint).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+## Benchmarks: each prints its figures and the ratio to its baseline, measured in the same run.
+bench: $(STAMP)
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+## Build the Lambda layer for the Lambda runtime (needs the package registry), then synth.
+build: $(STAMP)
+	$(BIN)/python infra/build_assets.py
+
+synth: $(STAMP)
+	cd infra && ../$(BIN)/python app.py
+
+clean:
+	rm -rf .build cdk.out infra/cdk.out .pytest_cache

@@ -1,0 +1,1 @@
+"""Small adapters between domain code and AWS. Domain code depends on the protocols, not boto3."""

@@ -1,0 +1,1 @@
+"""The `ehrbridge` command line."""

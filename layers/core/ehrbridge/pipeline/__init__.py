@@ -1,0 +1,1 @@
+"""Queue-consumer plumbing shared by every stage function."""
