@@ -1,0 +1,1 @@
+"""The ehrbridge CDK app: one construct per capability; the stack only composes."""

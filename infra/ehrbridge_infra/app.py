@@ -1,0 +1,42 @@
+"""Builds the CDK app: one stage per environment, one stack per stage, cdk-nag on everything."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+from aws_cdk import Validations
+from cdk_nag import AwsSolutionsChecks, HIPAASecurityChecks
+
+from ehrbridge_infra.constants import STACK_NAME
+from ehrbridge_infra.stack import EhrbridgeStack
+
+# Env-agnostic by default so synth needs no AWS account; deployers set CDK_DEFAULT_ACCOUNT/REGION.
+AVAILABILITY_ZONES = ["us-east-1a", "us-east-1b"]
+
+
+def add_compliance_checks(app: cdk.App) -> None:
+    """cdk-nag AwsSolutions + HIPAA Security: any unacknowledged finding fails synth."""
+    Validations.of(app).add_plugins(AwsSolutionsChecks(app), HIPAASecurityChecks(app))
+
+
+class EhrbridgeStage(cdk.Stage):
+    def __init__(self, scope: cdk.App, construct_id: str, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.stack = EhrbridgeStack(self, STACK_NAME)
+
+
+def build_app(outdir: str | Path | None = None, *, skip_bundling: bool = False,
+              stage_name: str | None = None) -> cdk.App:
+    context: dict[str, Any] = {}
+    if skip_bundling:
+        # Tests synthesize without building the layer (no registry access, fast).
+        context["aws:cdk:bundling-stacks"] = []
+    app = cdk.App(outdir=str(outdir or os.environ.get("CDK_OUTDIR", "cdk.out")), context=context)
+    add_compliance_checks(app)
+    EhrbridgeStage(app, stage_name or os.environ.get("EHRBRIDGE_STAGE", "dev"),
+                   env=cdk.Environment(account=os.environ.get("CDK_DEFAULT_ACCOUNT"),
+                                       region=os.environ.get("CDK_DEFAULT_REGION")))
+    return app

@@ -1,0 +1,22 @@
+"""The ehrbridge stack: composes one construct per capability, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aws_cdk as cdk
+from constructs import Construct
+
+from ehrbridge_infra.constructs.core import CoreResources
+from ehrbridge_infra.constructs.monitoring import PipelineMonitoring
+from ehrbridge_infra.constructs.pipeline import PipelineFunctions
+
+
+class EhrbridgeStack(cdk.Stack):
+    def __init__(self, scope: Construct, construct_id: str, **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        self.core = CoreResources(self, "Core")
+        self.pipeline = PipelineFunctions(self, "Pipeline", core=self.core)
+        self.monitoring = PipelineMonitoring(self, "Monitoring", core=self.core)
+        cdk.Tags.of(self).add("app", "ehrbridge")
+        cdk.Tags.of(self).add("data-classification", "phi")
