@@ -16,10 +16,14 @@ class S3BlobStore:
     def s3(self) -> Any:
         return self._s3 or client("s3")
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+            metadata: dict[str, str] | None = None) -> None:
         # Default bucket encryption is SSE-KMS; ask for it explicitly so a misconfigured bucket fails loudly.
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                           ServerSideEncryption="aws:kms")
+                           ServerSideEncryption="aws:kms", Metadata=metadata or {})
+
+    def metadata(self, key: str) -> dict[str, str]:
+        return self.s3.head_object(Bucket=self.bucket, Key=key).get("Metadata", {})
 
     def get(self, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
@@ -46,9 +50,15 @@ class InMemoryBlobStore:
     def __init__(self, bucket: str = "memory") -> None:
         self.bucket = bucket
         self.objects: dict[str, bytes] = {}
+        self.object_metadata: dict[str, dict[str, str]] = {}
 
-    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream",
+            metadata: dict[str, str] | None = None) -> None:
         self.objects[key] = data
+        self.object_metadata[key] = dict(metadata or {})
+
+    def metadata(self, key: str) -> dict[str, str]:
+        return self.object_metadata[key]
 
     def get(self, key: str) -> bytes:
         return self.objects[key]

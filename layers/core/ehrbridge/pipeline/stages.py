@@ -28,7 +28,8 @@ class Quarantine:
 
     def put(self, envelope: Envelope, reasons: Sequence[str], stage: str) -> str:
         key = archive_key(envelope, "quarantine")
-        record = {"message_id": envelope.message_id, "tenant_id": envelope.tenant_id, "stage": stage,
+        record = {"message_id": envelope.message_id, "correlation_id": envelope.correlation_id,
+                  "tenant_id": envelope.tenant_id, "stage": stage,
                   "kind": envelope.kind, "reasons": list(reasons),
                   "quarantined_at": datetime.now(UTC).isoformat()}
         self.store.put(key + ".reason.json", json.dumps(record).encode(), "application/json")
@@ -57,6 +58,9 @@ class LakeWriter:
             body = "".join(json.dumps(item, separators=(",", ":"), sort_keys=True) + "\n" for item in items)
             # Keyed by message id: a redelivery overwrites its own object instead of duplicating rows.
             key = f"lake/{envelope.tenant_id}/{resource_type}/{day}/{envelope.message_id}.ndjson"
-            self.store.put(key, body.encode(), "application/x-ndjson")
+            # Lineage in metadata: the demo and audits trace every input to where it ended.
+            self.store.put(key, body.encode(), "application/x-ndjson",
+                           metadata={"message-id": envelope.message_id, "correlation-id": envelope.correlation_id,
+                                     "resource-count": str(len(items))})
             count += len(items)
         return count

@@ -1,0 +1,44 @@
+"""`ehrbridge local demo --json` on the embedded default: every input accounted for, no PHI in the logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ehrbridge.local.demo import sample_files
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("demo")]
+
+
+def test_demo_accounts_for_every_input_and_logs_no_phi(tmp_path: Path) -> None:
+    exe = str(Path(sys.executable).with_name("ehrbridge"))
+    result = subprocess.run([exe, "local", "demo", "--json", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=420,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("EHRBRIDGE_")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("messages_in", "resources_out", "quarantined", "dead_lettered", "lost"):
+        assert isinstance(summary[key], int), key
+    hl7, fhir = sample_files(REPO / "events")
+    assert summary["messages_in"] == len(hl7) + len(fhir) > 0
+    assert summary["lost"] == 0 and summary["drained"] is True
+    assert summary["delivered"] + summary["quarantined"] + summary["dead_lettered"] == summary["messages_in"]
+
+    log = (tmp_path / "out" / "pipeline.log").read_text()
+    assert log.strip(), "the functions' logs are kept next to the output"
+    # Demographics that appear in the sample inputs must not appear in the logs.
+    for path in hl7:
+        for segment in path.read_bytes().replace(b"\n", b"\r").split(b"\r"):
+            if segment.startswith(b"PID|"):
+                fields = segment.decode("latin-1").split("|")
+                name = fields[5].split("^")[0] if len(fields) > 5 else ""
+                dob = fields[7][:8] if len(fields) > 7 else ""
+                for value in (name, dob):
+                    if len(value) >= 4:
+                        assert value not in log, f"PHI from {path.name} leaked into the pipeline log"
