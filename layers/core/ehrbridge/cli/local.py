@@ -7,8 +7,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from ehrbridge.local.demo import DemoSummary
 
 app = typer.Typer(help="Run the pipeline locally: moto server on 127.0.0.1, real handlers.",
                   no_args_is_help=True)
@@ -45,7 +49,8 @@ def up(port: int = typer.Option(0, help="Port for the moto server (0: pick a fre
 def demo(as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
          events: Path = typer.Option(None, help="Directory of sample events (default: the repo's events/)."),
          tenant: Path = typer.Option(None, help="Tenant YAML (default: events/tenants/demo-health.yaml)."),
-         out: Path = typer.Option(None, help="Where to leave the FHIR NDJSON output (default: ./out/demo-<time>).")) -> None:
+         out: Path = typer.Option(None, help="Where to leave the FHIR NDJSON output (default: ./out/demo-<time>)."),
+         ) -> None:
     """Run every sample in events/ through the pipeline on the local twin and account for each one."""
     from ehrbridge.local import demo as demo_mod
 
@@ -60,25 +65,23 @@ def demo(as_json: bool = typer.Option(False, "--json", help="Print the summary a
         raise typer.Exit(1)
 
 
-def _print_table(summary: object) -> None:
+def _print_table(summary: DemoSummary) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    s = summary  # DemoSummary
     console = Console(file=sys.stdout)
     table = Table(title="ehrbridge local demo")
     table.add_column("measure")
     table.add_column("count", justify="right")
-    for label, value in [("messages in", s.messages_in), ("delivered to the lake", s.delivered),  # type: ignore[attr-defined]
-                         ("resources out", s.resources_out), ("quarantined", s.quarantined),  # type: ignore[attr-defined]
-                         ("dead-lettered", s.dead_lettered), ("lost", s.lost),  # type: ignore[attr-defined]
-                         ("still in flight", s.in_flight)]:  # type: ignore[attr-defined]
-        table.add_row(label, str(value))
-    for key, value in sorted(s.extras.items()):  # type: ignore[attr-defined]
-        table.add_row(key, str(value))
+    rows = [("messages in", summary.messages_in), ("delivered to the lake", summary.delivered),
+            ("resources out", summary.resources_out), ("quarantined", summary.quarantined),
+            ("dead-lettered", summary.dead_lettered), ("lost", summary.lost), ("still in flight", summary.in_flight)]
+    for label, value in [*rows, *sorted(summary.extras.items())]:
+        table.add_row(str(label), str(value))
     console.print(table)
-    if s.resources_by_type:  # type: ignore[attr-defined]
-        console.print("resources by type: " + ", ".join(f"{k} {v}" for k, v in sorted(s.resources_by_type.items())))  # type: ignore[attr-defined]
-    for reason in sorted(set(s.quarantine_reasons))[:20]:  # type: ignore[attr-defined]
+    if summary.resources_by_type:
+        by_type = sorted(summary.resources_by_type.items())
+        console.print("resources by type: " + ", ".join(f"{k} {v}" for k, v in by_type))
+    for reason in sorted(set(summary.quarantine_reasons))[:20]:
         console.print(f"quarantine reason: {reason}")
-    console.print(f"FHIR NDJSON output: {s.output_dir}/lake")  # type: ignore[attr-defined]
+    console.print(f"FHIR NDJSON output: {summary.output_dir}/lake (function logs: {summary.output_dir}/pipeline.log)")
