@@ -1,0 +1,181 @@
+"""HL7 v2 acknowledgements, built the way HAPI builds them.
+
+- MSH-1/2 copied; MSH-3/4 <- inbound MSH-5/6 and MSH-5/6 <- inbound MSH-3/4; MSH-7 now; MSH-9
+  ``ACK^<event>`` (plus ``^ACK`` from v2.3.1 on, when the message structure component exists);
+  MSH-10 a new id; MSH-11, MSH-12 and MSH-18 copied.
+- MSA-1 the code, MSA-2 = inbound MSH-10; MSA-3 a short text when not accepted.
+- ERR for AE/AR: v2.5+ ``ERR||<location>|<0357 code>^<text>^HL70357|E``; before 2.5
+  ``ERR|<segment>^<sequence>^<field>^<code>&<text>&HL70357``.
+- Original mode (MSH-15/16 empty): AA/AE/AR. Enhanced mode (MSH-15 set): CA/CE/CR, and MSH-15
+  (AL/NE/ER/SU) decides whether an accept ACK is sent at all.
+
+The ACK is encoded in the sender's character set (MSH-18, else the source's default).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from ehrbridge.hl7.wire import MshHeader, WireError, encode
+
+# HL7 table 0357 texts (HAPI ErrorCode).
+ERROR_TEXT = {
+    "0": "Message accepted",
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
+    "202": "Unsupported processing id",
+    "203": "Unsupported version id",
+    "204": "Unknown key identifier",
+    "205": "Duplicate key identifier",
+    "206": "Application record locked",
+    "207": "Application internal error",
+}
+
+ENHANCED = {"AA": "CA", "AE": "CE", "AR": "CR"}
+_counter = itertools.count(1)
+_prefix = f"{os.getpid() % 100000:05d}"
+
+
+@dataclass(frozen=True)
+class AckError:
+    """Why a message was not accepted. ``location`` is (segment, sequence, field), e.g. ("MSH", 1, 10)."""
+
+    code: str
+    text: str
+    location: tuple[str, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Ack:
+    code: str  # AA AE AR CA CE CR
+    payload: bytes  # the encoded ACK message (not framed)
+
+
+def _new_control_id() -> str:
+    # Unique per process and time; MSH-10 is ST(20) in most versions.
+    return f"A{_prefix}{next(_counter):09d}"[:20]
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    head = version.split("^")[0].split("&")[0]
+    parts: list[int] = []
+    for piece in head.split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts) or (2, 5)
+
+
+def _escape(text: str, header: MshHeader) -> str:
+    """HL7-escape free text so a reason can never break the ACK's structure."""
+    enc = header.encoding_characters
+    esc = enc[2] if len(enc) > 2 else "\\"
+    table = {esc: f"{esc}E{esc}", header.field_separator: f"{esc}F{esc}", "\r": " ", "\n": " "}
+    for ch, code in zip(enc[:2] + enc[3:4], "SRT", strict=False):
+        table.setdefault(ch, f"{esc}{code}{esc}")
+    return "".join(table.get(ch, ch) for ch in text)
+
+
+def ack_code(header: MshHeader | None, accepted: bool, rejected: bool = False) -> str:
+    code = "AA" if accepted else ("AR" if rejected else "AE")
+    if header is not None and header.field(15).strip():
+        return ENHANCED[code]
+    return code
+
+
+def should_send(header: MshHeader | None, code: str) -> bool:
+    """Enhanced mode honours MSH-15 (AL always, NE never, ER on error only, SU on success only)."""
+    if header is None or not header.field(15).strip():
+        return True
+    mode = header.field(15).strip().upper()
+    success = code in ("CA", "AA")
+    return {"NE": False, "ER": not success, "SU": success}.get(mode, True)
+
+
+def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, default_charset: str = "ASCII",
+              now: datetime | None = None, control_id: str | None = None) -> Ack:
+    """Build the ACK for ``header``'s message. ``code`` is AA/AE/AR (or CA/CE/CR)."""
+    sep = header.field_separator
+    enc = header.encoding_characters
+    comp = enc[0] if enc else "^"
+    sub = enc[3] if len(enc) > 3 else "&"
+    version = header.version or "2.5"
+    vt = _version_tuple(version)
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z")
+    event = header.component(9, 2)
+    # MSH-9.3 (message structure) exists from v2.3.1 on.
+    msh9 = comp.join(("ACK", event, "ACK")) if vt >= (2, 3, 1) else comp.join(("ACK", event)).rstrip(comp)
+    msh = ["MSH", enc, header.receiving_application, header.receiving_facility, header.sending_application,
+           header.sending_facility, stamp, "", msh9, control_id or _new_control_id(),
+           header.processing_id or "P", version]
+    if header.charset:
+        msh += [""] * 5 + [header.field(18)]
+    segments = [sep.join(msh)]
+    msa = ["MSA", code, header.control_id]
+    if error is not None:
+        msa.append(_escape(error.text, header)[:80])
+    segments.append(sep.join(msa))
+    if error is not None:
+        text = _escape(error.text, header)
+        label = ERROR_TEXT.get(error.code, "Application internal error")
+        if vt >= (2, 5):
+            location = ""
+            if error.location:
+                seg, seq, fld = error.location
+                location = comp.join((seg, str(seq), str(fld)))
+            segments.append(sep.join(["ERR", "", location, comp.join((error.code, label, "HL70357", "", "", "",
+                                                                      "", "", text)), "E"]))
+        else:
+            seg, seq, fld = error.location or ("", 0, 0)
+            code_ce = sub.join((error.code, label, "HL70357"))
+            segments.append(sep.join(["ERR", comp.join((seg, str(seq) if seq else "", str(fld) if fld else "",
+                                                        code_ce))]))
+    text = "\r".join(segments) + "\r"
+    try:
+        payload = encode(text, header.charset, default_charset)
+    except WireError:
+        payload = text.encode("ascii", errors="backslashreplace")
+    return Ack(code=code, payload=payload)
+
+
+def fallback_header(raw: bytes) -> MshHeader:
+    """A best-effort MSH from bytes ``read_msh`` refused, so a NACK can still echo MSH-10 and swap MSH-3..6.
+
+    Anything unrecoverable becomes empty; the ACK then goes out with standard delimiters.
+    """
+    fields: list[str] = []
+    separator, encoding = "|", "^~\\&"
+    pos = raw.find(b"MSH")
+    if pos >= 0 and len(raw) > pos + 4:
+        line = raw[pos:]
+        for end in (b"\r", b"\n"):
+            cut = line.find(end)
+            if cut >= 0:
+                line = line[:cut]
+        text = line.decode("latin-1")
+        cand = text[3]
+        if not cand.isalnum() and not cand.isspace():
+            separator = cand
+            parts = text.split(separator)
+            enc = parts[1] if len(parts) > 1 else ""
+            if 2 <= len(enc) <= 5 and not any(c.isalnum() or c.isspace() or c == separator for c in enc):
+                encoding = enc
+            fields = [separator, *parts[1:]]
+    fields = [f[:199] for f in fields] or [separator, encoding]
+    fields[1] = encoding
+
+    def f(n: int) -> str:
+        return fields[n - 1] if n <= len(fields) else ""
+
+    version = f(12).strip() if f(12)[:1].isdigit() else ""
+    return MshHeader(field_separator=separator, encoding_characters=encoding, sending_application=f(3),
+                     sending_facility=f(4), receiving_application=f(5), receiving_facility=f(6),
+                     message_datetime=f(7), message_type=f(9), control_id=f(10), processing_id=f(11),
+                     version=version or "2.5", charset="", fields=tuple(fields))

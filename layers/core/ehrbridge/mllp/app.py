@@ -1,0 +1,57 @@
+"""Wire the bridge to AWS: the hl7-inbound queue, the claim-check bucket, the quarantine.
+
+Physical names come from the same environment variables every function uses
+(``ehrbridge.aws.settings``), so the container, the local demo and the tests build it one way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ehrbridge.aws import settings as aws_settings
+from ehrbridge.aws.s3 import S3BlobStore
+from ehrbridge.aws.sqs import SqsPublisher
+from ehrbridge.contracts.claim_check import ClaimCheck
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.mllp.commit import GroupCommitter, SqsSink
+from ehrbridge.mllp.metrics import SQS_BATCH_LATENCY, BridgeMetrics
+from ehrbridge.mllp.server import BridgeSettings, MllpBridge, QuarantineWriter
+from ehrbridge.pipeline.stages import Quarantine
+
+
+@dataclass(frozen=True)
+class AwsTargets:
+    inbound_queue_url: str
+    archive_bucket: str | None = None  # claim-checked bodies
+    quarantine_bucket: str | None = None
+    quarantine_queue_url: str | None = None
+
+    @classmethod
+    def from_env(cls) -> AwsTargets:
+        def optional(fn, name: str) -> str | None:  # type: ignore[no-untyped-def]
+            try:
+                return fn(name)
+            except aws_settings.MissingSetting:
+                return None
+
+        return cls(inbound_queue_url=aws_settings.queue_url("hl7-inbound"),
+                   archive_bucket=optional(aws_settings.bucket_name, "archive"),
+                   quarantine_bucket=optional(aws_settings.bucket_name, "quarantine"),
+                   quarantine_queue_url=optional(aws_settings.queue_url, "quarantine"))
+
+
+def build_bridge(settings: BridgeSettings, tenants: list[TenantConfig], targets: AwsTargets, *,
+                 metrics: BridgeMetrics | None = None) -> MllpBridge:
+    metrics = metrics or BridgeMetrics(interval=settings.metrics_interval_s)
+    claim_check = ClaimCheck(S3BlobStore(targets.archive_bucket)) if targets.archive_bucket else None
+    quarantine = None
+    if targets.quarantine_bucket and targets.quarantine_queue_url:
+        quarantine = QuarantineWriter(Quarantine(S3BlobStore(targets.quarantine_bucket),
+                                                 SqsPublisher(targets.quarantine_queue_url)))
+
+    def on_batch(size: int, elapsed_ms: float, failed: int) -> None:
+        metrics.observe(SQS_BATCH_LATENCY, "all", elapsed_ms)
+
+    committer = GroupCommitter(SqsSink(targets.inbound_queue_url), claim_check=claim_check,
+                               linger_s=settings.linger_s, on_batch=on_batch)
+    return MllpBridge(settings, tenants, committer, quarantine=quarantine, metrics=metrics)

@@ -1,0 +1,61 @@
+"""Resend handling: the same message (source, MSH-10, SHA-256 of the bytes) gets the same ACK again.
+
+Senders resend when an ACK was lost or late. The HL7 wiki's "Duplicate Transmissions" lists
+three answers; replaying the original response is the one that fully satisfies the sender.
+In-task memory answers immediately (and joins a resend that arrives while the first copy is
+still being committed); across tasks and restarts the FIFO ``MessageDeduplicationId`` (= the
+stable message id) keeps the queue to one copy for five minutes, and the downstream
+idempotency table beyond that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+
+
+class AckCache:
+    def __init__(self, max_entries: int = 200_000) -> None:
+        self.max_entries = max_entries
+        self._acks: OrderedDict[str, bytes] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
+        # (tenant, source, MSH-10) -> sha256 of the bytes last seen: detects reused control ids.
+        self._last_hash: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+
+    def get(self, key: str) -> bytes | None:
+        ack = self._acks.get(key)
+        if ack is not None:
+            self._acks.move_to_end(key)
+        return ack
+
+    def put(self, key: str, ack: bytes) -> None:
+        self._acks[key] = ack
+        self._acks.move_to_end(key)
+        while len(self._acks) > self.max_entries:
+            self._acks.popitem(last=False)
+
+    def inflight(self, key: str) -> asyncio.Future[bytes | None] | None:
+        return self._inflight.get(key)
+
+    def begin(self, key: str) -> asyncio.Future[bytes | None]:
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        return future
+
+    def end(self, key: str, future: asyncio.Future[bytes | None], ack: bytes | None) -> None:
+        """Finish an in-flight message; ``ack`` is kept for replay only when the message was accepted."""
+        self._inflight.pop(key, None)
+        if not future.done():
+            future.set_result(ack)
+        if ack is not None:
+            self.put(key, ack)
+
+    def collision(self, tenant: str, source: str, control_id: str, sha256: str) -> bool:
+        """True when this MSH-10 was seen before from this source with different bytes."""
+        key = (tenant, source, control_id)
+        previous = self._last_hash.get(key)
+        self._last_hash[key] = sha256
+        self._last_hash.move_to_end(key)
+        while len(self._last_hash) > self.max_entries:
+            self._last_hash.popitem(last=False)
+        return previous is not None and previous != sha256

@@ -1,0 +1,159 @@
+"""From raw frame bytes to what the bridge commits: routing to a tenant's source, checks, the envelope.
+
+Raw bytes are never changed: they travel base64 in the envelope so the character set can be
+decided (and re-decided) downstream. Decoding here is only a strict check that they *are* valid
+in the declared charset, so a sender learns about a charset problem from its ACK, not days later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ehrbridge.contracts.envelope import Envelope, new_envelope, patient_key_for
+from ehrbridge.contracts.tenant import MllpSource, TenantConfig
+from ehrbridge.hl7.wire import MshHeader, WireError, decode_detailed, split_segments
+from ehrbridge.mllp.ack import AckError
+
+
+class Rejected(Exception):
+    """The message is refused. ``reject`` True -> AR (structure/routing), False -> AE (content)."""
+
+    def __init__(self, error: AckError, *, reject: bool) -> None:
+        self.error = error
+        self.reject = reject
+        super().__init__(error.text)
+
+
+@dataclass(frozen=True)
+class Route:
+    tenant: TenantConfig
+    source: MllpSource
+
+
+class SourceDirectory:
+    """Who may send: tenants' MLLP sources, matched on MSH-3 (and MSH-4 when configured).
+
+    With mutual TLS a source bound to a client-certificate fingerprint is only accepted on a
+    connection that presented that certificate, and a bound certificate may only send as its sources.
+    """
+
+    def __init__(self, tenants: Iterable[TenantConfig]) -> None:
+        self.tenants = {t.tenant_id: t for t in tenants}
+        self._routes: list[Route] = [Route(t, s) for t in self.tenants.values() for s in t.mllp_sources]
+        self.bound_fingerprints = {r.source.client_cert_fingerprint for r in self._routes
+                                   if r.source.client_cert_fingerprint}
+
+    @property
+    def only_tenant(self) -> TenantConfig | None:
+        return next(iter(self.tenants.values())) if len(self.tenants) == 1 else None
+
+    def tenant_for_fingerprint(self, fingerprint: str | None) -> TenantConfig | None:
+        if not fingerprint:
+            return None
+        tenants = {r.tenant.tenant_id: r.tenant for r in self._routes
+                   if r.source.client_cert_fingerprint == fingerprint}
+        return next(iter(tenants.values())) if len(tenants) == 1 else None
+
+    def resolve(self, header: MshHeader, fingerprint: str | None) -> Route:
+        app = header.component(3, 1).strip()
+        facility = header.component(4, 1).strip()
+        matches = [r for r in self._routes
+                   if r.source.sending_application.split("^")[0].strip() == app
+                   and (r.source.sending_facility is None
+                        or r.source.sending_facility.split("^")[0].strip() == facility)]
+        if fingerprint and fingerprint in self.bound_fingerprints:
+            # A bound certificate speaks only for its own sources.
+            matches = [r for r in matches if r.source.client_cert_fingerprint == fingerprint]
+            if not matches:
+                raise Rejected(AckError("103", "sending application not allowed for this client certificate",
+                                        ("MSH", 1, 3)), reject=True)
+        else:
+            matches = [r for r in matches if r.source.client_cert_fingerprint is None]
+        if not matches:
+            raise Rejected(AckError("103", "sending application/facility not configured", ("MSH", 1, 3)),
+                           reject=True)
+        # Prefer the most specific match (facility configured) when several sources share MSH-3.
+        matches.sort(key=lambda r: r.source.sending_facility is None)
+        if len(matches) > 1 and matches[0].source.sending_facility == matches[1].source.sending_facility \
+                and matches[0].tenant.tenant_id != matches[1].tenant.tenant_id:
+            raise Rejected(AckError("103", "sending application is configured for more than one tenant",
+                                    ("MSH", 1, 3)), reject=True)
+        return matches[0]
+
+
+def pid3(text: str, header: MshHeader) -> tuple[str, str] | None:
+    """(identifier, assigning authority) from the first PID-3 repetition, or None when absent."""
+    sep = header.field_separator
+    enc = header.encoding_characters
+    comp, rep = enc[0], enc[1] if len(enc) > 1 else "~"
+    sub = enc[3] if len(enc) > 3 else "&"
+    start = text.find("\rPID" + sep)
+    if start < 0:
+        start = text.find("\nPID" + sep)
+    if start < 0:
+        return None
+    line = text[start + 1:]
+    for end in ("\r", "\n"):
+        cut = line.find(end)
+        if cut >= 0:
+            line = line[:cut]
+    fields = line.split(sep)
+    if len(fields) < 4 or not fields[3].strip():
+        return None
+    first = fields[3].split(rep)[0].split(comp)
+    identifier = first[0].strip()
+    authority = first[3].split(sub)[0].strip() if len(first) > 3 else ""
+    return (identifier, authority) if identifier else None
+
+
+def patient_key(tenant_id: str, source_id: str, text: str, header: MshHeader) -> str:
+    """Ordering key: the patient (PID-3) when known, else the source, so a sender's order holds."""
+    found = pid3(text, header)
+    if found is None:
+        return f"src-{source_id}"
+    identifier, authority = found
+    return patient_key_for(tenant_id, authority or source_id, identifier)
+
+
+@dataclass(frozen=True)
+class Inspected:
+    header: MshHeader
+    route: Route
+    text: str
+    charset: str  # the MSH-18 value or the source's default, as configured/sent
+    sha256: str
+
+
+def inspect(raw: bytes, header: MshHeader, route: Route) -> Inspected:
+    """Strict checks that decide AA vs AE before anything is committed."""
+    charset = header.charset or route.source.default_charset
+    try:
+        text, _codec = decode_detailed(raw, header.charset, route.source.default_charset)
+    except WireError as err:
+        # An unknown MSH-18 is a refusal (AR); bytes invalid in a known charset are a content error (AE).
+        unsupported = err.reason.startswith("unsupported")
+        raise Rejected(AckError(err.code if unsupported else "102", err.reason, ("MSH", 1, 18)),
+                       reject=unsupported) from None
+    segments = split_segments(raw)
+    if len(segments) < 2 and not header.kind.startswith("ACK"):
+        raise Rejected(AckError("100", "message has no segment after MSH", ("MSH", 1, 0)), reject=True)
+    return Inspected(header=header, route=route, text=text, charset=charset,
+                     sha256=hashlib.sha256(raw).hexdigest())
+
+
+def build_envelope(raw: bytes, item: Inspected, *, batch: bool = False, collision: bool = False) -> Envelope:
+    header, source, tenant = item.header, item.route.source, item.route.tenant
+    attributes = {"source_id": source.source_id, "msh10": header.control_id[:64], "charset": item.charset,
+                  "version": header.version[:16]}
+    if source.timezone:
+        attributes["timezone"] = source.timezone
+    if batch:
+        attributes["batch"] = "true"
+    if collision:
+        attributes["msh10_collision"] = "true"
+    return new_envelope(tenant_id=tenant.tenant_id, source="hl7v2", kind=header.kind[:64], body=raw,
+                        natural_key=[source.source_id, header.control_id, item.sha256],
+                        patient_key=patient_key(tenant.tenant_id, source.source_id, item.text, header),
+                        attributes=attributes)

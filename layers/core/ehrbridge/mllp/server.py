@@ -1,0 +1,456 @@
+"""The MLLP-over-TLS bridge: one asyncio event loop, commit-then-ACK, an answer on every path.
+
+Per connection: peek the first byte (plaintext is refused and counted before any TLS work),
+TLS handshake (1.2+, optional client certificate), then read frames, and for each frame in order:
+parse MSH -> route to a tenant's source -> strict checks -> dedupe -> commit (batched across
+connections) -> ACK. AA only after the queue confirmed the message; queue failure or the ACK
+deadline -> AE with ERR 207; bad input -> AR/AE with ERR, raw bytes quarantined first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ehrbridge.contracts.envelope import new_envelope, stable_id
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.hl7.wire import MshHeader, WireError, is_batch, read_msh
+from ehrbridge.mllp import metrics as m
+from ehrbridge.mllp.ack import AckError, ack_code, build_ack, fallback_header, should_send
+from ehrbridge.mllp.commit import CommitError, GroupCommitter
+from ehrbridge.mllp.dedupe import AckCache
+from ehrbridge.mllp.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameTooLarge, MllpDecoder, frame
+from ehrbridge.mllp.message import Rejected, Route, SourceDirectory, build_envelope, inspect
+from ehrbridge.mllp.tls import classify_handshake_error, fingerprint, server_context
+from ehrbridge.observability import logger
+
+TLS_HANDSHAKE_RECORD = 0x16
+
+
+@dataclass
+class BridgeSettings:
+    certfile: Path
+    keyfile: Path
+    host: str = "0.0.0.0"
+    port: int = 2575
+    health_host: str = "0.0.0.0"
+    health_port: int | None = 8080  # None: no health endpoint
+    client_ca: Path | None = None
+    require_client_cert: bool = False
+    # With bound sources, refuse a client certificate no source is bound to (strict mTLS).
+    require_known_client_cert: bool = False
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    read_timeout_s: float = 30.0  # a started frame must complete within this
+    idle_timeout_s: float = 3600.0  # no bytes at all for this long -> close
+    handshake_timeout_s: float = 10.0
+    ack_timeout_s: float = 10.0  # below typical sender ACK timeouts (15-30 s)
+    linger_s: float = 0.002
+    max_connections: int = 2000
+    drain_timeout_s: float = 30.0
+    keepalive_idle_s: int = 60  # below the NLB idle timeout (350 s)
+    keepalive_interval_s: int = 15
+    metrics_interval_s: float = 60.0
+    unhealthy_after_failures: int = 5  # consecutive failed batches -> not ready
+
+
+class QuarantineWriter:
+    """Keeps refused bytes with the reason (pipeline.stages.Quarantine), off the event loop."""
+
+    def __init__(self, quarantine: Any) -> None:
+        self.quarantine = quarantine
+
+    async def put(self, raw: bytes, *, tenant_id: str, kind: str, reason: str) -> None:
+        envelope = new_envelope(tenant_id=tenant_id, source="hl7v2", kind=kind[:64] or "UNPARSEABLE", body=raw,
+                                natural_key=["quarantine", stable_id(raw)], patient_key=None,
+                                attributes={"stage": "mllp_bridge"})
+        await asyncio.get_running_loop().run_in_executor(None, self.quarantine.put, envelope, [reason],
+                                                         "mllp_bridge")
+
+
+class _Conn:
+    __slots__ = ("busy", "decoder", "fingerprint", "last_read", "peer", "reader", "transport", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fp: str | None,
+                 decoder: MllpDecoder) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.transport = writer.transport
+        self.fingerprint = fp
+        self.decoder = decoder
+        self.busy = False
+        self.last_read = time.monotonic()
+
+
+class MllpBridge:
+    def __init__(self, settings: BridgeSettings, tenants: list[TenantConfig], committer: GroupCommitter, *,
+                 quarantine: QuarantineWriter | None = None, metrics: m.BridgeMetrics | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self.directory = SourceDirectory(tenants)
+        self.committer = committer
+        self.quarantine = quarantine
+        self.metrics = metrics or m.BridgeMetrics(interval=settings.metrics_interval_s)
+        self.ssl_context = ssl_context or server_context(settings.certfile, settings.keyfile,
+                                                         client_ca=settings.client_ca,
+                                                         require_client_cert=settings.require_client_cert)
+        self.acks = AckCache()
+        self.draining = False
+        self.started = False
+        self._conns: set[_Conn] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._listen: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._health: asyncio.Server | None = None
+        self._stopped: asyncio.Event | None = None
+        self.port = settings.port
+        self.health_port = settings.health_port
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.host, self.settings.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self._listen = sock
+        self.port = sock.getsockname()[1]
+        self._accept_task = loop.create_task(self._accept_loop())
+        self._sweeper = loop.create_task(self._sweep_loop())
+        if self.settings.health_port is not None:
+            self._health = await asyncio.start_server(self._health_handler, self.settings.health_host,
+                                                      self.settings.health_port)
+            self.health_port = self._health.sockets[0].getsockname()[1]
+        self.started = True
+        logger.info("mllp bridge listening", extra={"port": self.port, "count": len(self.directory.tenants),
+                                                    "status": "mtls" if self.settings.client_ca else "tls"})
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.started:
+            return False, "starting"
+        if self.draining:
+            return False, "draining"
+        stats = self.committer.stats
+        if stats.consecutive_failures >= self.settings.unhealthy_after_failures \
+                and time.monotonic() - stats.last_failure_at < 30:
+            return False, "queue failing"
+        return True, "ready"
+
+    async def drain(self) -> None:
+        """Stop accepting, finish in-flight messages (ACK them), close connections, flush the queue."""
+        if self.draining:
+            return
+        self.draining = True
+        logger.info("mllp bridge draining", extra={"count": len(self._conns)})
+        if self._accept_task:
+            self._accept_task.cancel()
+        if self._listen:
+            self._listen.close()
+        # Idle connections close now; a busy one closes right after its ACK is written.
+        for conn in list(self._conns):
+            if not conn.busy and not conn.decoder.in_frame:
+                conn.transport.close()
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self._handlers and time.monotonic() < deadline:
+            await asyncio.wait(list(self._handlers), timeout=max(0.01, deadline - time.monotonic()))
+        for task in list(self._handlers):
+            task.cancel()
+        await self.committer.close()
+        if self._sweeper:
+            self._sweeper.cancel()
+        self.metrics.flush()
+        if self._health:
+            self._health.close()
+        if self._stopped:
+            self._stopped.set()
+        logger.info("mllp bridge stopped", extra={"processed": self.committer.stats.entries,
+                                                  "failed": self.committer.stats.failed_entries})
+
+    async def serve_forever(self, *, install_signals: bool = True,
+                            reload_tls: Callable[[], None] | None = None) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, lambda: loop.create_task(self.drain()))
+            if reload_tls is not None:
+                loop.add_signal_handler(signal.SIGHUP, reload_tls)
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    # ---- accepting ----------------------------------------------------------------------------
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._listen is not None
+        while not self.draining:
+            try:
+                sock, _addr = await loop.sock_accept(self._listen)
+            except asyncio.CancelledError:
+                raise
+            except OSError:
+                await asyncio.sleep(0.05)  # e.g. EMFILE: back off instead of spinning
+                continue
+            if len(self._handlers) >= self.settings.max_connections:
+                self.metrics.count(m.CONNECTIONS_REFUSED, detail="max_connections")
+                sock.close()
+                continue
+            task = loop.create_task(self._connection(sock))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    def _tune(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in (("TCP_KEEPIDLE", self.settings.keepalive_idle_s),
+                           ("TCP_KEEPINTVL", self.settings.keepalive_interval_s), ("TCP_KEEPCNT", 4)):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+
+    async def _peek(self, sock: socket.socket) -> bytes:
+        """Wait for the first bytes without consuming them (the TLS layer must still see them)."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        fd = sock.fileno()
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await asyncio.wait_for(ready, self.settings.handshake_timeout_s)
+        finally:
+            loop.remove_reader(fd)
+        return sock.recv(8, socket.MSG_PEEK)
+
+    async def _connection(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self._tune(sock)
+            first = await self._peek(sock)
+        except (OSError, TimeoutError):
+            sock.close()
+            self.metrics.count(m.TLS_HANDSHAKE_FAILED, detail="timeout")
+            return
+        if not first:
+            sock.close()
+            return
+        if first[0] != TLS_HANDSHAKE_RECORD:
+            # Plaintext MLLP (VT), HTTP probes, anything else: never read, never answered.
+            self.metrics.count(m.PLAINTEXT_REFUSED)
+            self.metrics.count(m.CONNECTIONS_REFUSED, detail="plaintext")
+            logger.warning("plaintext connection refused", extra={"reason": "not_tls"})
+            sock.close()
+            return
+        reader = asyncio.StreamReader(limit=2 ** 20)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self.ssl_context,
+                ssl_handshake_timeout=self.settings.handshake_timeout_s)
+        except (OSError, TimeoutError, EOFError) as err:
+            reason = classify_handshake_error(err)
+            self.metrics.count(m.TLS_HANDSHAKE_FAILED, detail=reason)
+            self.metrics.count(m.CONNECTIONS_REFUSED, detail=f"tls_{reason}")
+            logger.warning("tls handshake failed", extra={"reason": reason})
+            sock.close()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        fp = fingerprint(transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        if self.settings.require_known_client_cert and self.directory.bound_fingerprints \
+                and fp not in self.directory.bound_fingerprints:
+            self.metrics.count(m.TLS_HANDSHAKE_FAILED, detail="unknown_client_cert")
+            self.metrics.count(m.CONNECTIONS_REFUSED, detail="tls_unknown_client_cert")
+            logger.warning("client certificate not bound to any source")
+            transport.abort()
+            return
+        conn = _Conn(reader, writer, fp, MllpDecoder(self.settings.max_message_bytes))
+        self._conns.add(conn)
+        self.metrics.open_connections += 1
+        self.metrics.count(m.CONNECTIONS_OPENED)
+        try:
+            await self._serve(conn)
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass  # peer went away; anything not ACKed will be resent by the sender
+        finally:
+            self._conns.discard(conn)
+            self.metrics.open_connections -= 1
+            if conn.decoder.in_frame:
+                self.metrics.count(m.FRAMING_ERRORS, detail="truncated")
+            transport.close()
+
+    async def _serve(self, conn: _Conn) -> None:
+        reader, writer, decoder = conn.reader, conn.writer, conn.decoder
+        while not (self.draining and not decoder.in_frame):
+            data = await reader.read(65536)
+            if not data:
+                return
+            conn.last_read = time.monotonic()
+            junk_before = decoder.junk_bytes
+            try:
+                frames = decoder.feed(data)
+            except FrameTooLarge as err:
+                self.metrics.count(m.FRAMING_ERRORS, detail="too_large")
+                await self._too_large(conn, err)
+                return
+            if decoder.junk_bytes != junk_before:
+                self.metrics.count(m.FRAMING_ERRORS, detail="junk_skipped")
+            if not frames:
+                continue
+            conn.busy = True
+            try:
+                for raw in frames:
+                    started = time.perf_counter()
+                    tenant, payload = await self._process(raw, conn)
+                    if payload is not None:
+                        writer.write(frame(payload))
+                    self.metrics.observe(m.ACK_LATENCY, tenant, (time.perf_counter() - started) * 1000)
+                await writer.drain()
+            finally:
+                conn.busy = False
+            self.metrics.maybe_flush()
+
+    async def _too_large(self, conn: _Conn, err: FrameTooLarge) -> None:
+        header = fallback_header(err.head)
+        route = self._guess_route(header, conn)
+        tenant = route.tenant.tenant_id if route else self._fallback_tenant(conn)
+        ack = build_ack(header, ack_code(header, False, rejected=True),
+                        AckError("207", f"message larger than {err.limit} bytes"))
+        self.metrics.count(m.ACKS, tenant, ack.code)
+        # Only the head was kept; the sender must split or send it another way.
+        conn.writer.write(frame(ack.payload))
+        with contextlib.suppress(ConnectionError, OSError):
+            await conn.writer.drain()
+
+    # ---- one message --------------------------------------------------------------------------
+    def _fallback_tenant(self, conn: _Conn) -> str:
+        tenant = self.directory.tenant_for_fingerprint(conn.fingerprint) or self.directory.only_tenant
+        return tenant.tenant_id if tenant else "unrouted"
+
+    def _guess_route(self, header: MshHeader, conn: _Conn) -> Route | None:
+        try:
+            return self.directory.resolve(header, conn.fingerprint)
+        except Rejected:
+            return None
+
+    async def _refuse(self, raw: bytes, header: MshHeader, tenant: str, error: AckError, *, reject: bool,
+                      kind: str) -> bytes | None:
+        """Quarantine first, then AR/AE; if the bytes cannot be kept, AE 207 so the sender retries."""
+        code = ack_code(header, False, rejected=reject)
+        if self.quarantine is not None:
+            try:
+                await self.quarantine.put(raw, tenant_id=tenant, kind=kind, reason=f"{error.code}: {error.text}")
+                self.metrics.count(m.QUARANTINED, tenant)
+            except Exception as err:
+                logger.error("quarantine write failed", extra={"error_type": type(err).__name__})
+                code = ack_code(header, False)
+                error = AckError("207", "message could not be stored; resend")
+        ack = build_ack(header, code, error, default_charset="ASCII")
+        self.metrics.count(m.ACKS, tenant, ack.code)
+        logger.info("message refused", extra={"tenant_id": tenant, "ack_code": ack.code, "code": error.code,
+                                              "reason": error.text})
+        return ack.payload if should_send(header, ack.code) else None
+
+    async def _process(self, raw: bytes, conn: _Conn) -> tuple[str, bytes | None]:
+        """Return (tenant for metrics, ACK payload or None when enhanced mode says not to answer)."""
+        try:
+            header = read_msh(raw)
+        except WireError as err:
+            header = fallback_header(raw)
+            tenant = self._fallback_tenant(conn)
+            self.metrics.count(m.MESSAGES, tenant, "UNPARSEABLE")
+            return tenant, await self._refuse(raw, header, tenant, AckError(err.code, err.reason, ("MSH", 1, 0)),
+                                              reject=True, kind="UNPARSEABLE")
+        try:
+            route = self.directory.resolve(header, conn.fingerprint)
+            item = inspect(raw, header, route)
+        except Rejected as rej:
+            route = self._guess_route(header, conn)
+            tenant = route.tenant.tenant_id if route else self._fallback_tenant(conn)
+            self.metrics.count(m.MESSAGES, tenant, header.kind)
+            return tenant, await self._refuse(raw, header, tenant, rej.error, reject=rej.reject, kind=header.kind)
+        tenant = route.tenant.tenant_id
+        source = route.source
+        self.metrics.count(m.MESSAGES, tenant, header.kind)
+        key = stable_id(tenant, source.source_id, header.control_id, item.sha256)
+        replay = self.acks.get(key)
+        if replay is None:
+            waiting = self.acks.inflight(key)
+            if waiting is not None:
+                replay = await waiting
+        if replay is not None:
+            self.metrics.count(m.DUPLICATES, tenant)
+            self.metrics.count(m.ACKS, tenant, ack_code(header, True))
+            return tenant, replay
+        future = self.acks.begin(key)
+        accepted: bytes | None = None
+        try:
+            collision = self.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
+            envelope = build_envelope(raw, item, batch=is_batch(raw), collision=collision)
+            try:
+                await asyncio.wait_for(self.committer.commit(envelope), self.settings.ack_timeout_s)
+            except (CommitError, TimeoutError, OSError) as err:
+                reason = err.code if isinstance(err, CommitError) else type(err).__name__
+                self.metrics.count(m.COMMIT_FAILED, tenant, reason[:64])
+                logger.error("commit failed", extra={"tenant_id": tenant, "message_id": envelope.message_id,
+                                                     "reason": reason})
+                ack = build_ack(header, ack_code(header, False),
+                                AckError("207", "message not stored; resend"),
+                                default_charset=source.default_charset)
+                self.metrics.count(m.ACKS, tenant, ack.code)
+                return tenant, ack.payload if should_send(header, ack.code) else None
+            ack = build_ack(header, ack_code(header, True), default_charset=source.default_charset)
+            accepted = ack.payload
+            self.metrics.count(m.ACKS, tenant, ack.code)
+            return tenant, ack.payload if should_send(header, ack.code) else None
+        finally:
+            self.acks.end(key, future, accepted)
+
+    # ---- housekeeping -------------------------------------------------------------------------
+    async def _sweep_loop(self) -> None:
+        """Read deadline for a started frame, idle timeout, periodic metrics flush."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for conn in list(self._conns):
+                if conn.busy:
+                    continue
+                silent = now - conn.last_read
+                if conn.decoder.in_frame and silent > self.settings.read_timeout_s:
+                    self.metrics.count(m.FRAMING_ERRORS, detail="read_timeout")
+                    logger.warning("frame read deadline passed", extra={"bytes": conn.decoder.pending_bytes})
+                    conn.decoder.reset()
+                    conn.transport.abort()
+                elif silent > self.settings.idle_timeout_s or (self.draining and not conn.decoder.in_frame):
+                    conn.transport.close()
+            self.metrics.maybe_flush()
+
+    async def _health_handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            parts = request.decode("latin-1").split()
+            path = parts[1] if len(parts) > 1 else "/"
+            if path.startswith("/healthz") or path.startswith("/livez"):
+                status, body = 200, {"status": "alive"}
+            elif path.startswith("/readyz"):
+                ok, why = self.ready()
+                status, body = (200 if ok else 503), {"status": why}
+            elif path.startswith("/metrics"):
+                status, body = 200, self.metrics.snapshot()
+            else:
+                status, body = 404, {"status": "not found"}
+            data = json.dumps(body).encode()
+            reason = {200: "OK", 503: "Service Unavailable", 404: "Not Found"}[status]
+            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+            await writer.drain()
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
