@@ -11,6 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Vendor = Literal["epic", "oracle_health", "athena", "generic"]
 PagingStyle = Literal["next_link", "offset", "page_token"]
+# How a token endpoint writes the granted scopes back: SMART v2 (`system/X.rs`), SMART v1
+# (`system/X.read`) or Epic's own form (`X.read X.search`). Clients normalise all three.
+ScopeStyle = Literal["smart_v2", "smart_v1", "epic"]
+TokenAuthMethod = Literal["private_key_jwt", "client_secret_basic"]
 
 
 class VendorProfile(BaseModel):
@@ -34,6 +38,22 @@ class VendorProfile(BaseModel):
     # Status codes this vendor returns for transient conditions (Oracle: 500s can be transient).
     retryable_statuses: frozenset[int] = frozenset({429, 502, 503, 504})
     supports_bulk_export: bool = True
+    # ---- SMART Backend Services (auth + the sandbox EHR reproduce these) ----------------
+    # Scope version to request when discovery does not say (capabilities permission-v1/-v2).
+    default_scope_version: Literal[1, 2] = 2
+    granted_scope_style: ScopeStyle = "smart_v2"
+    # Client-assertion algorithms the token endpoint verifies.
+    assertion_algorithms: frozenset[str] = frozenset({"RS384", "ES384"})
+    # Epic accepts EC keys only through a JWKS URL, not a statically uploaded JWKS.
+    ec_keys_require_jwks_url: bool = False
+    max_jti_length: int | None = None
+    token_auth_methods: tuple[TokenAuthMethod, ...] = ("private_key_jwt",)
+    # Token-endpoint statuses worth a bounded retry (Epic: flaky bare 400s).
+    token_retryable_statuses: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
+    # User/patient-facing apps of this vendor get refresh tokens (backend clients never do).
+    user_apps_get_refresh_tokens: bool = False
+    # CapabilityStatement.software.name, how clients recognise the vendor from /metadata.
+    software_name: str = "ehrbridge sandbox"
 
 
 VENDOR_PROFILES: dict[Vendor, VendorProfile] = {
@@ -49,6 +69,14 @@ VENDOR_PROFILES: dict[Vendor, VendorProfile] = {
                                 "DiagnosticReport": ("patient",), "MedicationRequest": ("patient",),
                                 "Encounter": ("patient",)},
         extra_headers=("Epic-Client-ID",),
+        default_scope_version=1,
+        granted_scope_style="epic",  # backend example response: "Patient.read Patient.search"
+        assertion_algorithms=frozenset({"RS256", "RS384", "RS512", "ES256", "ES384"}),
+        ec_keys_require_jwks_url=True,
+        max_jti_length=151,
+        token_retryable_statuses=frozenset({400, 408, 429, 500, 502, 503, 504}),
+        user_apps_get_refresh_tokens=True,
+        software_name="Epic",
     ),
     "oracle_health": VendorProfile(
         vendor="oracle_health",
@@ -56,6 +84,12 @@ VENDOR_PROFILES: dict[Vendor, VendorProfile] = {
         paging_style="next_link",
         max_page_size=200,
         retryable_statuses=frozenset({429, 500, 502, 503, 504}),
+        default_scope_version=1,  # Millennium documents system/X.read
+        granted_scope_style="smart_v1",
+        # System accounts authenticate with a client secret over HTTP Basic.
+        token_auth_methods=("client_secret_basic", "private_key_jwt"),
+        user_apps_get_refresh_tokens=True,
+        software_name="Oracle Health Millennium Platform",
     ),
     "athena": VendorProfile(
         vendor="athena",
@@ -66,6 +100,8 @@ VENDOR_PROFILES: dict[Vendor, VendorProfile] = {
         required_search_params={"Observation": ("patient",), "Condition": ("patient",),
                                 "DiagnosticReport": ("patient",), "Encounter": ("patient",)},
         extra_query_params={"ah-practice": "{practice_context}"},
+        token_auth_methods=("client_secret_basic", "private_key_jwt"),
+        software_name="athenahealth",
     ),
     "generic": VendorProfile(
         vendor="generic",
