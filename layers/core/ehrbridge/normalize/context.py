@@ -1,0 +1,104 @@
+"""Per-message state while mapping: tenant settings, ids, and what was repaired, unmapped or wrong."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from hashlib import sha256
+from typing import Any
+from urllib.parse import quote
+
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.hl7.timefmt import Ts, TsError, parse_ts
+
+EXT_BASE = "https://ehrbridge.dev/fhir/StructureDefinition/"
+EXT_SOURCE_EVENT_TIME = EXT_BASE + "source-event-time"
+EXT_DATA_QUALITY = EXT_BASE + "data-quality"
+EXT_UNMAPPED = EXT_BASE + "unmapped-segment"
+DQ_SYSTEM = "https://ehrbridge.dev/fhir/CodeSystem/data-quality"
+
+
+class QuarantineError(Exception):
+    """The message must not be written; ``reasons`` are PHI-free and specific."""
+
+    def __init__(self, *reasons: str) -> None:
+        self.reasons = list(reasons)
+        super().__init__("; ".join(reasons))
+
+
+@dataclass
+class Ctx:
+    tenant: TenantConfig
+    zone_name: str
+    facility: str = ""  # MSH-4 namespace: the default assigning authority
+    sender: str = ""  # MSH-3
+    repairs: list[dict[str, str]] = field(default_factory=list)
+    issues: list[dict[str, str]] = field(default_factory=list)
+    quarantine: list[str] = field(default_factory=list)
+    unmapped: Counter[str] = field(default_factory=Counter)
+    unmapped_systems: set[str] = field(default_factory=set)
+    zone_applied: int = 0
+    zone_gaps: int = 0
+    code_checks: int = 0
+    ids: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def tenant_id(self) -> str:
+        return self.tenant.tenant_id
+
+    def rid(self, resource_type: str, *parts: str) -> str:
+        """Deterministic resource id: SHA-256 of tenant + type + qualified business key, as a UUID string."""
+        h = sha256()
+        for part in (self.tenant_id, resource_type, *parts):
+            data = part.encode()
+            h.update(len(data).to_bytes(4, "big"))
+            h.update(data)
+        return str(uuid.UUID(bytes=h.digest()[:16]))
+
+    def ts(self, value: str, where: str) -> Ts | None:
+        if not value:
+            return None
+        try:
+            t = parse_ts(value, self.zone_name)
+        except TsError:
+            self.issue("invalid-datetime", where)
+            return None
+        if t.zone_applied:
+            self.zone_applied += 1
+            if t.zone_gap:
+                self.zone_gaps += 1
+                self.issue("datetime-in-dst-gap", where)
+        return t
+
+    def issue(self, code: str, where: str, detail: str = "") -> None:
+        item = {"code": code, "where": where}
+        if detail:
+            item["detail"] = detail
+        self.issues.append(item)
+
+    def repair(self, kind: str, where: str, detail: str) -> None:
+        self.repairs.append({"kind": kind, "where": where, "detail": detail})
+
+    def identifier_system(self, authority: str, universal_id: str = "", id_type: str = "") -> str:
+        """Assigning authority -> system URI: tenant map first, then an ISO OID, else a tenant-scoped URN."""
+        systems = self.tenant.identifier_systems
+        for key in (authority, universal_id):
+            if key and key in systems:
+                return systems[key]
+        upper = {k.upper(): v for k, v in systems.items()}
+        for key in (authority, universal_id):
+            if key and key.upper() in upper:
+                return upper[key.upper()]
+        if universal_id and id_type.upper() == "ISO" and universal_id.replace(".", "").isdigit():
+            return "urn:oid:" + universal_id
+        if universal_id and id_type.upper() in ("UUID", "GUID"):
+            return "urn:uuid:" + universal_id.lower()
+        name = authority or universal_id or self.facility or self.sender or "unknown"
+        self.unmapped_systems.add(name)
+        return f"urn:ehrbridge:{self.tenant_id}:identifier:{quote(name, safe='')}"
+
+
+def drop_empty(obj: dict[str, Any]) -> dict[str, Any]:
+    """Remove None/''/[]/{} members (one level; builders keep nested values non-empty themselves)."""
+    return {k: v for k, v in obj.items() if v not in (None, "", [], {})}

@@ -1,0 +1,224 @@
+"""HL7 v2 message -> canonical FHIR R4 transaction Bundle (or a quarantine with reasons).
+
+Flow: clean + parse (``hl7.message``) -> structure from MSH-9 (table 0354, ``structures``) ->
+each segment through the segment map its structure names (``segments``) -> Provenance ->
+transaction Bundle with deterministic ids -> fast structural check (``validate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ehrbridge.contracts.envelope import patient_key_for
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.hl7.message import Message, ParseError, parse
+from ehrbridge.normalize import segments as seg_maps
+from ehrbridge.normalize import structures, validate
+from ehrbridge.normalize.context import (
+    EXT_SOURCE_EVENT_TIME,
+    EXT_UNMAPPED,
+    Ctx,
+    QuarantineError,
+)
+
+EXT_SOURCE_MESSAGE = "https://ehrbridge.dev/fhir/StructureDefinition/source-message-id"
+# Resource order in the bundle: referenced resources first (readability; a transaction resolves any order).
+_ORDER = {"Patient": 0, "Encounter": 1, "ServiceRequest": 2, "Specimen": 3, "Observation": 4,
+          "DiagnosticReport": 5, "Provenance": 99}
+
+
+@dataclass
+class NormalizeResult:
+    status: str  # "ok" | "quarantined"
+    kind: str = "UNKNOWN"
+    control_id: str = ""
+    bundle: dict[str, Any] | None = None
+    reasons: list[str] = field(default_factory=list)
+    unmapped: list[str] = field(default_factory=list)
+    repairs: list[dict[str, str]] = field(default_factory=list)
+    issues: list[dict[str, str]] = field(default_factory=list)
+    unmapped_systems: list[str] = field(default_factory=list)
+    zone_applied: int = 0
+    zone_gaps: int = 0
+    patient_key: str | None = None
+    structure: str = ""
+    segments: dict[str, int] = field(default_factory=dict)
+    source_event_time: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def summary(self) -> dict[str, Any]:
+        """PHI-free facts (for logs and metrics)."""
+        return {"status": self.status, "kind": self.kind, "reasons": self.reasons, "unmapped": len(self.unmapped),
+                "repairs": len(self.repairs), "issues": len(self.issues)}
+
+
+def zone_for(tenant: TenantConfig, source_id: str | None, sending_application: str = "") -> str:
+    """Sender's zone: the MLLP source's own zone, else the tenant's (never the server's)."""
+    for src in tenant.mllp_sources:
+        matches = src.source_id == source_id if source_id else bool(
+            sending_application and src.sending_application == sending_application)
+        if matches and src.timezone:
+            return src.timezone
+    return tenant.timezone
+
+
+def default_charset_for(tenant: TenantConfig, source_id: str | None) -> str:
+    for src in tenant.mllp_sources:
+        if source_id and src.source_id == source_id:
+            return src.default_charset
+    return "ASCII"
+
+
+def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = None,
+                  message_id: str = "") -> NormalizeResult:
+    """Normalize one HL7 v2 message (bytes as received). Never raises for bad input: quarantines."""
+    try:
+        msg = parse(data, default_charset_for(tenant, source_id))
+    except ParseError as err:
+        return NormalizeResult("quarantined", reasons=[f"unparseable HL7: {err.reason}"])
+    kind, control_id = msg.kind, msg.control_id
+    try:
+        return _map(msg, tenant, source_id, message_id)
+    except QuarantineError as err:
+        return NormalizeResult("quarantined", kind=kind, control_id=control_id, reasons=err.reasons)
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        # A bug or a shape we did not foresee: quarantine with the error type (no values: PHI), never crash.
+        return NormalizeResult("quarantined", kind=kind, control_id=control_id,
+                               reasons=[f"mapping failed: {type(err).__name__} (please report)"])
+
+
+def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: str) -> NormalizeResult:
+    kind = msg.kind
+    structure_name, reason = structures.resolve(kind, msg.structure)
+    if structure_name is None:
+        raise QuarantineError(reason)
+    structure = structures.STRUCTURES[structure_name]
+    msh = msg.msh
+    sender, facility = msh.value(3, 1) or msh.value(3, 2), msh.value(4, 1) or msh.value(4, 2)
+    ctx = Ctx(tenant=tenant, zone_name=zone_for(tenant, source_id, sender), facility=facility, sender=sender)
+    counts: dict[str, int] = {}
+    for s in msg.segments:
+        counts[s.name] = counts.get(s.name, 0) + 1
+    missing = [name for name in dict.fromkeys(structure.required)
+               if counts.get(name, 0) < structure.required.count(name)]
+    if missing:
+        raise QuarantineError(f"{kind} ({structure_name}) without required segment(s): {', '.join(missing)}")
+    evn = msg.first("EVN")
+    event_ts = ctx.ts(evn.value(2), "EVN-2") if evn is not None and evn.value(2) else None
+    msg_ts = ctx.ts(msh.value(7), "MSH-7")
+    event_ts = event_ts or msg_ts
+    if event_ts is None:
+        raise QuarantineError("MSH-7 message date/time is empty or invalid (needed to order versions)")
+    event_time = _instant(event_ts.fhir)
+    st = seg_maps.State(ctx, msg.trigger, event_time)
+    roles = structure.roles
+    zsegments: list[str] = []
+    for s in msg.segments:
+        role = roles.get(s.name)
+        if role is None:
+            ctx.unmapped[s.name] += 1
+            if s.name.startswith("Z"):
+                zsegments.append(s.er7())
+            continue
+        if role in ("header", "event"):
+            _unmapped_fields(s, ctx)
+            continue
+        seg_maps.ROLES[role](s, st)
+        if role not in ("skip", "skip_rxo", "merge_note"):
+            _unmapped_fields(s, ctx)
+    if st.patient is None:
+        raise QuarantineError(f"{kind}: no patient could be identified (PID missing or empty)")
+    seg_maps.finish_documents(st)
+    resources = st.resources
+    for res in resources:
+        _stamp(res, event_time)
+    resources.sort(key=lambda r: _ORDER.get(r["resourceType"], 10))
+    provenance = _provenance(msg, ctx, st, event_ts.fhir, event_time, message_id, zsegments)
+    resources.append(provenance)
+    bundle = _bundle(ctx, resources, msg, event_time)
+    problems = validate.check_bundle(bundle)
+    if problems:
+        raise QuarantineError(*[f"invalid FHIR: {p}" for p in problems[:5]])
+    authority, value = st.patient_key or ("", "")
+    return NormalizeResult(
+        "ok", kind=kind, control_id=msg.control_id, bundle=bundle, unmapped=_unmapped_list(ctx),
+        repairs=ctx.repairs + [{"kind": "wire", "where": "message", "detail": c} for c in msg.cleanups],
+        issues=ctx.issues, unmapped_systems=sorted(ctx.unmapped_systems), zone_applied=ctx.zone_applied,
+        zone_gaps=ctx.zone_gaps, patient_key=patient_key_for(tenant.tenant_id, authority, value),
+        structure=structure_name, segments=counts, source_event_time=event_time)
+
+
+def _instant(fhir_dt: str) -> str:
+    """A FHIR instant from a dateTime of any precision (dates start at local midnight in their own frame)."""
+    if len(fhir_dt) > 10:
+        return fhir_dt
+    padded = (fhir_dt + "-01-01")[:10] if len(fhir_dt) < 10 else fhir_dt
+    return padded + "T00:00:00+00:00"
+
+
+def _unmapped_fields(s: Any, ctx: Ctx) -> None:
+    mapped = seg_maps.MAPPED.get(s.name)
+    if mapped is None:
+        return
+    fields = s.fields
+    for n in range(1, len(fields)):
+        if n not in mapped and fields[n] and fields[n] != '""':
+            ctx.unmapped[f"{s.name}-{n}"] += 1
+
+
+def _unmapped_list(ctx: Ctx) -> list[str]:
+    return [f"{name} x{count}" if count > 1 else name for name, count in sorted(ctx.unmapped.items())]
+
+
+def _stamp(res: dict[str, Any], event_time: str) -> None:
+    """meta.lastUpdated + extension = the source event time, so writers can refuse older versions."""
+    res["meta"] = {"lastUpdated": event_time}
+    res.setdefault("extension", []).append({"url": EXT_SOURCE_EVENT_TIME, "valueInstant": event_time})
+
+
+def _provenance(msg: Message, ctx: Ctx, st: seg_maps.State, recorded: str, event_time: str, message_id: str,
+                zsegments: list[str]) -> dict[str, Any]:
+    msh = msg.msh
+    ident = {"system": f"urn:ehrbridge:{ctx.tenant_id}:hl7v2:{_safe(ctx.sender or 'sender')}:"
+                       f"{_safe(ctx.facility or 'facility')}", "value": msg.control_id}
+    entity: dict[str, Any] = {"role": "source", "what": {"identifier": ident,
+                                                          "display": f"HL7 v2 {msg.kind} {msg.version}".strip()}}
+    ext = [{"url": EXT_UNMAPPED, "valueString": z} for z in zsegments]
+    if message_id:
+        ext.append({"url": EXT_SOURCE_MESSAGE, "valueString": message_id})
+    if ext:
+        entity["extension"] = ext
+    prov = {
+        "resourceType": "Provenance",
+        "id": ctx.rid("Provenance", ident["system"], msg.control_id, msh.value(7)),
+        "meta": {"lastUpdated": event_time},
+        "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in st.resources],
+        "recorded": _instant(recorded),
+        "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": msg.trigger}]}
+        if msg.trigger else None,
+        "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                        "code": "author"}]},
+                   "who": {"display": " ".join(x for x in (ctx.sender, ctx.facility) if x) or "unknown sender"}}],
+        "entity": [entity],
+    }
+    return {k: v for k, v in prov.items() if v is not None}
+
+
+def _safe(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _bundle(ctx: Ctx, resources: list[dict[str, Any]], msg: Message, event_time: str) -> dict[str, Any]:
+    entries = []
+    for res in resources:
+        url = f"{res['resourceType']}/{res['id']}"
+        entries.append({"fullUrl": url, "resource": res, "request": {"method": "PUT", "url": url}})
+    return {"resourceType": "Bundle", "id": ctx.rid("Bundle", ctx.sender, ctx.facility, msg.control_id,
+                                                     msg.msh.value(7)),
+            "meta": {"lastUpdated": event_time}, "type": "transaction", "timestamp": event_time, "entry": entries}

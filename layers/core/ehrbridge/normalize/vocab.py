@@ -1,0 +1,81 @@
+"""HL7 v2 tables -> FHIR codes, as data (V2-to-FHIR IG vocabulary ConceptMaps, the subset we map).
+
+Tables: 0001 gender, 0002 marital status, 0004 patient class, 0078 interpretation, 0085 observation
+status, 0123 report status, 0119/0038 order control/status, 0190 address use, 0200 name use,
+0201/0202 telecom use/equipment, 0203 identifier type, 0278 appointment status, 0322 completion
+status, 0127/0128 allergy type/severity.
+"""
+
+from __future__ import annotations
+
+V3_ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+V3_INTERP = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+V3_MARITAL = "http://terminology.hl7.org/CodeSystem/v3-MaritalStatus"
+
+GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown", "N": "unknown",
+          "MALE": "male", "FEMALE": "female"}
+MARITAL = {"A": "L", "D": "D", "M": "M", "S": "S", "W": "W", "C": "C", "P": "T", "E": "L", "I": "I", "N": "A",
+           "G": "T", "R": "T", "U": "UNK", "B": "U", "T": "T", "O": "OTH"}
+ENCOUNTER_CLASS = {"E": ("EMER", "emergency"), "I": ("IMP", "inpatient encounter"), "O": ("AMB", "ambulatory"),
+                   "P": ("PRENC", "pre-admission"), "R": ("AMB", "ambulatory"), "B": ("IMP", "inpatient encounter"),
+                   "C": ("AMB", "ambulatory"), "U": ("UNK", "unknown"),
+                   "EMERGENCY": ("EMER", "emergency"), "INPATIENT": ("IMP", "inpatient encounter"),
+                   "OUTPATIENT": ("AMB", "ambulatory")}
+# Encounter status by trigger event (ADT semantics); A08 and friends: derived from PV1-45.
+ENCOUNTER_STATUS = {"A01": "in-progress", "A02": "in-progress", "A03": "finished", "A04": "arrived",
+                    "A05": "planned", "A06": "in-progress", "A07": "in-progress", "A09": "in-progress",
+                    "A10": "arrived", "A11": "cancelled", "A12": "in-progress", "A13": "in-progress",
+                    "A14": "planned", "A17": "in-progress", "A27": "cancelled", "A38": "cancelled"}
+INTERPRETATION_V3 = frozenset({"<", ">", "A", "AA", "B", "D", "H", "HH", "HU", "I", "IE", "L", "LL", "LU", "MS", "N",
+                               "NCL", "NEG", "NR", "ND", "POS", "QCF", "R", "RR", "S", "SDD", "SYN-R", "SYN-S",
+                               "TOX", "U", "VS", "W", "WR", "EX", "EXP", "HX", "LX", "IND", "E", "CAR", "DET",
+                               "H>", "L<", "HM", "LM", "CARRIER", "UNE", "OBX"})
+OBSERVATION_STATUS = {"F": "final", "C": "corrected", "P": "preliminary", "R": "preliminary", "S": "preliminary",
+                      "I": "registered", "O": "registered", "X": "cancelled", "D": "entered-in-error",
+                      "W": "entered-in-error", "U": "final", "A": "amended", "N": "unknown"}
+REPORT_STATUS = {"F": "final", "C": "corrected", "P": "preliminary", "R": "partial", "S": "partial",
+                 "I": "registered", "O": "registered", "X": "cancelled", "A": "partial", "Y": "unknown",
+                 "Z": "unknown", "M": "partial", "D": "entered-in-error"}
+REPORT_RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "amended": 4, "corrected": 4,
+               "appended": 4, "cancelled": 5, "entered-in-error": 6, "unknown": -1}
+ORDER_CONTROL_STATUS = {"NW": "active", "OK": "active", "SC": "active", "XO": "active", "XX": "active",
+                        "RP": "active", "RO": "active", "CA": "revoked", "OC": "revoked", "CR": "revoked",
+                        "DC": "revoked", "OD": "revoked", "DR": "revoked", "HD": "on-hold", "OH": "on-hold",
+                        "RL": "active", "OR": "active", "CH": "active", "RE": "completed", "SN": "draft",
+                        "PA": "active", "NA": "active"}
+ORDER_STATUS = {"A": "active", "CA": "revoked", "CM": "completed", "DC": "revoked", "ER": "entered-in-error",
+                "HD": "on-hold", "IP": "active", "RP": "revoked", "SC": "active"}
+MEDREQ_STATUS = {"active": "active", "revoked": "cancelled", "on-hold": "on-hold", "completed": "completed",
+                 "draft": "draft", "entered-in-error": "entered-in-error"}
+PRIORITY = {"S": "stat", "A": "asap", "R": "routine", "P": "urgent", "C": "urgent", "T": "urgent"}
+ADDRESS_USE = {"H": "home", "B": "work", "O": "work", "C": "temp", "V": "temp", "BA": "old", "BI": "billing",
+               "P": "home"}
+NAME_USE = {"L": "official", "D": "usual", "M": "maiden", "N": "nickname", "A": "usual", "C": "official",
+            "R": "official", "S": "anonymous", "T": "usual", "B": "old"}
+TELECOM_USE = {"PRN": "home", "ORN": "home", "VHN": "temp", "WPN": "work", "BPN": "work", "EMR": "temp"}
+TELECOM_SYSTEM = {"PH": "phone", "FX": "fax", "CP": "phone", "BP": "pager", "INTERNET": "email", "X.400": "email",
+                  "MD": "other", "TDD": "other", "TTY": "other", "SAT": "phone", "": "phone"}
+IDENTIFIER_TYPE_DISPLAY = {"MR": "Medical record number", "SS": "Social Security number",
+                           "PI": "Patient internal identifier", "PT": "Patient external identifier",
+                           "DL": "Driver's license number", "AN": "Account number", "VN": "Visit number",
+                           "PN": "Person number", "NI": "National unique individual identifier",
+                           "PLAC": "Placer Identifier", "FILL": "Filler Identifier", "MC": "Patient's Medicare number",
+                           "MA": "Patient Medicaid number", "NPI": "National provider identifier"}
+IDENTIFIER_TYPE_SYSTEM = {"SS": "http://hl7.org/fhir/sid/us-ssn", "NPI": "http://hl7.org/fhir/sid/us-npi",
+                          "MC": "http://hl7.org/fhir/sid/us-medicare"}
+APPOINTMENT_STATUS = {"BOOKED": "booked", "PENDING": "pending", "CANCELLED": "cancelled", "COMPLETE": "fulfilled",
+                      "NOSHOW": "noshow", "WAITLIST": "waitlist", "DELETED": "entered-in-error",
+                      "STARTED": "arrived", "OVERBOOK": "booked", "BLOCKED": "booked", "DC": "cancelled"}
+APPOINTMENT_STATUS_BY_TRIGGER = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled",
+                                 "S16": "cancelled", "S17": "entered-in-error", "S18": "booked", "S19": "booked",
+                                 "S20": "booked", "S21": "booked", "S22": "booked", "S23": "booked",
+                                 "S24": "booked", "S26": "noshow"}
+PARTICIPANT_STATUS = {"appointment": "accepted", "cancelled": "declined", "noshow": "declined",
+                      "entered-in-error": "declined"}
+IMMUNIZATION_STATUS = {"CP": "completed", "PA": "completed", "RE": "not-done", "NA": "not-done"}
+ALLERGY_CATEGORY = {"DA": "medication", "FA": "food", "EA": "environment", "MA": "medication", "AA": "environment",
+                    "LA": "environment", "PA": "environment", "MC": "medication"}
+ALLERGY_CRITICALITY = {"SV": "high", "MO": "low", "MI": "low", "U": "unable-to-assess"}
+DOCUMENT_STATUS = {"AU": "final", "LA": "final", "DI": "preliminary", "DO": "preliminary", "IP": "preliminary",
+                   "IN": "preliminary", "PA": "preliminary"}
+DOCUMENT_RELATION = {"T06": "appends", "T08": "replaces", "T10": "replaces", "T07": "appends", "T09": "replaces"}
