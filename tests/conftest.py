@@ -26,7 +26,8 @@ os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 def moto_server() -> Iterator[object]:
     from ehrbridge.local.twin import MotoServer
 
-    server = MotoServer().start()
+    # A real moto server process on 127.0.0.1, as subprocesses under test (bridge, CLI) see it.
+    server = MotoServer(separate_process=True).start()
     yield server
     server.stop()
 

@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,21 +27,59 @@ LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
 
 
 class MotoServer:
-    """moto's threaded server bound to loopback only."""
+    """moto in server mode, bound to loopback only.
 
-    def __init__(self, port: int = 0) -> None:
+    By default a thread of this process (fast, used by `local up` and the demo); with
+    ``separate_process=True`` a real ``moto.server`` process, so tests exercise the same HTTP
+    boundary a subprocess (the bridge, the CLI) sees.
+    """
+
+    def __init__(self, port: int = 0, *, separate_process: bool = False) -> None:
+        self.port = port
+        self.separate_process = separate_process
+        self.endpoint = ""
+        self._server: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> MotoServer:
+        if self.separate_process:
+            self._start_process()
+            return self
         from moto.server import ThreadedMotoServer
 
         # The dev server logs every request line to stderr; keep local runs readable.
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        self.endpoint = ""
-
-    def start(self) -> MotoServer:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         return self
+
+    def _start_process(self, attempts: int = 3) -> None:
+        for _ in range(attempts):
+            port = self.port or _free_port()
+            self._process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self._process.poll() is None:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                        self.endpoint = f"http://127.0.0.1:{port}"
+                        return
+                except OSError:
+                    time.sleep(0.1)
+            self._stop_process()  # port taken between probe and bind, or slow start: try another
+        raise RuntimeError("moto server process did not start")
+
+    def _stop_process(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait(timeout=10)
+        self._process = None
 
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")  # noqa: S310
@@ -45,13 +87,22 @@ class MotoServer:
             pass
 
     def stop(self) -> None:
-        self._server.stop()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        self._stop_process()
 
     def __enter__(self) -> MotoServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass
