@@ -132,6 +132,8 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("identity_matcher", "resolve patients, rewrite references, write the lake",
                  consumes="identity", produces=(), tables=("idempotency", "mpi"),
                  buckets=("archive", "lake")),
+    FunctionSpec("token_refresh", "refresh each SMART tenant's access token before it expires (scheduled)",
+                 consumes=None, tables=("state",), timeout_s=60, memory_mb=512),
 )
 
 
