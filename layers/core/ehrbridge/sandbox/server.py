@@ -45,7 +45,7 @@ from ehrbridge.sandbox.data import generate
 MAX_ASSERTION_LIFETIME_S = 300
 CLOCK_SKEW_S = 5
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-TOKEN_PATH = "/auth/token"
+TOKEN_PATH = "/auth/token"  # noqa: S105 - a URL path
 FHIR_PATH = "/fhir"
 ALL_TYPES = sorted({rt for entries in WORKFLOW_RESOURCES.values() for rt, _ in entries} | {"Encounter"})
 
@@ -506,7 +506,7 @@ class _Handler(BaseHTTPRequestHandler):
     def sandbox(self) -> SandboxEHR:
         return self.server.sandbox  # type: ignore[attr-defined,no-any-return]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # request lines carry query strings; the sandbox keeps its own PHI-free record
 
     def do_POST(self) -> None:
@@ -543,8 +543,8 @@ class _Handler(BaseHTTPRequestHandler):
         resource_type = segments[0] if segments else None
         if token is None:
             sandbox.record(RequestRecord("fhir", "GET", path, 401, None, resource_type, why))
-            self._send(401, _outcome("login", why),
-                       {"WWW-Authenticate": f'Bearer realm="sandbox", error="invalid_token", error_description="{why}"'})
+            challenge = f'Bearer realm="sandbox", error="invalid_token", error_description="{why}"'
+            self._send(401, _outcome("login", why), {"WWW-Authenticate": challenge})
             return
         if not segments and "_getpages" in query:
             status, body = sandbox._session_page(query)

@@ -1,0 +1,1 @@
+"""Tenant onboarding, credentials, key rotation and pre-go-live checks."""
