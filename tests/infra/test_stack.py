@@ -131,3 +131,22 @@ def test_every_alarm_notifies_and_names_a_runbook(synth: Synth) -> None:
     for name, alarm in alarms.items():
         assert alarm["Properties"].get("AlarmActions"), name
         assert "runbook" in alarm["Properties"].get("AlarmDescription", ""), name
+
+
+def test_local_twin_and_cdk_create_the_same_queues_tables_and_attributes(synth: Synth, twin) -> None:  # type: ignore[no-untyped-def]
+    template_queues = {q["Properties"]["QueueName"]: q["Properties"]
+                       for q in synth.resources("AWS::SQS::Queue").values()}
+    twin_queue_names = {url.rsplit("/", 1)[1] for url in [*twin.queues.values(), *twin.dlqs.values()]}
+    assert twin_queue_names == set(template_queues)
+    template_tables = {t["Properties"]["TableName"]: t["Properties"]
+                       for t in synth.resources("AWS::DynamoDB::Table").values()}
+    assert set(twin.tables.values()) == set(template_tables)
+    import boto3
+
+    ddb = boto3.client("dynamodb", endpoint_url=twin.endpoint, region_name="us-east-1")
+    for name, props in template_tables.items():
+        local = ddb.describe_table(TableName=name)["Table"]
+        assert {k["AttributeName"]: k["KeyType"] for k in local["KeySchema"]} == \
+            {k["AttributeName"]: k["KeyType"] for k in props["KeySchema"]}
+        assert sorted(i["IndexName"] for i in local.get("GlobalSecondaryIndexes", [])) == \
+            sorted(i["IndexName"] for i in props.get("GlobalSecondaryIndexes", []))
