@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ EXT_SOURCE_EVENT_TIME = EXT_BASE + "source-event-time"
 EXT_DATA_QUALITY = EXT_BASE + "data-quality"
 EXT_UNMAPPED = EXT_BASE + "unmapped-segment"
 DQ_SYSTEM = "https://ehrbridge.dev/fhir/CodeSystem/data-quality"
+_OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
 
 
 class QuarantineError(Exception):
@@ -90,7 +92,7 @@ class Ctx:
         for key in (authority, universal_id):
             if key and key.upper() in upper:
                 return upper[key.upper()]
-        if universal_id and id_type.upper() == "ISO" and universal_id.replace(".", "").isdigit():
+        if universal_id and id_type.upper() == "ISO" and _OID.match(universal_id):
             return "urn:oid:" + universal_id
         if universal_id and id_type.upper() in ("UUID", "GUID"):
             return "urn:uuid:" + universal_id.lower()

@@ -102,7 +102,8 @@ def xpn(raw: str, seps: Separators) -> dict[str, Any] | None:
     """XPN -> HumanName. A name sent as one string keeps ``text`` and is split only when unambiguous."""
     parts = raw.split(seps.component)
     family = _sub(_c(parts, 1), seps)
-    given = [g for g in (_sub(_c(parts, 2), seps), _sub(_c(parts, 3), seps)) if g]
+    # XPN.15 "called by" joins the given names (as the reference converter does).
+    given = [g for g in (_sub(_c(parts, 2), seps), _sub(_c(parts, 3), seps), _sub(_c(parts, 15), seps)) if g]
     suffix = [s for s in (_sub(_c(parts, 4), seps), _sub(_c(parts, 6), seps)) if s]
     prefix = _sub(_c(parts, 5), seps)
     if not (family or given):
@@ -159,7 +160,11 @@ def xon_display(raw: str, seps: Separators) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- contact data
 def xad(raw: str, seps: Separators) -> dict[str, Any] | None:
     parts = raw.split(seps.component)
-    lines = [x for x in (_sub(_c(parts, 1), seps, 1), _sub(_c(parts, 2), seps)) if x]
+    # SAD.1 street/mailing address, SAD.2 street name, SAD.3 dwelling number, XAD.2 other designation,
+    # XAD.19 addressee ("in care of"): one line each, in that order.
+    street = _c(parts, 1)
+    lines = [x for x in (_sub(street, seps, 1), _sub(street, seps, 2), _sub(street, seps, 3),
+                         _sub(_c(parts, 2), seps), _sub(_c(parts, 19), seps)) if x]
     addr: dict[str, Any] = {}
     use_code = _sub(_c(parts, 7), seps)
     use = vocab.ADDRESS_USE.get(use_code)

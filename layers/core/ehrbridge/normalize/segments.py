@@ -116,6 +116,8 @@ def patient(seg: Segment, st: State) -> None:
     pid = ctx.rid("Patient", primary[0].upper(), primary[1])
     res: Resource = {"resourceType": "Patient", "id": pid, "identifier": identifiers}
     names = [x for x in (dt.xpn(r, seps) for r in seg.reps(5)) if x]
+    # PID-9 patient alias (IG PID[Patient]: another Patient.name).
+    names += [x for x in (dt.xpn(r, seps) for r in seg.reps(9)) if x]
     if names:
         res["name"] = names
     tel = [x for x in (dt.xtn(r, seps) for r in seg.reps(13)) if x]
@@ -270,12 +272,20 @@ def encounter(seg: Segment, st: State) -> None:
 
 
 def encounter_extra(seg: Segment, st: State) -> None:
-    """PV2: admit reason -> Encounter.reasonCode."""
+    """PV2: admit reason -> reasonCode; expected admit/discharge (PV2-8/9) -> period when PV1-44/45 are empty."""
     if st.encounter is None:
         return
     reason = _cwe(seg, 3, st)
     if reason:
         st.encounter["reasonCode"] = [reason]
+    period = st.encounter.get("period") or {}
+    for n, key in ((8, "start"), (9, "end")):
+        if key not in period:
+            value = _dt(seg, n, st)
+            if value:
+                period[key] = value
+    if period:
+        st.encounter["period"] = period
 
 
 # ------------------------------------------------------------------ orders and results
@@ -914,7 +924,7 @@ def vocab_media(typ: str, subtype: str) -> str:
 def finish_documents(st: State) -> None:
     for res in st.resources:
         res.pop("_obr", None)
-        for key in [k for k, v in res.items() if v in (None, "", [], {})]:
+        for key in [k for k, v in res.items() if v in (None, "", [], {}) and k != "content"]:
             del res[key]
         text = res.pop("_text", None)
         if text is not None:
@@ -922,7 +932,7 @@ def finish_documents(st: State) -> None:
                                      "data": base64.b64encode("\n".join(text).encode()).decode()}]
         if res["resourceType"] != "DocumentReference":
             continue
-        for c in res["content"]:
+        for c in res.setdefault("content", []):
             text = c.pop("_text", None)
             if text is not None:
                 c["attachment"]["data"] = base64.b64encode(text.encode()).decode()
@@ -975,9 +985,9 @@ ROLES: dict[str, Callable[[Segment, State], Any]] = {
 
 # Fields each role maps; other non-empty fields are reported as unmapped (e.g. "PID-9").
 MAPPED: dict[str, frozenset[int]] = {
-    "PID": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 11, 13, 14, 15, 16, 19, 20, 24, 25, 29, 30}),
+    "PID": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 19, 20, 24, 25, 29, 30}),
     "PD1": frozenset({4}), "NK1": frozenset({1, 2, 3, 4, 5, 6}),
-    "PV1": frozenset({1, 2, 3, 4, 7, 8, 9, 10, 14, 17, 19, 36, 44, 45}), "PV2": frozenset({3}),
+    "PV1": frozenset({1, 2, 3, 4, 7, 8, 9, 10, 14, 17, 19, 36, 44, 45}), "PV2": frozenset({3, 8, 9}),
     "ORC": frozenset({1, 2, 3, 5, 9, 12}), "OBR": frozenset({1, 2, 3, 4, 5, 7, 8, 16, 22, 25, 27, 31, 32}),
     "OBX": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 11, 14, 16, 17, 23}), "NTE": frozenset({1, 3}),
     "SPM": frozenset({1, 2, 4, 17, 18}), "TQ1": frozenset({1, 7, 8, 9}), "AL1": frozenset({1, 2, 3, 4, 5, 6}),
