@@ -1,0 +1,191 @@
+"""Multi-level comparisons between two people, Fellegi–Sunter style.
+
+``compare`` returns one level index per comparison (0 = strongest agreement; -1 = missing on either
+side, which carries no weight). The level lists below are the model's schema: a model file is
+only valid for the schema version it was trained with.
+"""
+
+from __future__ import annotations
+
+from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
+
+from ehrbridge.identity.nicknames import are_nicknames
+from ehrbridge.identity.normalize import Person
+
+SCHEMA_VERSION = 1
+
+COMPARISONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("given", ("exact", "nickname", "jw92", "phonetic", "jw80", "initial", "else")),
+    ("family", ("exact", "jw92", "phonetic", "token", "jw80", "else")),
+    ("middle", ("exact", "initial", "else")),
+    ("suffix", ("exact", "else")),
+    ("dob", ("exact", "swap_day_month", "one_edit", "same_year", "else")),
+    ("sex", ("exact", "else")),
+    ("house", ("exact", "else")),
+    ("street", ("exact", "jw90", "else")),
+    ("city", ("exact", "jw90", "else")),
+    ("postcode", ("exact", "one_edit", "else")),
+    ("state", ("exact", "else")),
+    ("phone", ("exact", "one_edit", "else")),
+    ("email", ("exact", "same_local", "else")),
+    ("identifier", ("agree", "conflict")),
+    ("ssn", ("exact", "one_edit", "else")),
+)
+NAMES = tuple(name for name, _ in COMPARISONS)
+INDEX = {name: i for i, name in enumerate(NAMES)}
+# Levels that count as "the first name agrees" / "the DOB agrees" for the household gate.
+GIVEN_AGREES = frozenset({0, 1, 2, 3})
+DOB_AGREES = frozenset({0, 1, 2})
+
+_jw = JaroWinkler.similarity
+_dl = DamerauLevenshtein.distance
+
+
+def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_mph: str) -> int:
+    if not a or not b:
+        return -1
+    if a == b:
+        return 0
+    if are_nicknames(a, b):
+        return 1
+    if len(a) == 1 or len(b) == 1:
+        return 5 if a[0] == b[0] else 6
+    sim = _jw(a, b)
+    if sim >= 0.92:
+        return 2
+    if a_mph == b_mph or a_sdx == b_sdx:
+        return 3
+    if sim >= 0.80:
+        return 4
+    return 6
+
+
+def _family(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_mph: str) -> int:
+    if not a or not b:
+        return -1
+    if a == b:
+        return 0
+    sim = _jw(a, b)
+    if sim >= 0.92:
+        return 1
+    if a_mph == b_mph or a_sdx == b_sdx:
+        return 2
+    # Hyphenated / compound / double-barrelled surnames, or one part of it kept after marriage.
+    if (" " in a or " " in b) and set(a.split()) & set(b.split()):
+        return 3
+    if sim >= 0.80:
+        return 4
+    return 5
+
+
+def _dob(a: str | None, b: str | None) -> int:
+    if not a or not b:
+        return -1
+    if a == b:
+        return 0
+    if len(a) != 8 or len(b) != 8:
+        # Partial dates compare at the lower precision of the two.
+        n = min(len(a), len(b))
+        if a[:n] == b[:n]:
+            return 0 if n >= 6 else 3
+        return 3 if a[:4] == b[:4] else 4
+    if a[:4] == b[:4] and a[4:6] == b[6:8] and a[6:8] == b[4:6]:
+        return 1
+    if _dl(a, b) <= 1:
+        return 2
+    if a[:4] == b[:4]:
+        return 3
+    return 4
+
+
+def _exact(a: str | None, b: str | None) -> int:
+    if not a or not b:
+        return -1
+    return 0 if a == b else 1
+
+
+def _jw3(a: str | None, b: str | None, cut: float = 0.90) -> int:
+    if not a or not b:
+        return -1
+    if a == b:
+        return 0
+    return 1 if _jw(a, b) >= cut else 2
+
+
+def _edit3(a: str | None, b: str | None) -> int:
+    if not a or not b:
+        return -1
+    if a == b:
+        return 0
+    return 1 if len(a) == len(b) and _dl(a, b) <= 1 else 2
+
+
+def _middle(a: str | None, b: str | None) -> int:
+    if not a or not b:
+        return -1
+    if a == b:
+        return 0
+    return 1 if a[0] == b[0] else 2
+
+
+def _suffix(a: str | None, b: str | None) -> int:
+    # A suffix on one side only is usually just not recorded: missing, not disagreement.
+    if not a or not b:
+        return -1
+    return 0 if a == b else 1
+
+
+def _email(a: str | None, b: str | None) -> int:
+    if not a or not b:
+        return -1
+    if a == b:
+        return 0
+    return 1 if a.partition("@")[0] == b.partition("@")[0] else 2
+
+
+def _identifiers(a: dict[str, str], b: dict[str, str]) -> int:
+    if not a or not b:
+        return -1
+    verdict = -1
+    for system, value in a.items():
+        other = b.get(system)
+        if other is None:
+            continue
+        if other != value:
+            return 1  # same assigning authority, different value: strong evidence of two people
+        verdict = 0
+    return verdict
+
+
+def names_swapped(a: Person, b: Person) -> bool:
+    """Given and family recorded the other way round on one side."""
+    if not (a.given and a.family and b.given and b.family) or a.given == b.given:
+        return False
+    return _jw(a.given, b.family) >= 0.92 and _jw(a.family, b.given) >= 0.92
+
+
+def compare(a: Person, b: Person) -> tuple[list[int], bool]:
+    """-> (levels per comparison, whether the names were compared swapped)."""
+    swapped = names_swapped(a, b)
+    if swapped:
+        bg, bf, bgs, bfs, bgm, bfm = b.family, b.given, b.family_sdx, b.given_sdx, b.family_mph, b.given_mph
+    else:
+        bg, bf, bgs, bfs, bgm, bfm = b.given, b.family, b.given_sdx, b.family_sdx, b.given_mph, b.family_mph
+    levels = [
+        _given(a.given, bg, a.given_sdx, bgs, a.given_mph, bgm),
+        _family(a.family, bf, a.family_sdx, bfs, a.family_mph, bfm),
+        _middle(a.middle, b.middle),
+        _suffix(a.suffix, b.suffix),
+        _dob(a.dob, b.dob),
+        _exact(a.sex, b.sex),
+        _exact(a.house, b.house),
+        _jw3(a.street, b.street),
+        _jw3(a.city, b.city),
+        _edit3(a.postcode, b.postcode),
+        _exact(a.state, b.state),
+        _edit3(a.phone, b.phone),
+        _email(a.email, b.email),
+        _identifiers(a.identifiers, b.identifiers),
+        _edit3(a.ssn, b.ssn),
+    ]
+    return levels, swapped

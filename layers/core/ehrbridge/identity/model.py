@@ -1,0 +1,266 @@
+"""The frozen Fellegi–Sunter model: m/u per comparison level, term frequencies, thresholds; scoring.
+
+A model is a versioned JSON file (``format``/``version``/``schema_version``) produced offline by
+``ehrbridge identity train`` (EM, label-free) and read-only at run time. The default model ships as
+package data (``identity/models/default.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ehrbridge.identity import comparisons as cmp
+from ehrbridge.identity.normalize import Person
+
+MODEL_FORMAT = "ehrbridge-identity-model"
+Grade = Literal["certain", "probable", "possible", "certainly-not"]
+# Term-frequency adjustments are bounded so one rare (or typo'd) name can't dominate a score.
+TF_BOUND_BITS = 5.0
+_GIVEN, _FAMILY, _DOB, _ID, _SSN, _EMAIL = (cmp.INDEX["given"], cmp.INDEX["family"], cmp.INDEX["dob"],
+                                            cmp.INDEX["identifier"], cmp.INDEX["ssn"], cmp.INDEX["email"])
+
+
+class ModelError(ValueError):
+    pass
+
+
+class Thresholds(BaseModel):
+    """Per-tenant decision thresholds on the match probability (0..1), plus the runner-up margin."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    link: float = Field(default=0.95, gt=0, lt=1)  # auto-link at or above (grade certain)
+    review: float = Field(default=0.20, gt=0, lt=1)  # review band [review, link); below: new patient
+    # The best enterprise must beat the runner-up by this many bits (log2 Bayes factor) to auto-link.
+    margin_bits: float = Field(default=6.0, ge=0)
+    # Same DOB, surname and home but a different first name is read as twins (never linked) unless a
+    # personal identifier agrees. A tenant whose sources replace first names wholesale may turn it off.
+    twin_guard: bool = True
+    # Off (the default): "never auto-link when first name and birth date both disagree" holds even if
+    # the SSN agrees (a guarantor's SSN on a child's registration is a known error). On: an agreeing
+    # SSN or same-system identifier lifts that gate, the pair is then scored like any other.
+    identifier_lifts_gate: bool = False
+
+
+@dataclass(slots=True)
+class PairScore:
+    weight: float  # total log2 Bayes factor, prior included
+    probability: float
+    levels: list[int]
+    swapped: bool
+    gate: str | None  # why this pair may not be auto-linked, if anything
+
+    @property
+    def household_only(self) -> bool:
+        """Gated as another member of the household, with nothing personal agreeing."""
+        return self.gate in HOUSEHOLD_GATES and not personal_id_agrees(self.levels)
+
+    def grade(self, thresholds: Thresholds) -> Grade:
+        if self.household_only:
+            return "certainly-not"
+        if self.probability >= thresholds.link and self.gate is None:
+            return "certain"
+        if self.probability >= max(0.5, thresholds.review):
+            return "probable"
+        if self.probability >= thresholds.review:
+            return "possible"
+        return "certainly-not"
+
+
+@dataclass
+class Model:
+    version: str
+    prior: float  # lambda: probability that two records in the same block are the same person
+    m: list[list[float]]
+    u: list[list[float]]
+    tf: dict[str, dict[str, float]] = field(default_factory=dict)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.m) != len(cmp.COMPARISONS) or len(self.u) != len(cmp.COMPARISONS):
+            raise ModelError("model does not match the comparison schema")
+        for (name, levels), m, u in zip(cmp.COMPARISONS, self.m, self.u, strict=True):
+            if len(m) != len(levels) or len(u) != len(levels):
+                raise ModelError(f"comparison {name}: expected {len(levels)} levels")
+            if any(not (0 < x < 1) for x in (*m, *u)):
+                raise ModelError(f"comparison {name}: m and u must be in (0, 1)")
+        self.weights = [[math.log2(mi / ui) for mi, ui in zip(m, u, strict=True)] for m, u in zip(self.m, self.u,
+                                                                                                   strict=True)]
+        self.prior_weight = math.log2(self.prior / (1 - self.prior))
+        self._tf_adjust: dict[int, dict[str, float]] = {}
+        self._tf_default: dict[int, float] = {}
+        for name, table in self.tf.items():
+            i = cmp.INDEX[name]
+            u_exact = self.u[i][0]
+            floor = min(table.values()) if table else u_exact
+            self._tf_adjust[i] = {v: _bound(math.log2(u_exact / f)) for v, f in table.items()}
+            self._tf_default[i] = _bound(math.log2(u_exact / floor))
+
+    # ---- scoring -------------------------------------------------------------------------------
+    def score(self, a: Person, b: Person) -> PairScore:
+        levels, swapped = cmp.compare(a, b)
+        total = self.prior_weight
+        weights = self.weights
+        for i, level in enumerate(levels):
+            if level >= 0:
+                total += weights[i][level]
+        total += self._tf(levels, b, swapped)
+        total = max(-60.0, min(60.0, total))
+        probability = 1.0 / (1.0 + 2.0 ** (-total))
+        return PairScore(total, probability, levels, swapped, _gate(a, b, levels))
+
+    def _tf(self, levels: list[int], b: Person, swapped: bool) -> float:
+        extra = 0.0
+        for i, value in ((_GIVEN, b.family if swapped else b.given), (_FAMILY, b.given if swapped else b.family)):
+            if levels[i] == 0 and i in self._tf_adjust and value:
+                extra += self._tf_adjust[i].get(value, self._tf_default[i])
+        return extra
+
+    def explain(self, a: Person, b: Person) -> dict[str, float]:
+        """Per-comparison weights (bits) that make up a pair's score: what a reviewer sees."""
+        levels, swapped = cmp.compare(a, b)
+        out: dict[str, float] = {"prior": round(self.prior_weight, 3)}
+        for i, level in enumerate(levels):
+            if level >= 0:
+                out[cmp.NAMES[i]] = round(self.weights[i][level], 3)
+        tf = self._tf(levels, b, swapped)
+        if tf:
+            out["term_frequency"] = round(tf, 3)
+        return out
+
+    def level_names(self, levels: list[int]) -> dict[str, str]:
+        return {cmp.NAMES[i]: cmp.COMPARISONS[i][1][lv] for i, lv in enumerate(levels) if lv >= 0}
+
+    # ---- files ---------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": MODEL_FORMAT, "schema_version": cmp.SCHEMA_VERSION, "version": self.version,
+            "prior": self.prior, "thresholds": self.thresholds.model_dump(), "meta": self.meta,
+            "comparisons": [
+                {"name": name, "levels": [{"name": lv, "m": round(m, 8), "u": round(u, 8)}
+                                          for lv, m, u in zip(levels, self.m[i], self.u[i], strict=True)]}
+                for i, (name, levels) in enumerate(cmp.COMPARISONS)],
+            "tf": {k: {n: round(f, 8) for n, f in v.items()} for k, v in self.tf.items()},
+        }, indent=1, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Model:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ModelError(f"model file is not JSON (line {err.lineno})") from None
+        if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+            raise ModelError(f"not an {MODEL_FORMAT} file")
+        if data.get("schema_version") != cmp.SCHEMA_VERSION:
+            raise ModelError(f"model schema {data.get('schema_version')} != {cmp.SCHEMA_VERSION}: retrain it")
+        by_name = {c.get("name"): c for c in data.get("comparisons", []) if isinstance(c, dict)}
+        m: list[list[float]] = []
+        u: list[list[float]] = []
+        for name, levels in cmp.COMPARISONS:
+            comp = by_name.get(name)
+            if comp is None:
+                raise ModelError(f"model lacks comparison {name}")
+            got = {lv.get("name"): lv for lv in comp.get("levels", [])}
+            if set(got) != set(levels):
+                raise ModelError(f"comparison {name}: levels differ from the schema")
+            m.append([float(got[lv]["m"]) for lv in levels])
+            u.append([float(got[lv]["u"]) for lv in levels])
+        return cls(version=str(data.get("version", "unversioned")), prior=float(data["prior"]), m=m, u=u,
+                   tf={k: {str(n): float(f) for n, f in v.items()} for k, v in (data.get("tf") or {}).items()},
+                   thresholds=Thresholds(**(data.get("thresholds") or {})), meta=data.get("meta") or {})
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Model:
+        if path is None:
+            return default_model()
+        return cls.from_json(Path(path).read_bytes())
+
+
+def _bound(x: float) -> float:
+    return max(-TF_BOUND_BITS, min(TF_BOUND_BITS, x))
+
+
+# Gate reasons that mean "a different person of the same household" unless a personal identifier
+# agrees: such a pair is certainly-not (no review item), never merely a weak match.
+TWIN_GATE = "same birth date and surname, different first name (twins)"
+HOUSEHOLD_GATE = "first name and birth date both disagree"
+HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, "different birth order", TWIN_GATE,
+                             "different name suffix"})
+
+
+def _gate(a: Person, b: Person, levels: list[int]) -> str | None:
+    """Evidence that forbids an automatic link whatever the score (households, twins, juniors)."""
+    given, dob = levels[_GIVEN], levels[_DOB]
+    if given >= 0 and dob >= 0 and given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES:
+        return HOUSEHOLD_GATE
+    if a.birth_order and b.birth_order and a.birth_order != b.birth_order:
+        return "different birth order"
+    if levels[cmp.INDEX["suffix"]] == 1:
+        return "different name suffix"
+    if dob == 0 and given == len(cmp.COMPARISONS[_GIVEN][1]) - 1 and levels[_FAMILY] in (0, 1, 2, 3) \
+            and not personal_id_agrees(levels):
+        return TWIN_GATE
+    if levels[_ID] == 1:
+        return "conflicting identifier from the same system"
+    return None
+
+
+def identifier_agrees(levels: list[int]) -> bool:
+    # One edit away still counts: a relative's SSN is a different number, not a typo of this one.
+    return levels[_SSN] in (0, 1) or levels[_ID] == 0
+
+
+def personal_id_agrees(levels: list[int]) -> bool:
+    """SSN, a same-system identifier or an e-mail address agree: evidence about the person, not the home."""
+    return identifier_agrees(levels) or levels[_EMAIL] == 0
+
+
+_DEFAULT: Model | None = None
+
+
+def default_model() -> Model:
+    global _DEFAULT
+    if _DEFAULT is None:
+        text = importlib_resources.files("ehrbridge.identity").joinpath("models/default.json").read_bytes()
+        _DEFAULT = Model.from_json(text)
+    return _DEFAULT
+
+
+def prior_model() -> Model:
+    """Hand-set priors: the starting point of EM, and the fallback before any training."""
+    m: list[list[float]] = []
+    u: list[list[float]] = []
+    for name, levels in cmp.COMPARISONS:
+        m_row, u_row = _PRIORS[name]
+        m.append(list(m_row))
+        u.append(list(u_row))
+        assert len(m_row) == len(levels), name
+    return Model(version="priors", prior=1e-3, m=m, u=u)
+
+
+# (m, u) per level, in schema order; u roughly from random pairs in a large population.
+_PRIORS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "given": ((0.86, 0.03, 0.04, 0.02, 0.02, 0.01, 0.02), (0.01, 0.002, 0.005, 0.01, 0.03, 0.02, 0.923)),
+    "family": ((0.88, 0.05, 0.02, 0.01, 0.02, 0.02), (0.005, 0.003, 0.01, 0.001, 0.03, 0.951)),
+    "middle": ((0.7, 0.2, 0.1), (0.02, 0.08, 0.9)),
+    "suffix": ((0.95, 0.05), (0.5, 0.5)),
+    "dob": ((0.92, 0.01, 0.04, 0.02, 0.01), (0.0001, 0.00005, 0.002, 0.012, 0.98585)),
+    "sex": ((0.98, 0.02), (0.5, 0.5)),
+    "house": ((0.85, 0.15), (0.02, 0.98)),
+    "street": ((0.8, 0.12, 0.08), (0.002, 0.01, 0.988)),
+    "city": ((0.85, 0.08, 0.07), (0.05, 0.02, 0.93)),
+    "postcode": ((0.85, 0.08, 0.07), (0.01, 0.02, 0.97)),
+    "state": ((0.95, 0.05), (0.2, 0.8)),
+    "phone": ((0.8, 0.05, 0.15), (0.0001, 0.0005, 0.9994)),
+    "email": ((0.85, 0.05, 0.1), (0.00005, 0.0005, 0.99945)),
+    "identifier": ((0.9, 0.1), (0.00001, 0.99999)),
+    "ssn": ((0.9, 0.05, 0.05), (0.00001, 0.0001, 0.99989)),
+}
