@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -56,6 +57,17 @@ class AckError:
 class Ack:
     code: str  # AA AE AR CA CE CR
     payload: bytes  # the encoded ACK message (not framed)
+
+
+_last_stamp: list[object] = [0, ""]
+
+
+def _stamp() -> str:
+    """MSH-7 for now; formatted once per second (thousands of ACKs a second share it)."""
+    second = int(time.time())
+    if _last_stamp[0] != second:
+        _last_stamp[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y%m%d%H%M%S%z")]
+    return str(_last_stamp[1])
 
 
 def _new_control_id() -> str:
@@ -108,7 +120,7 @@ def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, de
     sub = enc[3] if len(enc) > 3 else "&"
     version = header.version or "2.5"
     vt = _version_tuple(version)
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d%H%M%S%z")
+    stamp = now.strftime("%Y%m%d%H%M%S%z") if now else _stamp()
     event = header.component(9, 2)
     # MSH-9.3 (message structure) exists from v2.3.1 on.
     msh9 = comp.join(("ACK", event, "ACK")) if vt >= (2, 3, 1) else comp.join(("ACK", event)).rstrip(comp)

@@ -92,6 +92,11 @@ class SqsSink:
         self._pool.shutdown(wait=True)
 
 
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(CommitError("Timeout"))
+
+
 @dataclass
 class CommitStats:
     batches: int = 0
@@ -135,21 +140,33 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.claim_check.outbound, envelope)
 
-    async def commit(self, envelope: Envelope) -> None:
-        """Return once the queue confirmed this envelope; raise CommitError otherwise."""
-        envelope = await self.prepare(envelope)
+    async def commit(self, envelope: Envelope, timeout: float | None = None) -> None:
+        """Return once the queue confirmed this envelope; raise CommitError otherwise.
+
+        ``timeout`` bounds the wait (the sender must get an answer before its own ACK timeout): on
+        expiry CommitError("Timeout"). A timer handle is much cheaper than asyncio.wait_for's task.
+        """
+        loop = asyncio.get_running_loop()
+        if self.claim_check is not None and envelope.body is not None \
+                and len(envelope.body) + 2048 > self.claim_check.threshold:
+            envelope = await self.prepare(envelope)
         entry = self.entry_for(envelope)
         size = len(entry.body) + 200
         if self._pending and self._pending_bytes + size > SQS_BATCH_BYTES:
             self._flush()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = loop.create_future()
         self._pending.append((entry, future))
         self._pending_bytes += size
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._flush)
-        await future
+            self._timer = loop.call_later(self.linger_s, self._flush)
+        deadline = loop.call_later(timeout, _expire, future) if timeout else None
+        try:
+            await future
+        finally:
+            if deadline is not None:
+                deadline.cancel()
 
     def _flush(self) -> None:
         if self._timer is not None:

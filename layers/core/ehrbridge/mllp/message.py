@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ehrbridge.contracts.envelope import Envelope, new_envelope, patient_key_for
 from ehrbridge.contracts.tenant import MllpSource, TenantConfig
-from ehrbridge.hl7.wire import MshHeader, WireError, decode_detailed, split_segments
+from ehrbridge.hl7.wire import MshHeader, WireError, decode_detailed
 from ehrbridge.mllp.ack import AckError
 
 
@@ -126,6 +126,26 @@ class Inspected:
     sha256: str
 
 
+def _has_body(raw: bytes) -> bool:
+    """True when some segment follows MSH (cheaper than splitting the whole message)."""
+    pos = raw.find(b"MSH")
+    cut = min((i for i in (raw.find(b"\r", pos), raw.find(b"\n", pos)) if i >= 0), default=-1)
+    return cut >= 0 and bool(raw[cut:].strip(b"\r\n \t\x00"))
+
+
+def msh_head(raw: bytes) -> bytes:
+    """The bytes up to the end of the MSH segment: all ``read_msh`` needs, without splitting a 2 MB message."""
+    pos = raw.find(b"MSH")
+    if pos < 0:
+        return raw
+    ends = [i for i in (raw.find(b"\r", pos), raw.find(b"\n", pos)) if i >= 0]
+    return raw[:min(ends)] if ends else raw
+
+
+def starts_batch(raw: bytes) -> bool:
+    return raw.lstrip(b"\x00 \t\r\n\xef\xbb\xbf")[:3] in (b"FHS", b"BHS")
+
+
 def inspect(raw: bytes, header: MshHeader, route: Route) -> Inspected:
     """Strict checks that decide AA vs AE before anything is committed."""
     charset = header.charset or route.source.default_charset
@@ -136,8 +156,7 @@ def inspect(raw: bytes, header: MshHeader, route: Route) -> Inspected:
         unsupported = err.reason.startswith("unsupported")
         raise Rejected(AckError(err.code if unsupported else "102", err.reason, ("MSH", 1, 18)),
                        reject=unsupported) from None
-    segments = split_segments(raw)
-    if len(segments) < 2 and not header.kind.startswith("ACK"):
+    if not _has_body(raw) and not header.kind.startswith("ACK"):
         raise Rejected(AckError("100", "message has no segment after MSH", ("MSH", 1, 0)), reject=True)
     return Inspected(header=header, route=route, text=text, charset=charset,
                      sha256=hashlib.sha256(raw).hexdigest())

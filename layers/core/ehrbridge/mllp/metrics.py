@@ -36,24 +36,36 @@ def _bucket(ms: float) -> float:
     """Log-spaced buckets (~5 % wide) keep the distribution small with p99 error under 5 %."""
     if ms <= 0.05:
         return 0.05
-    return round(math.exp(round(math.log(ms) * 20) / 20), 3)
+    return _BUCKET_VALUES.get(int(math.log(ms) * 20)) or _bucket_value(int(math.log(ms) * 20))
+
+
+_BUCKET_VALUES: dict[int, float] = {}
+
+
+def _bucket_value(index: int) -> float:
+    value = _BUCKET_VALUES[index] = round(math.exp((index + 0.5) / 20), 3)
+    return value
 
 
 class Histogram:
     def __init__(self) -> None:
         self.buckets: Counter[float] = Counter()
-        self.count = 0
-        self.total = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets.values())
 
     def add(self, ms: float) -> None:
         self.buckets[_bucket(ms)] += 1
-        self.count += 1
-        self.total += ms
+
+    def merge(self, other: Histogram) -> None:
+        self.buckets.update(other.buckets)
 
     def quantile(self, q: float) -> float:
-        if not self.count:
+        count = self.count
+        if not count:
             return 0.0
-        rank = q * self.count
+        rank = q * count
         seen = 0
         for value in sorted(self.buckets):
             seen += self.buckets[value]
@@ -71,7 +83,7 @@ class BridgeMetrics:
         self.counters: Counter[tuple[str, str, str]] = Counter()
         self.totals: Counter[tuple[str, str, str]] = Counter()  # since start, for /metrics
         self.latency: dict[tuple[str, str], Histogram] = {}
-        self.latency_all: dict[str, Histogram] = {}
+        self.latency_all: dict[str, Histogram] = {}  # flushed intervals, since start
         self.open_connections = 0
         self._last_flush = time.monotonic()
 
@@ -81,8 +93,10 @@ class BridgeMetrics:
         self.totals[key] += value
 
     def observe(self, name: str, tenant: str, ms: float) -> None:
-        self.latency.setdefault((name, tenant), Histogram()).add(ms)
-        self.latency_all.setdefault(name, Histogram()).add(ms)
+        hist = self.latency.get((name, tenant))
+        if hist is None:
+            hist = self.latency[(name, tenant)] = Histogram()
+        hist.add(ms)
 
     def total(self, name: str, detail: str | None = None) -> int:
         return sum(v for (n, _t, d), v in self.totals.items() if n == name and (detail is None or d == detail))
@@ -91,8 +105,13 @@ class BridgeMetrics:
         counters: dict[str, dict[str, int]] = {}
         for (name, tenant, detail), value in sorted(self.totals.items()):
             counters.setdefault(name, {})[f"{tenant}/{detail}" if detail else tenant] = value
+        merged: dict[str, Histogram] = {}
+        for name, hist in self.latency_all.items():
+            merged.setdefault(name, Histogram()).merge(hist)
+        for (name, _tenant), hist in self.latency.items():
+            merged.setdefault(name, Histogram()).merge(hist)
         lat = {name: {"count": h.count, "p50_ms": h.quantile(0.5), "p99_ms": h.quantile(0.99)}
-               for name, h in self.latency_all.items()}
+               for name, h in merged.items()}
         return {"open_connections": self.open_connections, "counters": counters, "latency": lat}
 
     def maybe_flush(self) -> None:
@@ -125,4 +144,6 @@ class BridgeMetrics:
             out.write(json.dumps(doc, separators=(",", ":")) + "\n")
         out.flush()
         self.counters.clear()
+        for (name, _tenant), hist in self.latency.items():
+            self.latency_all.setdefault(name, Histogram()).merge(hist)
         self.latency.clear()

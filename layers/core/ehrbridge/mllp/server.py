@@ -23,13 +23,13 @@ from typing import Any
 
 from ehrbridge.contracts.envelope import new_envelope, stable_id
 from ehrbridge.contracts.tenant import TenantConfig
-from ehrbridge.hl7.wire import MshHeader, WireError, is_batch, read_msh
+from ehrbridge.hl7.wire import MshHeader, WireError, read_msh
 from ehrbridge.mllp import metrics as m
 from ehrbridge.mllp.ack import AckError, ack_code, build_ack, fallback_header, should_send
 from ehrbridge.mllp.commit import CommitError, GroupCommitter
 from ehrbridge.mllp.dedupe import AckCache
 from ehrbridge.mllp.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameTooLarge, MllpDecoder, frame
-from ehrbridge.mllp.message import Rejected, Route, SourceDirectory, build_envelope, inspect
+from ehrbridge.mllp.message import Rejected, Route, SourceDirectory, build_envelope, inspect, msh_head, starts_batch
 from ehrbridge.mllp.tls import classify_handshake_error, fingerprint, server_context
 from ehrbridge.observability import logger
 
@@ -360,7 +360,7 @@ class MllpBridge:
     async def _process(self, raw: bytes, conn: _Conn) -> tuple[str, bytes | None]:
         """Return (tenant for metrics, ACK payload or None when enhanced mode says not to answer)."""
         try:
-            header = read_msh(raw)
+            header = read_msh(msh_head(raw))
         except WireError as err:
             header = fallback_header(raw)
             tenant = self._fallback_tenant(conn)
@@ -392,10 +392,10 @@ class MllpBridge:
         accepted: bytes | None = None
         try:
             collision = self.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
-            envelope = build_envelope(raw, item, batch=is_batch(raw), collision=collision)
+            envelope = build_envelope(raw, item, batch=starts_batch(raw), collision=collision)
             try:
-                await asyncio.wait_for(self.committer.commit(envelope), self.settings.ack_timeout_s)
-            except (CommitError, TimeoutError, OSError) as err:
+                await self.committer.commit(envelope, self.settings.ack_timeout_s)
+            except (CommitError, OSError) as err:
                 reason = err.code if isinstance(err, CommitError) else type(err).__name__
                 self.metrics.count(m.COMMIT_FAILED, tenant, reason[:64])
                 logger.error("commit failed", extra={"tenant_id": tenant, "message_id": envelope.message_id,
