@@ -8,14 +8,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from ehrbridge.normalize.stage import build_normalizer_stage
 from ehrbridge.observability import logger, metrics, tracer
 from ehrbridge.pipeline.consumer import Consumer
-from ehrbridge.pipeline.passthrough import build_forward_stage
 
 
 @cache
 def _consumer() -> Consumer:
-    return build_forward_stage("normalizer", consumes="normalize", produces="identity")
+    return build_normalizer_stage()
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -262,7 +262,7 @@ def coding_for(code: str, display: str, system_name: str, ctx: Ctx, where: str, 
                 coding["extension"] = [{"url": EXT_DATA_QUALITY, "valueCoding": {
                     "system": DQ_SYSTEM, "code": result.problem.split(":")[0] + "-check-failed",
                     "display": result.problem}}]
-                ctx.issue("invalid-code", where, result.problem)
+                ctx.issue("invalid-code", where, f"{result.problem} ({code[:20]})")
     mapped = conceptmap.lookup(ctx.tenant_id, ctx.tenant.code_maps, system_name or "L", code) \
         if ctx.tenant.code_maps and uri != LOINC else None
     if mapped:

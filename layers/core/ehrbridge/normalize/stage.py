@@ -1,0 +1,99 @@
+"""The normalizer stage: normalize envelope -> one canonical Bundle envelope on identity, or quarantine.
+
+Output contract (docs/normalization.md): one envelope per source message,
+``envelope.derive(kind=<input kind>, body=<Bundle JSON>, body_encoding="json")``; patient_key kept
+(set from the normalized patient when the input had none); attributes add ``source_event_time``,
+``structure`` and counts. Metrics per tenant and message type: Normalized, Quarantined (by reason
+class), UnmappedSegments, CodeRepairs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from ehrbridge.aws import settings
+from ehrbridge.aws.s3 import S3BlobStore
+from ehrbridge.aws.sqs import Publisher, SqsPublisher
+from ehrbridge.contracts.claim_check import ClaimCheck
+from ehrbridge.contracts.envelope import Envelope
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
+from ehrbridge.normalize.engine import NormalizeResult, normalize_hl7
+from ehrbridge.observability import emit_metric, logger
+from ehrbridge.pipeline.consumer import Consumer
+from ehrbridge.pipeline.stages import Quarantine
+
+STAGE = "normalizer"
+
+
+def normalize_envelope(envelope: Envelope, tenant: TenantConfig) -> NormalizeResult:
+    body = envelope.body_bytes()
+    if envelope.source == "fhir":
+        from ehrbridge.normalize.fhir_input import normalize_fhir
+
+        return normalize_fhir(body, tenant, message_id=envelope.message_id)
+    return normalize_hl7(body, tenant, source_id=envelope.attributes.get("source_id"),
+                         message_id=envelope.message_id)
+
+
+def reason_class(reason: str) -> str:
+    """A low-cardinality label for a reason (metric dimension values must not explode)."""
+    head = reason.split(":")[0].strip()
+    for prefix in ("unsupported message type", "unparseable HL7", "invalid FHIR", "mapping failed"):
+        if head.startswith(prefix):
+            return prefix
+    return head.split(" ")[0][:40] or "other"
+
+
+class NormalizerStage:
+    """Domain step, independent of Lambda: the handler wires it to SQS through Consumer."""
+
+    def __init__(self, tenants: Callable[[str], TenantConfig], out: Publisher, quarantine: Quarantine) -> None:
+        self.tenants = tenants
+        self.out = out
+        self.quarantine = quarantine
+
+    def __call__(self, envelope: Envelope) -> NormalizeResult:
+        try:
+            tenant = self.tenants(envelope.tenant_id)
+        except TenantNotFound:
+            self.quarantine.put(envelope, ["tenant is not configured"], STAGE)
+            return NormalizeResult("quarantined", kind=envelope.kind, reasons=["tenant is not configured"])
+        result = normalize_envelope(envelope, tenant)
+        tenant_id = envelope.tenant_id
+        if not result.ok:
+            self.quarantine.put(envelope, result.reasons, STAGE)
+            for reason in result.reasons:
+                emit_metric(f"QuarantinedBy_{reason_class(reason).replace(' ', '_')}", tenant=tenant_id,
+                            message_type=envelope.kind)
+            return result
+        attributes = {"source_event_time": result.source_event_time, "structure": result.structure,
+                      "unmapped": str(len(result.unmapped)), "repairs": str(len(result.repairs))}
+        out = envelope.derive(kind=envelope.kind, body=json.dumps(result.bundle, separators=(",", ":")),
+                              body_encoding="json", patient_key=envelope.patient_key or result.patient_key,
+                              attributes=attributes)
+        self.out.publish([out])
+        emit_metric("Normalized", tenant=tenant_id, message_type=envelope.kind)
+        if result.unmapped:
+            emit_metric("UnmappedSegments", tenant=tenant_id, value=len(result.unmapped), message_type=envelope.kind)
+        if result.repairs:
+            emit_metric("CodeRepairs", tenant=tenant_id, value=len(result.repairs), message_type=envelope.kind)
+        logger.info("normalized", extra={"structure": result.structure, "resources": len(result.bundle["entry"]),
+                                         "unmapped": len(result.unmapped), "repairs": len(result.repairs)})
+        return result
+
+
+def build_normalizer_stage() -> Consumer:
+    archive = S3BlobStore(settings.bucket_name("archive"))
+    claim_check = ClaimCheck(archive)
+    out = SqsPublisher(settings.queue_url("identity"), claim_check)
+    quarantine = Quarantine(S3BlobStore(settings.bucket_name("quarantine")),
+                            SqsPublisher(settings.queue_url("quarantine"), claim_check))
+    store = DynamoTenantStore(settings.table_name("state"))
+    stage = NormalizerStage(store.get, out, quarantine)
+
+    def handle(envelope: Envelope) -> None:
+        stage(claim_check.inbound(envelope))
+
+    return Consumer(STAGE, handle, consumes="normalize", idempotency_table=settings.table_name("idempotency"))
