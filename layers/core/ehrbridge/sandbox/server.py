@@ -63,6 +63,8 @@ class SandboxClient:
     # A user-facing app the vendor issues (rotating) refresh tokens to.
     refresh_token: str | None = None
     token_lifetime_s: int | None = None
+    # Simulates a revoked app: every token of this client answers 401.
+    tokens_rejected: bool = False
 
 
 @dataclass
@@ -70,6 +72,18 @@ class IssuedToken:
     client_id: str
     perms: dict[str, str]
     expires_at: float
+
+
+@dataclass(frozen=True)
+class AssertionRecord:
+    """Facts about an accepted assertion (no signature, so it cannot be replayed from here)."""
+
+    client_id: str
+    kid: str
+    alg: str
+    jti: str
+    lifetime_s: float  # exp - iat
+    expires_in_s: float  # exp - now at verification
 
 
 @dataclass(frozen=True)
@@ -88,7 +102,7 @@ class SandboxEHR:
                  token_limit_per_min: int | None = None, rate_window_s: float = 60.0, patients: int = 20,
                  seed: int = 7, unsupported_types: Iterable[str] = (), clock: Callable[[], float] = time.time,
                  host: str = "127.0.0.1", port: int = 0, paging_session_ttl_s: float = 600.0,
-                 jwks_cache_s: float = 0.0) -> None:
+                 jwks_cache_s: float = 0.0, token_delay_s: float = 0.0) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the sandbox binds to loopback only")
         self.profile: VendorProfile = profile_for(vendor)
@@ -100,6 +114,8 @@ class SandboxEHR:
         self.unsupported_types = set(unsupported_types)
         self.paging_session_ttl_s = paging_session_ttl_s
         self.jwks_cache_s = jwks_cache_s
+        self.token_delay_s = token_delay_s  # widens race windows in concurrency tests
+        self.assertions: list[AssertionRecord] = []
         self.resources = generate(patients, seed=seed)
         self.clients: dict[str, SandboxClient] = {}
         self.tokens: dict[str, IssuedToken] = {}
@@ -147,13 +163,13 @@ class SandboxEHR:
     def register_client(self, client_id: str, *, jwks: dict[str, Any] | None = None, jwks_url: str | None = None,
                         client_secret: str | None = None, grant_types: Iterable[str] | None = None,
                         policy_denied_types: Iterable[str] = (), refresh_token: str | None = None,
-                        token_lifetime_s: int | None = None) -> SandboxClient:
+                        token_lifetime_s: int | None = None, tokens_rejected: bool = False) -> SandboxClient:
         if jwks is None and jwks_url is None and client_secret is None:
             raise ValueError("register a JWKS, a JWKS URL or a client secret")
         client = SandboxClient(client_id, jwks=jwks, jwks_url=jwks_url, client_secret=client_secret,
                                grant_types=set(grant_types) if grant_types is not None else None,
                                policy_denied_types=set(policy_denied_types), refresh_token=refresh_token,
-                               token_lifetime_s=token_lifetime_s)
+                               token_lifetime_s=token_lifetime_s, tokens_rejected=tokens_rejected)
         with self._lock:
             self.clients[client_id] = client
         return client
@@ -217,6 +233,8 @@ class SandboxEHR:
 
     # ---- token endpoint -----------------------------------------------------------
     def token(self, form: dict[str, str], basic: tuple[str, str] | None) -> tuple[int, dict[str, Any], dict[str, str]]:
+        if self.token_delay_s:
+            time.sleep(self.token_delay_s)
         client, error = self._authenticate(form, basic)
         if client is None:
             return 400, {"error": "invalid_client", "error_description": error}, {}
@@ -328,6 +346,8 @@ class SandboxEHR:
             if (iss, jti) in self._seen_jti:
                 return None, "jti already used"
             self._seen_jti[(iss, jti)] = float(exp) + CLOCK_SKEW_S
+            self.assertions.append(AssertionRecord(iss, kid, alg, jti, exp - (iat if isinstance(iat, int | float)
+                                                                                else now), exp - now))
         return client, ""
 
     def _client_jwks(self, client: SandboxClient) -> dict[str, Any]:
@@ -379,6 +399,9 @@ class SandboxEHR:
             return None, "unknown token"
         if token.expires_at <= self.clock():
             return None, "token expired"
+        client = self.clients.get(token.client_id)
+        if client is not None and client.tokens_rejected:
+            return None, "token revoked"
         return token, ""
 
     def search(self, token: IssuedToken, resource_type: str,
