@@ -113,8 +113,8 @@ class Model:
             if level >= 0:
                 total += weights[i][level]
         total += self._tf(levels, b, swapped)
-        total = max(-60.0, min(60.0, total))
-        probability = 1.0 / (1.0 + 2.0 ** (-total))
+        # The weight stays unclipped (it ranks candidates); only the probability saturates.
+        probability = 1.0 / (1.0 + 2.0 ** (-max(-60.0, min(60.0, total))))
         return PairScore(total, probability, levels, swapped, _gate(a, b, levels))
 
     def _tf(self, levels: list[int], b: Person, swapped: bool) -> float:
