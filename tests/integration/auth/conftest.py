@@ -55,7 +55,8 @@ def register(sandbox: SandboxEHR, alg: str = "RS384", client_id: str = "client-1
     sandbox.register_client(client_id, jwks=jwks([public_jwk_from_pem(pem(alg), alg, kid)]), **kwargs)
 
 
-def tenant_for(sandbox: SandboxEHR, tenant_id: str = "acme-health", alg: str = "RS384", **overrides: Any) -> TenantConfig:
+def tenant_for(sandbox: SandboxEHR, tenant_id: str = "acme-health", alg: str = "RS384",
+               **overrides: Any) -> TenantConfig:
     data: dict[str, Any] = {"tenant_id": tenant_id, "vendor": sandbox.profile.vendor,
                             "fhir_base_url": sandbox.fhir_base_url, "client_id": "client-1", "key_id": "k1",
                             "algorithm": alg, "workflows": ["labs"],

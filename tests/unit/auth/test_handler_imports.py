@@ -12,9 +12,10 @@ FORBIDDEN = ("fhir.resources", "fhir_core", "authlib", "hl7", "recordlinkage", "
 
 
 def test_token_refresh_handler_imports_nothing_heavy() -> None:
+    handler = str(REPO / "functions" / "token_refresh" / "handler.py")
     code = (
         "import importlib.util, json, sys\n"
-        f"spec = importlib.util.spec_from_file_location('handler', {str(REPO / 'functions/token_refresh/handler.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('handler', {handler!r})\n"
         "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
         "assert callable(module.lambda_handler)\n"
         "print(json.dumps(sorted(sys.modules)))\n"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from pydantic import SecretStr
 
@@ -40,7 +42,7 @@ def test_scheduled_runs_refresh_before_expiry_and_not_earlier_than_needed(lifeti
         assert r.tokens.get("acme-health").is_valid(clock.now)  # type: ignore[union-attr]
     assert refreshes_at, "never refreshed"
     # ... and not far too early: at least half of each lifetime is used.
-    gaps = [b - a for a, b in zip(refreshes_at, refreshes_at[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(refreshes_at)]
     assert all(g >= lifetime / 2 for g in gaps)
 
 
