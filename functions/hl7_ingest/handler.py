@@ -1,6 +1,7 @@
-"""hl7_ingest Lambda: consumes hl7-inbound, archives raw HL7 and routes it to normalize.
+"""hl7_ingest Lambda: consumes hl7-inbound, archives raw HL7, splits batches and routes each message to normalize.
 
-Thin: Powertools wiring, then the stage from the library. Failures become partial batch responses.
+Thin: Powertools wiring, then the stage from the library (ehrbridge.ingest.stage). Bad messages are
+quarantined with the reason; transient failures become partial batch responses (then the DLQ).
 """
 
 from __future__ import annotations
@@ -8,14 +9,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from ehrbridge.ingest.stage import build_consumer
 from ehrbridge.observability import logger, metrics, tracer
 from ehrbridge.pipeline.consumer import Consumer
-from ehrbridge.pipeline.passthrough import build_forward_stage
 
 
 @cache
 def _consumer() -> Consumer:
-    return build_forward_stage("hl7_ingest", consumes="hl7-inbound", produces="normalize")
+    return build_consumer()
 
 
 @logger.inject_lambda_context(clear_state=True)
