@@ -253,7 +253,7 @@ def coding_for(code: str, display: str, system_name: str, ctx: Ctx, where: str, 
                     ctx.repair("code-format", where, f"{system_name or uri}: {result.repair}")
                     coding["code"] = result.code
                 if uri == LOINC and system_name.upper() != "LN":
-                    ctx.repair("code-system-alias", where, f"{system_name} -> {LOINC}")
+                    ctx.repair("code-system-alias", where, f"coding system {system_name!r} -> LN ({LOINC})")
             else:
                 if ctx.tenant.terminology.on_invalid_code == "quarantine":
                     raise QuarantineError(f"{where}: {result.problem}")
