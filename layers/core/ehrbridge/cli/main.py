@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typer
 
+from ehrbridge.cli import bridge as bridge_cli
 from ehrbridge.cli import local as local_cli
 from ehrbridge.cli import normalize as normalize_cli
 from ehrbridge.cli import tenants as tenants_cli
@@ -14,6 +15,8 @@ from ehrbridge.cli import tenants as tenants_cli
 app = typer.Typer(help="ehrbridge: EHR integration that stays live.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
 app.add_typer(local_cli.app, name="local")
+app.add_typer(bridge_cli.app, name="bridge")
+app.command("send")(bridge_cli.send)
 app.command("normalize")(normalize_cli.normalize)
 app.command("preflight")(normalize_cli.preflight)
 app.add_typer(tenants_cli.tenants_app, name="tenants")

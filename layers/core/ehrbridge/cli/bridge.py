@@ -1,0 +1,133 @@
+"""`ehrbridge bridge serve` (the MLLP/TLS bridge) and `ehrbridge send` (an MLLP/TLS client for operators)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="The HL7 v2 MLLP-over-TLS bridge.", no_args_is_help=True)
+
+_ENV = "EHRBRIDGE_MLLP_"
+
+
+@app.command("serve")
+def serve(
+    cert: Path = typer.Option(..., envvar=_ENV + "CERT_FILE", help="Server certificate chain (PEM)."),
+    key: Path = typer.Option(..., envvar=_ENV + "KEY_FILE", help="Server private key (PEM)."),
+    tenant: list[Path] = typer.Option(None, "--tenant", envvar=_ENV + "TENANT_FILES",
+                                      help="Tenant config YAML (repeatable)."),
+    tenants_from_store: bool = typer.Option(False, envvar=_ENV + "TENANTS_FROM_STORE",
+                                            help="Load every tenant with MLLP sources from the state table."),
+    client_ca: Path | None = typer.Option(None, envvar=_ENV + "CLIENT_CA_FILE",
+                                          help="CA bundle for client certificates (enables mutual TLS)."),
+    require_client_cert: bool = typer.Option(False, envvar=_ENV + "REQUIRE_CLIENT_CERT"),
+    require_known_client_cert: bool = typer.Option(
+        False, envvar=_ENV + "REQUIRE_KNOWN_CLIENT_CERT",
+        help="Refuse client certificates no MLLP source is bound to (by SHA-256 fingerprint)."),
+    host: str = typer.Option("0.0.0.0", envvar=_ENV + "HOST"),
+    port: int = typer.Option(2575, envvar=_ENV + "PORT"),
+    health_port: int = typer.Option(8080, envvar=_ENV + "HEALTH_PORT", help="HTTP /healthz /readyz /metrics."),
+    max_message_bytes: int = typer.Option(16 * 1024 * 1024, envvar=_ENV + "MAX_MESSAGE_BYTES"),
+    read_timeout: float = typer.Option(30.0, envvar=_ENV + "READ_TIMEOUT_S", help="Deadline for a started frame."),
+    idle_timeout: float = typer.Option(3600.0, envvar=_ENV + "IDLE_TIMEOUT_S"),
+    ack_timeout: float = typer.Option(10.0, envvar=_ENV + "ACK_TIMEOUT_S",
+                                      help="Answer AE if the queue has not confirmed by then."),
+    drain_timeout: float = typer.Option(30.0, envvar=_ENV + "DRAIN_TIMEOUT_S"),
+    linger_ms: float = typer.Option(2.0, envvar=_ENV + "LINGER_MS", help="Group-commit linger."),
+    max_connections: int = typer.Option(2000, envvar=_ENV + "MAX_CONNECTIONS"),
+    metrics_interval: float = typer.Option(60.0, envvar=_ENV + "METRICS_INTERVAL_S"),
+) -> None:
+    """Run the bridge until SIGTERM/SIGINT (then drain: stop accepting, finish in-flight ACKs, exit)."""
+    import asyncio
+
+    from ehrbridge.contracts.envelope import ContractError
+    from ehrbridge.contracts.tenant import TenantConfig
+    from ehrbridge.mllp.app import AwsTargets, build_bridge
+    from ehrbridge.mllp.server import BridgeSettings
+
+    tenants: list[TenantConfig] = []
+    try:
+        for path in tenant or []:
+            tenants.append(TenantConfig.from_yaml(path))
+        if tenants_from_store:
+            from ehrbridge.aws import settings as aws_settings
+            from ehrbridge.contracts.tenant_store import DynamoTenantStore
+
+            tenants.extend(DynamoTenantStore(aws_settings.table_name("state")).list())
+    except ContractError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    tenants = [t for t in tenants if t.mllp_sources]
+    if not tenants:
+        typer.echo("error: no tenant with mllp_sources (use --tenant FILE or --tenants-from-store)", err=True)
+        raise typer.Exit(2)
+    settings = BridgeSettings(
+        certfile=cert, keyfile=key, host=host, port=port, health_host=host, health_port=health_port or None,
+        client_ca=client_ca, require_client_cert=require_client_cert,
+        require_known_client_cert=require_known_client_cert, max_message_bytes=max_message_bytes,
+        read_timeout_s=read_timeout, idle_timeout_s=idle_timeout, ack_timeout_s=ack_timeout,
+        linger_s=linger_ms / 1000, max_connections=max_connections, drain_timeout_s=drain_timeout,
+        metrics_interval_s=metrics_interval)
+    try:
+        bridge = build_bridge(settings, tenants, AwsTargets.from_env())
+    except (OSError, ValueError) as err:  # unreadable cert/key, missing queue setting
+        typer.echo(f"error: {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(2) from None
+
+    def reload_tls() -> None:
+        # SIGHUP: new certificate/key (e.g. rotated in Secrets Manager and rewritten) for new connections.
+        bridge.ssl_context.load_cert_chain(str(cert), str(key))
+        if client_ca:
+            bridge.ssl_context.load_verify_locations(cafile=str(client_ca))
+
+    async def run() -> None:
+        await bridge.serve_forever(reload_tls=reload_tls)
+
+    asyncio.run(run())
+    bridge.committer.sink.close()  # type: ignore[attr-defined]
+
+
+def send(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="HL7 files (one or more messages each)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(2575, "--port"),
+    ca: Path | None = typer.Option(None, "--ca", help="CA bundle that signed the bridge's certificate."),
+    cert: Path | None = typer.Option(None, "--cert", help="Client certificate (mutual TLS)."),
+    key: Path | None = typer.Option(None, "--key", help="Client private key (mutual TLS)."),
+    server_name: str | None = typer.Option(None, "--server-name", help="Name to verify (default: --host)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for each ACK."),
+) -> None:
+    """Send HL7 v2 messages over MLLP/TLS, one at a time on one connection, and print each ACK."""
+    import asyncio
+    import ssl
+
+    from ehrbridge.mllp.client import MllpClient, MllpClientError
+    from ehrbridge.mllp.local import read_messages
+    from ehrbridge.mllp.tls import client_context
+
+    try:
+        ctx = client_context(ca, certfile=cert, keyfile=key)
+    except (OSError, ssl.SSLError) as err:
+        typer.echo(f"error: cannot load TLS files: {err}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> int:
+        failures = 0
+        async with MllpClient(host, port, ssl_context=ctx, server_hostname=server_name or host,
+                              timeout=timeout) as client:
+            for path in files:
+                for index, message in enumerate(read_messages(path), start=1):
+                    ack = await client.send(message)
+                    ok = ack.code in ("AA", "CA")
+                    failures += not ok
+                    detail = f"  {ack.text}" if ack.text else ""
+                    typer.echo(f"{path.name}#{index}\tMSA-2={ack.control_id}\t{ack.code or '?'}{detail}")
+        return failures
+
+    try:
+        failures = asyncio.run(run())
+    except (OSError, ssl.SSLError, MllpClientError, TimeoutError) as err:
+        typer.echo(f"error: {type(err).__name__}: {err}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(1 if failures else 0)

@@ -1,0 +1,101 @@
+"""`ehrbridge bridge serve` as a real process: `ehrbridge send` against it, then SIGTERM under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ehrbridge.cli.main import app
+from ehrbridge.mllp.client import MllpClient, MllpClientError
+from ehrbridge.mllp.tls import client_context
+
+from .conftest import drain_queue, oru
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[3]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"bridge exited early: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("bridge never became ready")
+
+
+def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port, health = free_port(), free_port()
+    env = {**os.environ, **twin.env, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ehrbridge.cli.main", "bridge", "serve", "--cert", str(pki.server.cert),
+         "--key", str(pki.server.key), "--tenant", str(REPO / "events" / "tenants" / "demo-health.yaml"),
+         "--host", "127.0.0.1", "--port", str(port), "--health-port", str(health), "--drain-timeout", "15"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(health, proc)
+        # The operator client prints one line per ACK and exits 0 when all were accepted.
+        sample = tmp_path / "two.hl7"
+        sample.write_bytes(oru(1, "SEND1") + oru(2, "SEND2").replace(b"\r", b"\n"))
+        result = CliRunner().invoke(app, ["send", str(sample), "--host", "127.0.0.1", "--port", str(port),
+                                          "--ca", str(pki.ca.cert), "--server-name", "localhost"])
+        assert result.exit_code == 0, result.output
+        assert "MSA-2=SEND1\tAA" in result.output and "MSA-2=SEND2\tAA" in result.output
+        assert [q["attributes"]["msh10"] for q in drain_queue(twin)] == ["SEND1", "SEND2"]
+
+        acked: list[str] = []
+        refused: list[str] = []
+
+        async def sender(worker: int) -> None:
+            try:
+                async with MllpClient("127.0.0.1", port, ssl_context=client_context(pki.ca.cert),
+                                      server_hostname="localhost", timeout=20) as c:
+                    for n in range(100000):
+                        ack = await c.send(oru(n, f"T{worker}N{n}"))
+                        (acked if ack.code == "AA" else refused).append(ack.control_id)
+            except (MllpClientError, ConnectionError, ssl.SSLError, OSError):
+                return  # closed by the draining bridge
+
+        async def load() -> None:
+            tasks = [asyncio.create_task(sender(w)) for w in range(10)]
+            while len(acked) < 100:
+                await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+        asyncio.run(load())
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    queued = [q["attributes"]["msh10"] for q in drain_queue(twin)]
+    assert len(acked) >= 100 and set(acked) <= set(queued)  # every AA'd message is in the queue
+    assert refused == []
+    lines = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
+    assert any(line.get("message") == "mllp bridge draining" for line in lines)
+    assert any(line.get("message") == "mllp bridge stopped" for line in lines)
