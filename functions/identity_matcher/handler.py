@@ -1,6 +1,8 @@
-"""identity_matcher Lambda: consumes identity, writes the FHIR lake.
+"""identity_matcher Lambda: consumes identity, resolves each Patient to its enterprise patient,
+rewrites references, writes the FHIR lake and one EventBridge event per link change.
 
-Thin: Powertools wiring, then the stage from the library. Failures become partial batch responses.
+Thin: Powertools wiring, then the stage from the library (ehrbridge.identity.stage). Failures
+become partial batch responses; unresolvable bundles are quarantined with their reason.
 """
 
 from __future__ import annotations
@@ -8,18 +10,22 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from ehrbridge.identity.stage import IdentityStage, build_identity_consumer
 from ehrbridge.observability import logger, metrics, tracer
 from ehrbridge.pipeline.consumer import Consumer
-from ehrbridge.pipeline.passthrough import build_sink_stage
 
 
 @cache
-def _consumer() -> Consumer:
-    return build_sink_stage("identity_matcher", consumes="identity")
+def _consumer() -> tuple[Consumer, IdentityStage]:
+    return build_identity_consumer("identity_matcher")
 
 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return _consumer()(event, context)
+    consumer, stage = _consumer()
+    try:
+        return consumer(event, context)
+    finally:
+        stage.flush_backlog_metrics()

@@ -12,8 +12,9 @@ from ehrbridge.identity.normalize import Person
 # A bucket that reaches this size stops growing and is skipped at query time: a value that common
 # (a placeholder that slipped through, a huge family at one address) does not discriminate.
 MAX_BUCKET = 200
-# Candidates scored per record: the most keys shared first (DynamoDB BatchGetItem takes 100).
-MAX_CANDIDATES = 100
+# Candidates scored per record, the most keys shared first: with the record itself this fills one
+# DynamoDB BatchGetItem (100 keys), so the candidate read stays one round trip.
+MAX_CANDIDATES = 99
 
 
 def record_keys(p: Person) -> list[str]:

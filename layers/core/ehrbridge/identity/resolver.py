@@ -98,6 +98,11 @@ def fingerprint(person: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(person, sort_keys=True).encode()).hexdigest()[:24]
 
 
+def _outbox(rec: SourceRecord, message_id: str | None, changes: list[LinkChange]) -> None:
+    rec.last_message_id = message_id
+    rec.last_changes = [dict(c.__dict__) for c in changes]
+
+
 class Resolver:
     def __init__(self, store: MpiStore, model: Model, *,
                  thresholds: Callable[[str], Thresholds] | None = None,
@@ -238,12 +243,15 @@ class Resolver:
             # A retired (merged-away) identifier resolves to its survivor; it is never re-matched.
             return done(Resolution(source_key, existing.eid, "link", "certain", 1.0))
         if existing is not None and existing.fingerprint == fp:
-            # Same demographics again (a replay or an update with no identity change): nothing to do.
+            # Same demographics again (a replay or an update with no identity change): nothing to do,
+            # except re-sending the changes if this very message is being redelivered.
             decision: Decision = "review" if existing.review_id else (
                 "new" if existing.link_source == "new" else "link")
             grade: Grade = "probable" if existing.review_id else "certain"
+            replay = [LinkChange(**c) for c in existing.last_changes] \
+                if message_id and existing.last_message_id == message_id else []
             return done(Resolution(source_key, existing.eid, decision, grade, existing.score or 1.0,
-                                   review_id=existing.review_id))
+                                   review_id=existing.review_id, changes=replay))
 
         exclude = set(existing.not_eids) if existing else set()
         ranked = self._score(person, candidates, exclude, th)
@@ -275,6 +283,7 @@ class Resolver:
                                                       score=score, reason=reason, message_id=message_id))
                     changes.append(LinkChange("review-opened", tenant, source_key, rec.eid, grade=grade,
                                               score=score, review_id=item.review_id, reason=reason))
+            _outbox(rec, message_id, changes)
             commit.put(rec, None)
             self.store.commit(tenant, commit)
             return done(Resolution(source_key, rec.eid, decision, grade, score, review_id=rec.review_id,
@@ -287,6 +296,7 @@ class Resolver:
         self._index(commit, rec, record_keys(person), buckets)
         if existing.link_source in ("manual", "merge"):
             # A person's decision (or an ADT merge) stands; new demographics only refresh the index.
+            _outbox(rec, message_id, changes)
             commit.put(rec, expected)
             self.store.commit(tenant, commit)
             return done(Resolution(source_key, rec.eid, "link", "certain", 1.0, changes=changes))
@@ -306,6 +316,7 @@ class Resolver:
                                       grade=grade, score=score, reason="new evidence"))
             if not self._has_other_members(candidates, old, source_key):
                 commit.enterprises.append(Enterprise(old, status="merged", merged_into=rec.eid))
+            _outbox(rec, message_id, changes)
             commit.put(rec, expected)
             self.store.commit(tenant, commit)
             return done(Resolution(source_key, rec.eid, "link", grade, score, changes=changes))
@@ -333,6 +344,7 @@ class Resolver:
             commit.reviews.append(item)
             changes.append(LinkChange("review-opened", tenant, source_key, rec.eid, grade=grade, score=score,
                                       review_id=item.review_id, reason=reason))
+        _outbox(rec, message_id, changes)
         commit.put(rec, expected)
         self.store.commit(tenant, commit)
         out_decision: Decision = "review" if rec.review_id else ("new" if rec.link_source == "new" else "link")
@@ -382,7 +394,10 @@ class Resolver:
                                    reason="would reverse an earlier merge")]
             raise ResolveError("surviving patient was itself merged away")
         if retired is not None and retired.status == "retired" and retired.retired_into == survivor_key:
-            return []  # replay
+            # Replay: nothing to change; re-send the events if this very message is redelivered.
+            if message_id and retired.last_message_id == message_id:
+                return [LinkChange(**c) for c in retired.last_changes]
+            return []
         now = self._now()
         commit = Commit()
         target = survivor.eid
@@ -421,6 +436,7 @@ class Resolver:
                                               reason=f"retired into {survivor_key}", message_id=message_id,
                                               moved=moved))
         changes.insert(0, LinkChange("merged", tenant, retired_key, target, previous_enterprise_id=old_eid, by=by))
+        _outbox(rec, message_id, changes)
         self.store.commit(tenant, commit)
         return changes
 

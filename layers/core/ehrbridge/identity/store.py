@@ -37,6 +37,10 @@ class SourceRecord:
     score: float | None = None
     version: int = 0
     updated_at: str = ""
+    # Outbox-lite: the link changes the last message produced, re-sent if that message is redelivered
+    # after the write succeeded but before its events went out.
+    last_message_id: str | None = None
+    last_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +152,12 @@ class MpiStore(Protocol):
 
     def review(self, tenant: str, review_id: str) -> ReviewItem | None: ...
 
+    def review_backlog(self, tenant: str) -> tuple[int, str | None]: ...
+
+    def settings(self, tenant: str) -> dict[str, Any] | None: ...
+
+    def put_settings(self, tenant: str, settings: dict[str, Any]) -> None: ...
+
 
 class InMemoryMpiStore:
     """Same semantics as the DynamoDB store (versions, bucket caps, append-only history), in dicts."""
@@ -161,6 +171,14 @@ class InMemoryMpiStore:
         self._enterprises: dict[tuple[str, str], Enterprise] = {}
         self._history: dict[tuple[str, str], list[HistoryEvent]] = {}
         self._reviews: dict[tuple[str, str], ReviewItem] = {}
+        self._settings: dict[str, dict[str, Any]] = {}
+
+    def settings(self, tenant: str) -> dict[str, Any] | None:
+        found = self._settings.get(tenant)
+        return dict(found) if found is not None else None
+
+    def put_settings(self, tenant: str, settings: dict[str, Any]) -> None:
+        self._settings[tenant] = dict(settings)
 
     def blocks(self, tenant: str, keys: Iterable[str]) -> dict[str, Bucket]:
         self.round_trips += 1
@@ -225,6 +243,10 @@ class InMemoryMpiStore:
     def reviews(self, tenant: str, status: str = "open", limit: int = 100) -> list[ReviewItem]:
         items = [r for (t, _), r in self._reviews.items() if t == tenant and r.status == status]
         return sorted(items, key=lambda r: (r.created_at, r.review_id))[:limit]
+
+    def review_backlog(self, tenant: str) -> tuple[int, str | None]:
+        items = self.reviews(tenant, "open", limit=10**9)
+        return len(items), (items[0].created_at if items else None)
 
     def review(self, tenant: str, review_id: str) -> ReviewItem | None:
         item = self._reviews.get((tenant, review_id))
