@@ -130,8 +130,8 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
                  consumes="normalize", produces=("identity", "quarantine"),
                  tables=("idempotency", "state"), buckets=("archive", "quarantine")),
     FunctionSpec("identity_matcher", "resolve patients, rewrite references, write the lake",
-                 consumes="identity", produces=(), tables=("idempotency", "mpi"),
-                 buckets=("archive", "lake")),
+                 consumes="identity", produces=("quarantine",), tables=("idempotency", "mpi"),
+                 buckets=("archive", "lake", "quarantine")),
     FunctionSpec("token_refresh", "refresh each SMART tenant's access token before it expires (scheduled)",
                  consumes=None, tables=("state",), timeout_s=60, memory_mb=512),
 )
