@@ -59,8 +59,11 @@ def cx(raw: str, seps: Separators, ctx: Ctx, where: str) -> dict[str, Any] | Non
             coding["display"] = display
         ident["type"] = {"coding": [coding]}
     fixed = vocab.IDENTIFIER_TYPE_SYSTEM.get(id_type)
-    ident["system"] = fixed if fixed and not authority else ctx.identifier_system(
-        authority or (ctx.facility if not universal else ""), universal, utype)
+    # National identifiers (SS, NPI, MC) have one system whoever assigned them, unless the tenant says otherwise.
+    if fixed and authority not in ctx.tenant.identifier_systems and universal not in ctx.tenant.identifier_systems:
+        ident["system"] = fixed
+    else:
+        ident["system"] = ctx.identifier_system(authority or (ctx.facility if not universal else ""), universal, utype)
     start = ctx.ts(_sub(_c(parts, 7), seps), where + ".7")
     end = ctx.ts(_sub(_c(parts, 8), seps), where + ".8")
     if start or end:
