@@ -7,6 +7,7 @@ a token, a private key (except the file `keys generate` writes) or a client secr
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ sandbox_app = typer.Typer(help="The sandbox EHR (FHIR R4 + SMART Backend Service
 
 StateTable = Annotated[str | None, typer.Option("--state-table", help="state table name (default: from the "
                                                                        "EHRBRIDGE_TABLE_STATE environment variable)")]
+_STDOUT: contextvars.ContextVar[Any] = contextvars.ContextVar("stdout", default=None)
 AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
@@ -40,8 +42,12 @@ def _errors() -> Iterator[None]:
     from ehrbridge.contracts.tenant_store import TenantNotFound
     from ehrbridge.tenants.keys import RotationError
 
+    # Metrics (EMF) and library output go to stderr; stdout carries only the command's result,
+    # so `--json` output stays parseable.
+    token = _STDOUT.set(sys.stdout)
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     except (ContractError, CredentialsError, KeyMaterialError, TenantNotFound, RotationError, MissingSetting,
             ScopeError, RefreshFailed) as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
@@ -49,6 +55,12 @@ def _errors() -> Iterator[None]:
     except OSError as err:
         typer.secho(f"error: {err.strerror or type(err).__name__}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
+    finally:
+        _STDOUT.reset(token)
+
+
+def _echo(text: str = "") -> None:
+    typer.echo(text, file=_STDOUT.get() or sys.stdout)
 
 
 def _store(state_table: str | None) -> Any:
@@ -59,7 +71,7 @@ def _store(state_table: str | None) -> Any:
 
 
 def _print(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    _echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 # ---- tenants --------------------------------------------------------------------------
@@ -93,9 +105,9 @@ def tenants_add(
         if as_json:
             _print(out)
         else:
-            typer.echo(f"tenant {out['tenant_id']} ({out['vendor']}) stored")
-            typer.echo(f"  scopes: {' '.join(out['scopes']) or '(none: no workflows)'}")
-            typer.echo(f"  credentials: {out['credentials_secret'] or 'unchanged'}")
+            _echo(f"tenant {out['tenant_id']} ({out['vendor']}) stored")
+            _echo(f"  scopes: {' '.join(out['scopes']) or '(none: no workflows)'}")
+            _echo(f"  credentials: {out['credentials_secret'] or 'unchanged'}")
 
 
 @tenants_app.command("list")
@@ -109,9 +121,9 @@ def tenants_list(state_table: StateTable = None, as_json: AsJson = False) -> Non
             _print(rows)
             return
         if not rows:
-            typer.echo("no tenants")
+            _echo("no tenants")
         for row in rows:
-            typer.echo(f"{row['tenant_id']:<32} {row['vendor']:<14} {','.join(row['workflows']) or '-'}")
+            _echo(f"{row['tenant_id']:<32} {row['vendor']:<14} {','.join(row['workflows']) or '-'}")
 
 
 @tenants_app.command("show")
@@ -165,7 +177,7 @@ def tenants_remove(
                        credentials=None if keep_credentials else SecretsManagerCredentialStore(),
                        recovery_days=recovery_days)
         DynamoRefreshState(store.table_name).clear(tenant_id)
-        typer.echo(f"tenant {tenant_id} removed" if found else f"tenant {tenant_id} was not configured")
+        _echo(f"tenant {tenant_id} removed" if found else f"tenant {tenant_id} was not configured")
 
 
 @tenants_app.command("check")
@@ -311,9 +323,9 @@ def sandbox_serve(
             sandbox.register_client(tenant.client_id, jwks=jwks([public_jwk_from_pem(pem, tenant.algorithm,
                                                                                      tenant.key_id)]),
                                     grant_types=grant)
-            typer.echo(f"registered client {tenant.client_id} (tenant {tenant.tenant_id})")
+            _echo(f"registered client {tenant.client_id} (tenant {tenant.tenant_id})")
         with sandbox:
-            typer.echo(f"sandbox EHR ({vendor}) FHIR base {sandbox.fhir_base_url}  token {sandbox.token_url}")
+            _echo(f"sandbox EHR ({vendor}) FHIR base {sandbox.fhir_base_url}  token {sandbox.token_url}")
             sys.stdout.flush()
             deadline = time.monotonic() + duration if duration else None
             try:
@@ -337,38 +349,38 @@ def _from_env(name: str | None) -> str | None:
 
 def _print_show(out: dict[str, Any]) -> None:
     config = out["config"]
-    typer.echo(f"tenant {config['tenant_id']} ({config['vendor']})")
-    typer.echo(f"  fhir_base_url: {config.get('fhir_base_url', '-')}")
-    typer.echo(f"  workflows: {', '.join(config.get('workflows', [])) or '-'}")
-    typer.echo(f"  requested scopes: {' '.join(out['scopes']) or '-'}")
+    _echo(f"tenant {config['tenant_id']} ({config['vendor']})")
+    _echo(f"  fhir_base_url: {config.get('fhir_base_url', '-')}")
+    _echo(f"  workflows: {', '.join(config.get('workflows', [])) or '-'}")
+    _echo(f"  requested scopes: {' '.join(out['scopes']) or '-'}")
     token = out["token"]
     if token:
-        typer.echo(f"  token: expires {token['expires_at']} ({token['seconds_remaining']} s left), "
+        _echo(f"  token: expires {token['expires_at']} ({token['seconds_remaining']} s left), "
                    f"granted: {token['granted_scope'] or '(nothing)'}")
     else:
-        typer.echo("  token: none yet")
+        _echo("  token: none yet")
     refresh = out["refresh"]
-    typer.echo(f"  denied types: {', '.join(refresh['denied_types'] + refresh['server_denied_types']) or 'none'}")
-    typer.echo(f"  consecutive refresh failures: {refresh['consecutive_failures']}"
+    _echo(f"  denied types: {', '.join(refresh['denied_types'] + refresh['server_denied_types']) or 'none'}")
+    _echo(f"  consecutive refresh failures: {refresh['consecutive_failures']}"
                + (f" (last: {refresh['last_failure_reason']})" if refresh["last_failure_reason"] else ""))
     creds = out["credentials"]
     if creds:
         kids = ", ".join(f"{k['kid']} [{k['status']}, {k['algorithm']}]" for k in creds["keys"]) or "none"
-        typer.echo(f"  keys: {kids}")
+        _echo(f"  keys: {kids}")
 
 
 def _print_check(report: Any) -> None:
-    typer.echo(f"tenant {report.tenant_id} ({report.vendor})")
+    _echo(f"tenant {report.tenant_id} ({report.vendor})")
     if not report.token_obtained:
-        typer.echo(f"  token: FAILED ({report.error})")
+        _echo(f"  token: FAILED ({report.error})")
         return
-    typer.echo(f"  token: obtained, expires_in {report.expires_in:.0f} s")
-    typer.echo(f"  requested: {' '.join(report.requested_scopes)}")
-    typer.echo(f"  granted:   {report.granted_raw or '(nothing)'}")
+    _echo(f"  token: obtained, expires_in {report.expires_in:.0f} s")
+    _echo(f"  requested: {' '.join(report.requested_scopes)}")
+    _echo(f"  granted:   {report.granted_raw or '(nothing)'}")
     for probe in report.probes:
-        typer.echo(f"  {probe.resource_type:<20} {probe.status.upper():<12} {probe.detail}")
+        _echo(f"  {probe.resource_type:<20} {probe.status.upper():<12} {probe.detail}")
     if report.denied_types:
-        typer.echo(f"  denied resource types: {', '.join(report.denied_types)}")
+        _echo(f"  denied resource types: {', '.join(report.denied_types)}")
     if report.unsupported_types:
-        typer.echo(f"  unsupported resource types: {', '.join(report.unsupported_types)}")
-    typer.echo("  result: " + ("ok" if report.healthy else "DEGRADED"))
+        _echo(f"  unsupported resource types: {', '.join(report.unsupported_types)}")
+    _echo("  result: " + ("ok" if report.healthy else "DEGRADED"))
