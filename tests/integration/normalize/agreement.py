@@ -108,7 +108,8 @@ def compare(ours: dict[str, Any], ref: dict[str, Any], tally: dict[str, Counter]
             f"ours-only={len(missing)} ref-only={len(ref_ids - ours_ids)}")
         if _names(r) or _names(o):
             # Reference-only names from other segments (MRG-7, IN2, GT1) are not counted; ours must all be there.
-            rec("patient.name", bool(_names(o)) and _names(o) <= _names(r), f"{sorted(_names(o))} vs {sorted(_names(r))}")
+            rec("patient.name", bool(_names(o)) and _names(o) <= _names(r),
+                f"{sorted(_names(o))} vs {sorted(_names(r))}")
         if o.get("birthDate") or r.get("birthDate"):
             rec("patient.birthDate", o.get("birthDate") == r.get("birthDate"),
                 f"{o.get('birthDate')} vs {r.get('birthDate')}")
@@ -158,7 +159,8 @@ def compare(ours: dict[str, Any], ref: dict[str, Any], tally: dict[str, Counter]
 # Systematic disagreements where we judged the reference wrong (or out of the field's scope), with the rule.
 # (field, file contains, detail contains) -> explanation. Everything not listed here counts as a disagreement.
 SYSTEMATIC: list[tuple[str, str, str, str]] = [
-    ("observation.code", "fhir-converter/", "'autopsy'", "A"), ("observation.code", "fhir-converter/", "'coroner'", "A"),
+    ("observation.code", "fhir-converter/", "'autopsy'", "A"),
+    ("observation.code", "fhir-converter/", "'coroner'", "A"),
     ("observation.code", "fhir-converter/", "'death-certificate'", "A"),
     ("observation.code", "fhir-converter/", "'injury-incident'", "A"),
     ("observation.code", "fhir-converter/MDM-", "no counterpart", "B"),
