@@ -1,0 +1,175 @@
+"""SMART token refresh: the scheduled function, its least-privilege access to tenant secrets, its
+alarms, and the published JWKS (CloudFront in front of a private bucket).
+
+- EventBridge Scheduler invokes ``token_refresh`` every minute (one schedule; the function decides
+  which tenants are due). No retries: the next run comes within a minute anyway.
+- The role reads only ``ehrbridge/tenants/*`` secrets and writes only their ``token`` (and, for
+  rotating refresh tokens, ``credentials``) secrets; KMS on the data key; the state table.
+- Alarms (runbook: docs/runbooks/onboarding-a-tenant.md#alarms): consecutive refresh failures,
+  401 clusters per tenant, 401 after refresh, a token close to expiry, 403-denied resource types,
+  and the refresher not running at all.
+"""
+
+from __future__ import annotations
+
+import aws_cdk as cdk
+from aws_cdk import Acknowledgment, Validations
+from aws_cdk import aws_cloudfront as cloudfront
+from aws_cdk import aws_cloudfront_origins as origins
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_scheduler as scheduler
+from aws_cdk import aws_scheduler_targets as targets
+from constructs import Construct
+
+from ehrbridge import resources as spec
+from ehrbridge.contracts.tenant import SECRET_PREFIX
+from ehrbridge_infra.constructs.core import CoreResources
+from ehrbridge_infra.constructs.function import PipelineFunction
+
+RUNBOOK = "docs/runbooks/onboarding-a-tenant.md#alarms"
+
+
+def _insights(aggregate: str, metric: str, label: str, *, worst_tenant: bool = False,
+              dimensions: str = "service, tenant") -> cw.MathExpression:
+    """Metrics Insights over every tenant (tenants are data, not deploy-time constants).
+
+    ``dimensions`` must be the metric's exact dimension set (emit_metric: service, tenant [+ one]).
+    ``worst_tenant``: group by tenant and keep the top one, so a cluster at one tenant alarms.
+    """
+    query = f'SELECT {aggregate}({metric}) FROM SCHEMA("ehrbridge", {dimensions})'  # noqa: S608 - constants
+    if worst_tenant:
+        query += f" GROUP BY tenant ORDER BY {aggregate}() DESC LIMIT 1"
+    return cw.MathExpression(expression=query, label=label, period=cdk.Duration.minutes(5))
+
+
+class TokenRefresh(Construct):
+    def __init__(self, scope: Construct, construct_id: str, *, core: CoreResources,
+                 failure_threshold: int = 3, unauthorized_threshold: int = 5) -> None:
+        super().__init__(scope, construct_id)
+        stack = cdk.Stack.of(self)
+        fn_spec = spec.function("token_refresh")
+        self.refresher = PipelineFunction(self, "Refresher", core=core, function=fn_spec, reserved_concurrency=1)
+        fn = self.refresher.function
+        fn.add_environment("EHRBRIDGE_KMS_KEY_ID", core.key.key_arn)  # a key id, not a secret
+
+        # ---- least privilege: tenant secrets only -------------------------------------------
+        secrets_arn = f"arn:{stack.partition}:secretsmanager:{stack.region}:{stack.account}:secret:{SECRET_PREFIX}"
+        role = self.refresher.role
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+            resources=[f"{secrets_arn}/*"]))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["secretsmanager:PutSecretValue", "secretsmanager:CreateSecret", "secretsmanager:TagResource"],
+            resources=[f"{secrets_arn}/*/token-*", f"{secrets_arn}/*/credentials-*"]))
+        # The tenant list is a scan of the state table's config items.
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["dynamodb:Scan"],
+                                                         resources=[core.tables["state"].table_arn]))
+        Validations.of(self.refresher).acknowledge(
+            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
+                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*]",
+                           reason="Reads the secrets of every onboarded tenant (tenants are added at runtime) "
+                                  "and nothing outside the ehrbridge/tenants/ prefix."),
+            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
+                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*/token-*]",
+                           reason="Writes only the per-tenant token secrets (the suffix is Secrets Manager's)."),
+            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
+                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*/credentials-*]",
+                           reason="Stores a rotated refresh token where a vendor app issues them."),
+            Acknowledgment(id="HIPAA.Security-LambdaDLQ",
+                           reason="Invoked by EventBridge Scheduler every minute without retries: a failed run is "
+                                  "superseded by the next one, and failures alarm (Errors, refresh failures)."))
+
+        # ---- schedule ----------------------------------------------------------------------
+        # Our own invoke role (not the stack-wide singleton) so its grant is scoped and acknowledged here.
+        invoke_role = iam.Role(self, "SchedulerRole", assumed_by=iam.ServicePrincipal(
+            "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": stack.account}}),
+            description="ehrbridge: EventBridge Scheduler invokes token_refresh")
+        self.schedule = scheduler.Schedule(
+            self, "EveryMinute", schedule=scheduler.ScheduleExpression.rate(cdk.Duration.minutes(1)),
+            description="ehrbridge: refresh SMART tokens that are due",
+            target=targets.LambdaInvoke(fn, role=invoke_role, retry_attempts=0,
+                                        max_event_age=cdk.Duration.minutes(1)))
+        Validations.of(invoke_role).acknowledge(
+            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::<{_logical_id(stack, fn)}.Arn>:*]",
+                           reason="lambda:InvokeFunction on the refresher's own versions/aliases, as CDK grants it."),
+            Acknowledgment(id="HIPAA.Security-IAMNoInlinePolicy",
+                           reason="Invoke permission attached only to the scheduler's own role for this function."))
+
+        # ---- alarms -----------------------------------------------------------------------
+        action = cw_actions.SnsAction(core.alarm_topic)
+        self.alarms: dict[str, cw.Alarm] = {}
+
+        def alarm(name: str, metric: cw.IMetric, threshold: float, comparison: cw.ComparisonOperator,
+                  description: str, evaluation_periods: int = 1,
+                  missing: cw.TreatMissingData = cw.TreatMissingData.NOT_BREACHING) -> None:
+            created = cw.Alarm(self, name, metric=metric, threshold=threshold, comparison_operator=comparison,
+                               evaluation_periods=evaluation_periods, treat_missing_data=missing,
+                               alarm_description=f"{description} (runbook: {RUNBOOK}-{name.lower()})")
+            created.add_alarm_action(action)
+            self.alarms[name] = created
+
+        ge = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
+        alarm("RefreshFailures", _insights("MAX", "TokenRefreshConsecutiveFailures",
+                                           "worst consecutive refresh failures"),
+              failure_threshold, ge, f"a tenant's token refresh failed {failure_threshold}+ times in a row")
+        alarm("Unauthorized401Cluster",
+              _insights("SUM", "Unauthorized401", "401s of the worst tenant", worst_tenant=True),
+              unauthorized_threshold, ge, f"{unauthorized_threshold}+ FHIR 401s for one tenant in 5 minutes")
+        alarm("UnauthorizedAfterRefresh", _insights("SUM", "UnauthorizedAfterRefresh", "401 after a fresh token"),
+              1, ge, "a freshly refreshed token was refused: credentials revoked or app disabled at the site")
+        alarm("TokenAge", _insights("MIN", "TokenSecondsRemaining", "least time left on any token"),
+              30, cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+              "a tenant's token is about to expire (or has) without being refreshed", evaluation_periods=2)
+        alarm("ResourceDenied", _insights("SUM", "ResourceDenied", "403 denials",
+                                          dimensions="service, tenant, resource_type"),
+              1, ge, "a FHIR server answered 403 for a granted resource type; the type is skipped until fixed")
+        alarm("RefresherNotRunning", fn.metric_invocations(period=cdk.Duration.minutes(5), statistic="Sum"),
+              1, cw.ComparisonOperator.LESS_THAN_THRESHOLD, "the token refresher has not run for 5 minutes",
+              missing=cw.TreatMissingData.BREACHING)
+
+        # ---- JWKS publishing ------------------------------------------------------------------
+        # Public keys only (no PHI, nothing secret): SSE-S3 so CloudFront can read it without the
+        # data key ever being shared with the CDN.
+        self.jwks_bucket = s3.Bucket(
+            self, "JwksBucket", encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL, enforce_ssl=True, versioned=True,
+            server_access_logs_bucket=core.access_logs, server_access_logs_prefix="jwks/",
+            removal_policy=cdk.RemovalPolicy.RETAIN)
+        Validations.of(self.jwks_bucket).acknowledge(
+            Acknowledgment(id="HIPAA.Security-S3DefaultEncryptionKMS",
+                           reason="Holds public JWKS only, served through CloudFront; SSE-S3 keeps the PHI data "
+                                  "key away from the CDN."),
+            Acknowledgment(id="HIPAA.Security-S3BucketReplicationEnabled",
+                           reason="Public keys are reproducible from the credentials secrets; versioning covers "
+                                  "recovery."))
+        self.jwks_distribution = cloudfront.Distribution(
+            self, "JwksCdn", comment="ehrbridge JWKS (public keys for SMART client assertions)",
+            default_behavior=cloudfront.BehaviorOptions(
+                origin=origins.S3BucketOrigin.with_origin_access_control(self.jwks_bucket),
+                viewer_protocol_policy=cloudfront.ViewerProtocolPolicy.HTTPS_ONLY,
+                allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD,
+                cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED),
+            minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021,
+            price_class=cloudfront.PriceClass.PRICE_CLASS_100)
+        Validations.of(self.jwks_distribution).acknowledge(
+            Acknowledgment(id="AwsSolutions-CFR1",
+                           reason="EHR vendors fetch the JWKS from their own regions; public keys need no geo "
+                                  "restriction."),
+            Acknowledgment(id="AwsSolutions-CFR2",
+                           reason="Static, public, read-only JSON (public keys); a WAF adds cost, not protection."),
+            Acknowledgment(id="AwsSolutions-CFR3",
+                           reason="Origin requests are logged by the bucket's server access logs."),
+            Acknowledgment(id="AwsSolutions-CFR4",
+                           reason="The default CloudFront domain certificate; attach a custom domain + TLS 1.2 "
+                                  "certificate per deployment (docs/runbooks/key-rotation.md)."))
+        cdk.CfnOutput(self, "JwksBucketName", value=self.jwks_bucket.bucket_name,
+                      description="EHRBRIDGE_JWKS_BUCKET for `ehrbridge keys rotate`")
+        cdk.CfnOutput(self, "JwksBaseUrl", value=f"https://{self.jwks_distribution.distribution_domain_name}",
+                      description="JWKS URL = {base}/jwks/{tenant_id}/jwks.json (register with the vendor)")
+
+
+def _logical_id(stack: cdk.Stack, construct: Construct) -> str:
+    return stack.resolve(stack.get_logical_id(construct.node.default_child))  # type: ignore[arg-type,no-any-return]
