@@ -8,8 +8,10 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from ehrbridge_infra.constructs.core import CoreResources
+from ehrbridge_infra.constructs.mllp_bridge import MllpBridgeService
 from ehrbridge_infra.constructs.monitoring import PipelineMonitoring
 from ehrbridge_infra.constructs.pipeline import PipelineFunctions
+from ehrbridge_infra.constructs.token_refresh import TokenRefresh
 
 
 class EhrbridgeStack(cdk.Stack):
@@ -18,5 +20,7 @@ class EhrbridgeStack(cdk.Stack):
         self.core = CoreResources(self, "Core")
         self.pipeline = PipelineFunctions(self, "Pipeline", core=self.core)
         self.monitoring = PipelineMonitoring(self, "Monitoring", core=self.core)
+        self.token_refresh = TokenRefresh(self, "TokenRefresh", core=self.core)
+        self.mllp_bridge = MllpBridgeService(self, "MllpBridge", core=self.core)
         cdk.Tags.of(self).add("app", "ehrbridge")
         cdk.Tags.of(self).add("data-classification", "phi")

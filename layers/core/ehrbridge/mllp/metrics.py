@@ -125,9 +125,11 @@ class BridgeMetrics:
         stamp = int(time.time() * 1000)
         for (name, tenant, detail), value in sorted(self.counters.items()):
             dims = ["service", "tenant"] + (["message_type"] if detail else [])
+            # A second, tenant-free dimension set: the fleet-wide series the CDK alarms watch.
+            fleet = ["service"] + (["message_type"] if detail else [])
             doc: dict[str, object] = {
                 "_aws": {"Timestamp": stamp, "CloudWatchMetrics": [{
-                    "Namespace": NAMESPACE, "Dimensions": [dims],
+                    "Namespace": NAMESPACE, "Dimensions": [dims, fleet],
                     "Metrics": [{"Name": name, "Unit": "Count"}]}]},
                 "service": SERVICE, "tenant": tenant, name: value}
             if detail:
@@ -137,7 +139,7 @@ class BridgeMetrics:
         for (name, tenant), hist in sorted(self.latency.items()):
             values = sorted(hist.buckets)[:100]
             doc = {"_aws": {"Timestamp": stamp, "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE, "Dimensions": [["service", "tenant"]],
+                "Namespace": NAMESPACE, "Dimensions": [["service", "tenant"], ["service"]],
                 "Metrics": [{"Name": name, "Unit": "Milliseconds"}]}]},
                 "service": SERVICE, "tenant": tenant,
                 name: {"Values": values, "Counts": [hist.buckets[v] for v in values]}}
