@@ -53,7 +53,9 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
     sim = _jw(a, b)
     if sim >= 0.92:
         return 2
-    if a_mph == b_mph or a_sdx == b_sdx:
+    # Phonetic codes alone are too coarse for first names (TERESA ~ DORS in Metaphone, JOSE ~ JESSICA
+    # in Soundex): they count only with some spelling similarity too.
+    if sim >= 0.80 and (a_mph == b_mph or a_sdx == b_sdx):
         return 3
     if sim >= 0.80:
         return 4

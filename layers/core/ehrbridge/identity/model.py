@@ -43,6 +43,8 @@ class Thresholds(BaseModel):
     # Same DOB, surname and home but a different first name is read as twins (never linked) unless a
     # personal identifier agrees. A tenant whose sources replace first names wholesale may turn it off.
     twin_guard: bool = True
+    # Same first and last name, birth years a generation apart: father and son (no suffix recorded).
+    generation_guard: bool = True
     # Off (the default): "never auto-link when first name and birth date both disagree" holds even if
     # the SSN agrees (a guarantor's SSN on a child's registration is a known error). On: an agreeing
     # SSN or same-system identifier lifts that gate, the pair is then scored like any other.
@@ -105,7 +107,7 @@ class Model:
             self._tf_default[i] = _bound(math.log2(u_exact / floor))
 
     # ---- scoring -------------------------------------------------------------------------------
-    def score(self, a: Person, b: Person) -> PairScore:
+    def score(self, a: Person, b: Person, policy: Thresholds | None = None) -> PairScore:
         levels, swapped = cmp.compare(a, b)
         total = self.prior_weight
         weights = self.weights
@@ -115,7 +117,7 @@ class Model:
         total += self._tf(levels, b, swapped)
         # The weight stays unclipped (it ranks candidates); only the probability saturates.
         probability = 1.0 / (1.0 + 2.0 ** (-max(-60.0, min(60.0, total))))
-        return PairScore(total, probability, levels, swapped, _gate(a, b, levels))
+        return PairScore(total, probability, levels, swapped, _gate(a, b, levels, policy or self.thresholds))
 
     def _tf(self, levels: list[int], b: Person, swapped: bool) -> float:
         extra = 0.0
@@ -192,25 +194,41 @@ def _bound(x: float) -> float:
 # agrees: such a pair is certainly-not (no review item), never merely a weak match.
 TWIN_GATE = "same birth date and surname, different first name (twins)"
 HOUSEHOLD_GATE = "first name and birth date both disagree"
-HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, "different birth order", TWIN_GATE,
+# Same name a generation apart (father and son without a recorded suffix).
+GENERATION_GATE = "same name, born a generation apart (junior/senior)"
+GENERATION_YEARS = 14
+NAMESAKE_GATE = "same name, birth dates disagree"
+HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, GENERATION_GATE, "different birth order", TWIN_GATE,
                              "different name suffix"})
 
 
-def _gate(a: Person, b: Person, levels: list[int]) -> str | None:
+def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | None:
     """Evidence that forbids an automatic link whatever the score (households, twins, juniors)."""
     given, dob = levels[_GIVEN], levels[_DOB]
-    if given >= 0 and dob >= 0 and given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES:
+    if given >= 0 and dob >= 0 and given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES \
+            and not (policy.identifier_lifts_gate and identifier_agrees(levels)):
         return HOUSEHOLD_GATE
     if a.birth_order and b.birth_order and a.birth_order != b.birth_order:
         return "different birth order"
     if levels[cmp.INDEX["suffix"]] == 1:
         return "different name suffix"
-    if dob == 0 and given == len(cmp.COMPARISONS[_GIVEN][1]) - 1 and levels[_FAMILY] in (0, 1, 2, 3) \
-            and not personal_id_agrees(levels):
+    if policy.twin_guard and dob in cmp.DOB_AGREES and given == len(cmp.COMPARISONS[_GIVEN][1]) - 1 \
+            and levels[_FAMILY] in (0, 1, 2, 3) and not personal_id_agrees(levels):
         return TWIN_GATE
+    if policy.generation_guard and given in (0, 1) and 0 <= levels[_FAMILY] < len(cmp.COMPARISONS[_FAMILY][1]) - 1 \
+            and dob == len(cmp.COMPARISONS[_DOB][1]) - 1 and not personal_id_agrees(levels):
+        # Same name, unrelated birth dates: a generation apart it is father and son; closer, a person
+        # must look (a namesake relative, or one badly keyed date).
+        return GENERATION_GATE if _years_apart(a.dob, b.dob) >= GENERATION_YEARS else NAMESAKE_GATE
     if levels[_ID] == 1:
         return "conflicting identifier from the same system"
     return None
+
+
+def _years_apart(a: str | None, b: str | None) -> int:
+    if not a or not b:
+        return 0
+    return abs(int(a[:4]) - int(b[:4]))
 
 
 def identifier_agrees(levels: list[int]) -> bool:

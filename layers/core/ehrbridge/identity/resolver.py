@@ -17,15 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ehrbridge.identity.blocking import MAX_BUCKET, MAX_CANDIDATES, query_keys, record_keys
-from ehrbridge.identity.model import (
-    HOUSEHOLD_GATE,
-    TWIN_GATE,
-    Grade,
-    Model,
-    PairScore,
-    Thresholds,
-    identifier_agrees,
-)
+from ehrbridge.identity.model import Grade, Model, PairScore, Thresholds
 from ehrbridge.identity.normalize import Person, person_from_patient
 from ehrbridge.identity.store import (
     Bucket,
@@ -161,10 +153,7 @@ class Resolver:
         for rec in candidates.values():
             if rec.status != "active" or rec.eid in exclude:
                 continue
-            s = score(person, self._person(rec))
-            if (s.gate == TWIN_GATE and not th.twin_guard) or (
-                    s.gate == HOUSEHOLD_GATE and th.identifier_lifts_gate and identifier_agrees(s.levels)):
-                s.gate = None
+            s = score(person, self._person(rec), th)
             if s.household_only:
                 # Another member of the household: never a match. Remembered, because a weaker
                 # candidate must not win just because a better-fitting one was gated away.

@@ -252,6 +252,40 @@ class InMemoryMpiStore:
         item = self._reviews.get((tenant, review_id))
         return ReviewItem.from_dict(_copy(item.to_dict())) if item else None
 
+    # ---- snapshot to a file (the CLI's --state): the same data the DynamoDB table would hold ----------
+    def dump(self) -> dict[str, Any]:
+        return {
+            "format": "ehrbridge-mpi-snapshot", "version": 1,
+            "records": [[t, r.to_dict()] for (t, _), r in sorted(self._records.items())],
+            "buckets": [[t, k, sorted(m), (t, k) in self._full] for (t, k), m in sorted(self._buckets.items())],
+            "enterprises": [[t, e.to_dict()] for (t, _), e in sorted(self._enterprises.items())],
+            "history": [[t, e.to_dict()] for (t, _), events in sorted(self._history.items()) for e in events],
+            "reviews": [[t, r.to_dict()] for (t, _), r in sorted(self._reviews.items())],
+            "settings": self._settings,
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> InMemoryMpiStore:
+        if data.get("format") != "ehrbridge-mpi-snapshot":
+            raise ValueError("not an ehrbridge MPI snapshot")
+        store = cls()
+        for t, rec in data.get("records", []):
+            r = SourceRecord.from_dict(rec)
+            store._records[(t, r.source_key)] = r
+            store._members.setdefault((t, r.eid), set()).add(r.source_key)
+        for t, key, members, full in data.get("buckets", []):
+            store._buckets[(t, key)] = set(members)
+            if full:
+                store._full.add((t, key))
+        for t, ent in data.get("enterprises", []):
+            store._enterprises[(t, ent["eid"])] = Enterprise(**ent)
+        for t, event in data.get("history", []):
+            store._history.setdefault((t, event["eid"]), []).append(HistoryEvent(**event))
+        for t, item in data.get("reviews", []):
+            store._reviews[(t, item["review_id"])] = ReviewItem.from_dict(item)
+        store._settings = dict(data.get("settings") or {})
+        return store
+
     # Bulk load for benchmarks (bypasses the resolver; same index layout).
     def bulk_load(self, tenant: str, records: Iterable[SourceRecord]) -> None:
         for rec in records:

@@ -284,11 +284,20 @@ def household_linkage_set(n_people: int = 4000, seed: int = 11, overlap: float =
     extra = synth.population(int(n_people * 0.3))
     for p in extra:
         p.pid, p.hh = "x" + p.pid, "x" + p.hh
-    a = [synth.patient(p, f"a{i}", "urn:oid:2.16.840.1.113883.3.999.1") for i, p in enumerate(people)]
-    b: list[dict[str, Any]] = []
     rng = synth.rng
+    # Some people are known only to B while their household (twin, parent, namesake father) is in A:
+    # the hard negatives a household-blind matcher links.
+    b_only = {p.pid for p in people if rng.random() < 0.12}
+    a = [synth.patient(p, f"a{i}", "urn:oid:2.16.840.1.113883.3.999.1")
+         for i, p in enumerate(people) if p.pid not in b_only]
+    b: list[dict[str, Any]] = []
     for p in people:
-        if rng.random() < overlap:
+        if p.pid in b_only:
+            q, applied = synth.corrupt(p)
+            pat = synth.patient(q, f"b{len(b)}", "urn:oid:2.16.840.1.113883.3.999.2")
+            pat["case"] = ["b_only_household_member", *applied, *sorted(p.tags)]
+            b.append(pat)
+        elif rng.random() < overlap:
             q, applied = synth.corrupt(p)
             newborn = "child" in p.tags and (synth.today - p.dob).days < 365 and rng.random() < 0.5
             pat = synth.patient(q, f"b{len(b)}", "urn:oid:2.16.840.1.113883.3.999.2", newborn_placeholder=newborn)

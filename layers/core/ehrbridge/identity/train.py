@@ -141,6 +141,9 @@ def term_frequencies(persons: Sequence[Person]) -> dict[str, dict[str, float]]:
 SESSIONS: tuple[tuple[tuple[str, ...], frozenset[str]], ...] = (
     (("dob:",), frozenset({"dob"})),
     (("nm:",), frozenset({"given", "family"})),
+    # Pairs sharing an SSN or e-mail are nearly all true matches: the cleanest view of how names,
+    # dates and addresses vary within one person (where the data has those identifiers).
+    (("ssn:", "em:"), frozenset({"ssn", "email"})),
 )
 MIN_EVIDENCE = 5.0
 M_FLOOR = 0.002
