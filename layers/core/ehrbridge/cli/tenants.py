@@ -33,6 +33,10 @@ AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
     """Expected failures become one clear line on stderr and exit code 1, never a stack trace."""
+    # Metrics (EMF) and library output go to stderr; stdout carries only the command's result,
+    # so `--json` output stays parseable.
+    import logging
+
     from ehrbridge.auth.credentials import CredentialsError
     from ehrbridge.auth.keys import KeyMaterialError
     from ehrbridge.auth.refresher import RefreshFailed
@@ -40,11 +44,13 @@ def _errors() -> Iterator[None]:
     from ehrbridge.aws.settings import MissingSetting
     from ehrbridge.contracts.envelope import ContractError
     from ehrbridge.contracts.tenant_store import TenantNotFound
+    from ehrbridge.observability import logger
     from ehrbridge.tenants.keys import RotationError
 
-    # Metrics (EMF) and library output go to stderr; stdout carries only the command's result,
-    # so `--json` output stays parseable.
     token = _STDOUT.set(sys.stdout)
+    # The Powertools handler holds the stdout it was created with: point it at stderr too.
+    streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    previous = [h.setStream(sys.stderr) for h in streams]
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
@@ -57,6 +63,9 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(1) from None
     finally:
         _STDOUT.reset(token)
+        for handler, stream in zip(streams, previous, strict=True):
+            if stream is not None:
+                handler.setStream(stream)
 
 
 def _echo(text: str = "") -> None:
