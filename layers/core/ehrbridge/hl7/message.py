@@ -96,13 +96,15 @@ def unescape(value: str, seps: Separators, charset: str = "utf-8") -> str:
 class Segment:
     """One segment. ``fields[n]`` is field n as in the standard (MSH-1 is the field separator)."""
 
-    __slots__ = ("fields", "index", "name", "seps")
+    __slots__ = ("_comps", "fields", "index", "name", "seps")
 
     def __init__(self, name: str, fields: list[str], seps: Separators, index: int) -> None:
         self.name = name
         self.fields = fields
         self.seps = seps
         self.index = index
+        # (field, repetition) -> raw components; maps read the same field several times.
+        self._comps: dict[tuple[int, int], list[str]] = {}
 
     def raw(self, n: int) -> str:
         """Field n as sent ('' when absent). ``""`` (an explicit HL7 null) reads as empty."""
@@ -118,24 +120,33 @@ class Segment:
             return []
         if self.name == "MSH" and n <= 2:
             return [raw]
+        if self.seps.repetition not in raw:
+            return [raw]
         return [r for r in raw.split(self.seps.repetition) if r and r != '""']
 
     def value(self, n: int, c: int = 1, s: int = 1, r: int = 0) -> str:
         """Unescaped text of field n, repetition r (0-based), component c, sub-component s."""
-        raw = self.raw(n)
-        if not raw:
-            return ""
-        if self.name == "MSH" and n <= 2:
-            return raw
-        seps = self.seps
-        if seps.repetition in raw:
-            reps = raw.split(seps.repetition)
-            if r >= len(reps):
+        comps = self._comps.get((n, r))
+        if comps is None:
+            raw = self.raw(n)
+            if not raw:
                 return ""
-            raw = reps[r]
-        elif r:
+            if self.name == "MSH" and n <= 2:
+                return raw
+            seps = self.seps
+            if seps.repetition in raw:
+                reps = raw.split(seps.repetition)
+                raw = reps[r] if r < len(reps) else ""
+            elif r:
+                raw = ""
+            comps = raw.split(seps.component)
+            self._comps[(n, r)] = comps
+        if c > len(comps):
             return ""
-        return leaf(raw, seps, c, s)
+        part = comps[c - 1]
+        if not part:
+            return ""
+        return leaf(part, self.seps, 1, s)
 
     def text(self, n: int) -> str:
         """The whole field unescaped (for text fields such as NTE-3 or OBX-5 TX)."""
@@ -155,17 +166,19 @@ class Segment:
 
 def leaf(raw: str, seps: Separators, c: int = 1, s: int = 1) -> str:
     """Component c / sub-component s of one repetition, unescaped ('' when absent or ``""``)."""
-    if seps.component in raw or c != 1:
+    if not raw:
+        return ""
+    if c != 1 or seps.component in raw:
         comps = raw.split(seps.component)
         if c > len(comps):
             return ""
         raw = comps[c - 1]
-    if seps.subcomponent in raw or s != 1:
+    if s != 1 or seps.subcomponent in raw:
         subs = raw.split(seps.subcomponent)
         if s > len(subs):
             return ""
         raw = subs[s - 1]
-    if raw == '""':
+    if not raw or raw == '""':
         return ""
     # Trailing/leading blanks are not significant outside TX/FT (read those with Segment.text).
     return (unescape(raw, seps) if seps.escape in raw else raw).strip()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -50,13 +49,13 @@ class Ctx:
         return self.tenant.tenant_id
 
     def rid(self, resource_type: str, *parts: str) -> str:
-        """Deterministic resource id: SHA-256 of tenant + type + qualified business key, as a UUID string."""
-        h = sha256()
-        for part in (self.tenant_id, resource_type, *parts):
-            data = part.encode()
-            h.update(len(data).to_bytes(4, "big"))
-            h.update(data)
-        return str(uuid.UUID(bytes=h.digest()[:16]))
+        """Deterministic resource id: SHA-256 of tenant + type + qualified business key, in UUID form.
+
+        Parts are length-prefixed so ("ab", "c") and ("a", "bc") never collide.
+        """
+        key = "\x1f".join(f"{len(p)}:{p}" for p in (self.tenant_id, resource_type, *parts))
+        h = sha256(key.encode()).hexdigest()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
     def ts(self, value: str, where: str) -> Ts | None:
         if not value:
@@ -88,7 +87,7 @@ class Ctx:
         for key in (authority, universal_id):
             if key and key in systems:
                 return systems[key]
-        upper = {k.upper(): v for k, v in systems.items()}
+        upper = _upper_systems(self.tenant)
         for key in (authority, universal_id):
             if key and key.upper() in upper:
                 return upper[key.upper()]
@@ -99,6 +98,20 @@ class Ctx:
         name = authority or universal_id or self.facility or self.sender or "unknown"
         self.unmapped_systems.add(name)
         return f"urn:ehrbridge:{self.tenant_id}:identifier:{quote(name, safe='')}"
+
+
+_UPPER_CACHE: dict[int, tuple[TenantConfig, dict[str, str]]] = {}
+
+
+def _upper_systems(tenant: TenantConfig) -> dict[str, str]:
+    """Case-insensitive view of the tenant's identifier map, computed once per config object."""
+    cached = _UPPER_CACHE.get(id(tenant))
+    if cached is None or cached[0] is not tenant:
+        cached = (tenant, {k.upper(): v for k, v in tenant.identifier_systems.items()})
+        if len(_UPPER_CACHE) > 256:
+            _UPPER_CACHE.clear()
+        _UPPER_CACHE[id(tenant)] = cached
+    return cached[1]
 
 
 def drop_empty(obj: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from ehrbridge.terminology import conceptmap, ucum
 from ehrbridge.terminology.checks import LOINC, UCUM, check_code
 from ehrbridge.terminology.systems import local_system, system_uri
 
+_TRIPLETS = ((1, 2, 3), (4, 5, 6), (10, 11, 12))
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 
 
@@ -215,11 +216,15 @@ def cwe(raw: str, seps: Separators, ctx: Ctx, where: str, check: bool = True,
         default_system: str = "") -> dict[str, Any] | None:
     """CWE/CE/CNE -> CodeableConcept: primary + alternate triplets, text, terminology checks/repairs."""
     parts = raw.split(seps.component)
+    n_parts = len(parts)
     codings: list[dict[str, Any]] = []
-    for cn, dn, sn in ((1, 2, 3), (4, 5, 6), (10, 11, 12)):
-        code, display, sname = _sub(_c(parts, cn), seps), _sub(_c(parts, dn), seps), _sub(_c(parts, sn), seps)
+    for cn, dn, sn in _TRIPLETS:
+        if cn > n_parts:
+            break
+        code = leaf(parts[cn - 1], seps)
         if not code:
             continue
+        display, sname = _sub(_c(parts, dn), seps), _sub(_c(parts, sn), seps)
         sname = sname or (default_system if cn == 1 else "")
         coding = coding_for(code, display, sname, ctx, where, check)
         if coding:

@@ -438,10 +438,11 @@ def _observation(seg: Segment, st: State, key: str) -> Resource:
     if code is None:
         raise QuarantineError(f"OBX-3 observation identifier is empty in OBX {seg.value(1) or seg.index}"
                               " (Observation.code is required)")
-    code_key = seg.value(3) + "|" + seg.value(4)
+    code_key = seg.raw(3) + "|" + seg.raw(4)
     nth = st.obx_seen.get(code_key, 0)
     st.obx_seen[code_key] = nth + 1
-    status = vocab.OBSERVATION_STATUS.get(seg.value(11).upper(), "unknown" if seg.value(11) else "final")
+    status_code = seg.value(11).upper()
+    status = vocab.OBSERVATION_STATUS.get(status_code, "unknown" if status_code else "final")
     res: Resource = {"resourceType": "Observation", "id": ctx.rid("Observation", key, code_key, str(nth)),
                      "status": status, "code": code, "subject": st.subject(), "encounter": st.ref(st.encounter)}
     _observation_value(seg, st, res)
@@ -475,9 +476,8 @@ def _observation(seg: Segment, st: State, key: str) -> Resource:
         performers.append({"display": org})
     if performers:
         res["performer"] = performers
-    if not any(k.startswith("value") for k in res) and "component" not in res \
-            and seg.value(11).upper() in ("X", "N", "D"):
-        absent = "not-performed" if seg.value(11).upper() == "X" else "unknown"
+    if status_code in ("X", "N", "D") and "component" not in res and not any(k.startswith("value") for k in res):
+        absent = "not-performed" if status_code == "X" else "unknown"
         res["dataAbsentReason"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
                                                "code": absent}]}
     return res

@@ -79,7 +79,8 @@ class NormalizerStage:
             emit_metric("UnmappedSegments", tenant=tenant_id, value=len(result.unmapped), message_type=envelope.kind)
         if result.repairs:
             emit_metric("CodeRepairs", tenant=tenant_id, value=len(result.repairs), message_type=envelope.kind)
-        logger.info("normalized", extra={"message_type": result.structure, "resource_count": len(result.bundle["entry"]),
+        logger.info("normalized", extra={"message_type": result.structure,
+                                         "resource_count": len((result.bundle or {}).get("entry", [])),
                                          "unmapped": len(result.unmapped), "repairs": len(result.repairs)})
         return result
 

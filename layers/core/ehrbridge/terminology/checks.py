@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -130,6 +131,7 @@ def check_cvx(code: str) -> CodeCheck:
 CHECKS = {LOINC: check_loinc, SNOMED: check_snomed, RXNORM: check_rxnorm, CVX: check_cvx}
 
 
+@lru_cache(maxsize=8192)
 def check_code(system: str, code: str) -> CodeCheck | None:
     """Check a code under a standard system; None when the system has no offline check."""
     check = CHECKS.get(system)
