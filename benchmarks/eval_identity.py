@@ -177,7 +177,8 @@ def main() -> None:
         report(label + " [default model]", run(patients, truth, model))
         relaxed = Model.from_json(model.to_json())
         # FEBRL has no households or twins: the policy switches a tenant in that situation could use.
-        policy = {"twin_guard": False, "generation_guard": False, "identifier_lifts_gate": True}
+        policy = {"twin_guard": False, "generation_guard": False, "thin_guard": False,
+                  "identifier_lifts_gate": True}
         relaxed.thresholds = model.thresholds.model_copy(update=policy)
         report(label + f" [default, {', '.join(f'{k}={v}' for k, v in policy.items())}]",
                run(patients, truth, relaxed))

@@ -45,6 +45,9 @@ class Thresholds(BaseModel):
     twin_guard: bool = True
     # Same first and last name, birth years a generation apart: father and son (no suffix recorded).
     generation_guard: bool = True
+    # Auto-linking needs the first name, the birth date or a personal identifier to agree: surname and
+    # address alone describe a household (and thin registrations score high on them).
+    thin_guard: bool = True
     # Off (the default): "never auto-link when first name and birth date both disagree" holds even if
     # the SSN agrees (a guarantor's SSN on a child's registration is a known error). On: an agreeing
     # SSN or same-system identifier lifts that gate, the pair is then scored like any other.
@@ -198,6 +201,7 @@ HOUSEHOLD_GATE = "first name and birth date both disagree"
 GENERATION_GATE = "same name, born a generation apart (junior/senior)"
 GENERATION_YEARS = 14
 NAMESAKE_GATE = "same name, birth dates disagree"
+THIN_GATE = "neither first name, birth date nor a personal identifier agrees"
 HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, GENERATION_GATE, "different birth order", TWIN_GATE,
                              "different name suffix"})
 
@@ -222,6 +226,10 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
         return GENERATION_GATE if _years_apart(a.dob, b.dob) >= GENERATION_YEARS else NAMESAKE_GATE
     if levels[_ID] == 1:
         return "conflicting identifier from the same system"
+    if policy.thin_guard and given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES \
+            and not personal_id_agrees(levels):
+        # Surname and address alone describe a household, not a person (and thin records score high).
+        return THIN_GATE
     return None
 
 
