@@ -12,10 +12,7 @@ import time
 from functools import cache
 from typing import Any
 
-from ehrbridge.auth.credentials import SecretsManagerCredentialStore
-from ehrbridge.auth.refresher import TokenRefresher
-from ehrbridge.auth.state import DynamoRefreshState
-from ehrbridge.auth.tokens import SecretsManagerTokenStore
+from ehrbridge.auth.runtime import refresher
 from ehrbridge.aws.settings import table_name
 from ehrbridge.contracts.tenant_store import DynamoTenantStore
 from ehrbridge.observability import logger, metrics, tracer
@@ -28,18 +25,12 @@ def _tenants() -> DynamoTenantStore:
     return DynamoTenantStore(table_name("state"), max_age_s=60)
 
 
-@cache
-def _refresher() -> TokenRefresher:
-    return TokenRefresher(credentials=SecretsManagerCredentialStore(), tokens=SecretsManagerTokenStore(),
-                          state=DynamoRefreshState(table_name("state")))
-
-
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, int]:
     remaining_s = context.get_remaining_time_in_millis() / 1000 if context is not None else 55.0
-    summary = _refresher().refresh_due(_tenants().list(), deadline=time.time() + remaining_s,
+    summary = refresher().refresh_due(_tenants().list(), deadline=time.time() + remaining_s,
                                        spread_s=float(os.environ.get(SPREAD_ENV, "20")))
     counts = summary.counts()
     logger.info("token refresh run", extra={"counts": counts, "failed": summary.failed})
