@@ -115,3 +115,13 @@ def test_no_phi_in_logs(tenant: TenantConfig, log_buffer: io.StringIO) -> None:
     assert '"resource_count":5' in logs
     for phi in ("SECRETMRN", "ZEBRAFAMILY", "QUINTESSA", "19800101"):
         assert phi not in logs  # ... without PHI
+
+
+def test_an_unsplit_batch_gives_one_output_per_message(tenant: TenantConfig) -> None:
+    h = Harness(tenant)
+    batch = (EVENTS / "hl7" / "adt_a08_batch.hl7").read_bytes()
+    result = h.stage(hl7_envelope(batch, kind="ADT^A08"))
+    assert result.ok and len(h.out.sent) == 2
+    assert len({e.message_id for e in h.out.sent}) == 2
+    assert {json.loads(e.body or "")["entry"][0]["resource"]["identifier"][0]["value"] for e in h.out.sent} == {
+        "DEMO100234", "DEMO100235"}

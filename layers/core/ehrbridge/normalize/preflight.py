@@ -84,7 +84,11 @@ def run(paths: Iterable[Path], tenant: TenantConfig) -> dict[str, Any]:
         total.messages += stats.messages
         total.ok += stats.ok
         total.quarantined += stats.quarantined
+    from ehrbridge.terminology.conceptmap import concept_maps
+
+    maps = concept_maps(tenant.tenant_id, tenant.code_maps)
     return {"tenant_id": tenant.tenant_id, "timezone": tenant.timezone, "files": len(files),
+            "concept_maps": {m["url"]: len(m["group"][0]["element"]) for m in maps},
             "messages": total.messages, "ok": total.ok, "quarantined": total.quarantined,
             "by_type": {k: v.to_json() for k, v in sorted(by_type.items())}}
 

@@ -912,6 +912,21 @@ def document_content(seg: Segment, st: State) -> None:
         st.ctx.unmapped[f"OBX-5({vtype})"] += 1
 
 
+def _complete_appointment(res: Resource, st: State) -> None:
+    """app-2: start and end together. End = start + duration when the sender gave one; else neither
+    (the times stay in the archived message and the gap is reported)."""
+    from datetime import datetime, timedelta
+
+    minutes = res.get("minutesDuration")
+    if res.get("start") and isinstance(minutes, int) and len(res["start"]) > 10:
+        start = datetime.fromisoformat(res["start"])
+        res["end"] = (start + timedelta(minutes=minutes)).isoformat()
+        return
+    res.pop("start", None)
+    res.pop("end", None)
+    st.ctx.issue("appointment-time-incomplete", "SCH-11")
+
+
 def vocab_media(typ: str, subtype: str) -> str:
     t = typ.lower() or "application"
     s = subtype.lower() or "octet-stream"
@@ -922,8 +937,11 @@ def vocab_media(typ: str, subtype: str) -> str:
 
 
 def finish_documents(st: State) -> None:
+    """Last touches once every segment is read: empties out, report text, document content, appointments."""
     for res in st.resources:
         res.pop("_obr", None)
+        if res["resourceType"] == "Appointment" and bool(res.get("start")) != bool(res.get("end")):
+            _complete_appointment(res, st)
         for key in [k for k, v in res.items() if v in (None, "", [], {}) and k != "content"]:
             del res[key]
         text = res.pop("_text", None)

@@ -9,6 +9,7 @@ class), UnmappedSegments, CodeRepairs.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 
@@ -16,9 +17,10 @@ from ehrbridge.aws import settings
 from ehrbridge.aws.s3 import S3BlobStore
 from ehrbridge.aws.sqs import Publisher, SqsPublisher
 from ehrbridge.contracts.claim_check import ClaimCheck
-from ehrbridge.contracts.envelope import Envelope
+from ehrbridge.contracts.envelope import Envelope, stable_id
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
+from ehrbridge.hl7.message import split_messages
 from ehrbridge.normalize.engine import NormalizeResult, normalize_hl7
 from ehrbridge.observability import emit_metric, logger
 from ehrbridge.pipeline.consumer import Consumer
@@ -60,6 +62,21 @@ class NormalizerStage:
         except TenantNotFound:
             self.quarantine.put(envelope, ["tenant is not configured"], STAGE)
             return NormalizeResult("quarantined", kind=envelope.kind, reasons=["tenant is not configured"])
+        if envelope.source == "hl7v2":
+            messages = split_messages(envelope.body_bytes())
+            if len(messages) > 1:
+                # A batch that was not split upstream: one output (or quarantine) per message, never a drop.
+                results = [self._one(self._part(envelope, i, m), tenant) for i, m in enumerate(messages)]
+                return next((r for r in results if not r.ok), results[0])
+        return self._one(envelope, tenant)
+
+    @staticmethod
+    def _part(envelope: Envelope, index: int, message: bytes) -> Envelope:
+        return envelope.model_copy(update={
+            "message_id": stable_id(envelope.message_id, "part", str(index)),
+            "body": base64.b64encode(message).decode("ascii"), "body_encoding": "base64"})
+
+    def _one(self, envelope: Envelope, tenant: TenantConfig) -> NormalizeResult:
         result = normalize_envelope(envelope, tenant)
         tenant_id = envelope.tenant_id
         if not result.ok:

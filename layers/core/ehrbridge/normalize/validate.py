@@ -54,9 +54,8 @@ def check_resource(res: dict[str, Any]) -> list[str]:
     birth = res.get("birthDate")
     if birth is not None and not _DATE.match(birth):
         problems.append("Patient.birthDate: not a FHIR date")
-    if rtype == "Appointment" and bool(res.get("start")) != bool(res.get("end")) and "minutesDuration" not in res:
-        res.pop("start", None)  # app-2: start and end together; a lone start stays in the raw message
-        res.pop("end", None)
+    if rtype == "Appointment" and bool(res.get("start")) != bool(res.get("end")):
+        problems.append("Appointment: start and end must be given together (app-2)")
     return problems
 
 
