@@ -23,7 +23,7 @@ FHIR_URL = "https://ehr.example/fhir"
 
 
 @cache
-def pem(alg: str = "RS384") -> str:
+def pem(alg: str) -> str:
     return generate_private_key(alg, 2048)  # type: ignore[arg-type]
 
 

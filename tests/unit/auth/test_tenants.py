@@ -61,7 +61,7 @@ def test_onboarding_rejects_a_key_that_does_not_fit_the_algorithm() -> None:
 def test_onboarding_rejects_invalid_config_before_storing_anything() -> None:
     tenants, creds = InMemoryTenantStore(), InMemoryCredentialStore()
     with pytest.raises(ContractError):
-        onboard(tenant(vendor="athena"), tenants=tenants, credentials=creds, private_key_pem=pem())
+        onboard(tenant(vendor="athena"), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"))
     assert tenants.list() == []
     with pytest.raises(CredentialsError):
         creds.get("acme-health")
@@ -69,7 +69,7 @@ def test_onboarding_rejects_invalid_config_before_storing_anything() -> None:
 
 def test_remove_deletes_config_and_credentials() -> None:
     tenants, creds = InMemoryTenantStore(), InMemoryCredentialStore()
-    onboard(tenant(), tenants=tenants, credentials=creds, private_key_pem=pem())
+    onboard(tenant(), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"))
     assert remove("acme-health", tenants=tenants, credentials=creds)
     with pytest.raises(TenantNotFound):
         tenants.get("acme-health")
@@ -80,7 +80,7 @@ def test_remove_deletes_config_and_credentials() -> None:
 
 def test_rotation_publishes_old_and_new_until_retired() -> None:
     tenants, creds, published = InMemoryTenantStore(), InMemoryCredentialStore(), InMemoryJwksPublisher()
-    onboard(tenant(key_id="old"), tenants=tenants, credentials=creds, private_key_pem=pem())
+    onboard(tenant(key_id="old"), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"))
     with pytest.raises(RotationError, match="no next key"):
         rotate("acme-health", "cutover", credentials=creds, publisher=published)
 
@@ -107,7 +107,7 @@ def test_rotation_publishes_old_and_new_until_retired() -> None:
 
 def test_credentials_from_file_needs_a_key_id(tmp_path: Path) -> None:
     key_file = tmp_path / "k.pem"
-    key_file.write_text(pem())
+    key_file.write_text(pem("RS384"))
     with pytest.raises(CredentialsError, match="key_id is required"):
         credentials_from_file(tenant(private_key_file=key_file, key_id=None))
     assert credentials_from_file(tenant(private_key_file=key_file)).active_key().kid == "k1"  # type: ignore[union-attr]

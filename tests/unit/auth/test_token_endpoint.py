@@ -147,3 +147,18 @@ def test_discovery_failure_is_a_clear_error() -> None:
     with pytest.raises(TokenEndpointError, match="smart-configuration answered 404"):
         client.token_url(tenant(token_url=None))
     assert client.scope_version(tenant(vendor="oracle_health")) == 1  # falls back to the vendor profile
+
+
+def test_assertion_audience_override_for_proxied_sites() -> None:
+    from joserfc import jwt as _jwt
+
+    from ehrbridge.auth.keys import load_private_key
+    from tests.unit.auth.helpers import pem
+
+    endpoint = ScriptedEndpoint()
+    t = tenant(vendor="epic", vendor_context={"assertion_audience": "https://proxy.example/oauth2/token"})
+    _client(endpoint, FakeClock()).request_token(t, credentials(), ["system/Patient.read"])
+    claims = _jwt.decode(endpoint.forms()[0]["client_assertion"], load_private_key(pem("RS384"), "RS384"),
+                         algorithms=["RS384"]).claims
+    assert claims["aud"] == "https://proxy.example/oauth2/token"
+    assert str(endpoint.requests[0].url) == TOKEN_URL

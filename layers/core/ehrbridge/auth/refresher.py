@@ -67,11 +67,13 @@ def smart_enabled(tenant: TenantConfig) -> bool:
 class TokenRefresher:
     def __init__(self, *, credentials: CredentialStore, tokens: TokenStore, state: RefreshState,
                  token_client: TokenClient | None = None, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep, lease_s: float = 30.0, peer_wait_s: float = 15.0,
+                 sleep: Callable[[float], None] = time.sleep, lease_s: float = 90.0, peer_wait_s: float = 15.0,
                  owner: str | None = None) -> None:
         self.credentials, self.tokens, self.state = credentials, tokens, state
         self.token_client = token_client or TokenClient(clock=clock, sleep=sleep)
         self.clock, self.sleep = clock, sleep
+        # The lease outlives a whole token request with its retries (budget 20 s + 4 x 10 s timeouts),
+        # so a slow holder is never overtaken by a second request.
         self.lease_s, self.peer_wait_s = lease_s, peer_wait_s
         self.owner = owner or uuid.uuid4().hex
         self._locks: dict[str, threading.Lock] = {}

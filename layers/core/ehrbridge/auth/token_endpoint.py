@@ -207,9 +207,11 @@ class TokenClient:
         if key is not None and "private_key_jwt" in methods:
             signing_key = load_private_key(key.private_key_pem.get_secret_value(), key.algorithm)
             # A new assertion per attempt: fresh jti and exp, so a retry is never a replay.
+            # aud is the token URL; a site behind a proxy may have allow-listed another (Epic).
+            audience = tenant.vendor_context.get("assertion_audience", url)
             form.update(client_assertion_type=ASSERTION_TYPE, client_assertion=build_client_assertion(
-                key=signing_key, kid=key.kid, client_id=tenant.client_id, audience=url, algorithm=key.algorithm,
-                now=self.clock()))
+                key=signing_key, kid=key.kid, client_id=tenant.client_id, audience=audience,
+                algorithm=key.algorithm, now=self.clock()))
             return form, None, key.kid
         if credentials.client_secret is not None and "client_secret_basic" in methods:
             return form, (tenant.client_id, credentials.client_secret.get_secret_value()), None
