@@ -49,9 +49,13 @@ def test_r4_fixtures_validate_against_the_r4b_models() -> None:
                "Appointment", "DocumentReference", "MedicationRequest", "AllergyIntolerance", "Condition",
                "Procedure", "Specimen", "Provenance"}
     from fhir.resources.R4B import get_fhir_model_class
+    from pydantic import ValidationError
 
-    checked = failures = 0
-    for path in sorted(CORPUS.glob("fhir-converter/*.expected.json"))[:25]:
+    # Elements that are 1..* / 1..1 in R4 itself: a reference resource missing them is invalid R4 too.
+    required_in_r4 = {("Provenance", "agent"), ("DocumentReference", "content"), ("Provenance", "target"),
+                      ("Observation", "code"), ("Observation", "status")}
+    checked = 0
+    for path in sorted(CORPUS.glob("fhir-converter/*.expected.json")):
         for entry in json.loads(path.read_text(encoding="utf-8"))["entry"]:
             res = entry["resource"]
             if res["resourceType"] not in emitted:
@@ -60,10 +64,12 @@ def test_r4_fixtures_validate_against_the_r4b_models() -> None:
             checked += 1
             try:
                 get_fhir_model_class(res["resourceType"]).model_validate(res)
-            except Exception:
-                failures += 1
-    assert checked > 200
-    assert failures / checked < 0.05, f"{failures} of {checked} real R4 resources rejected by R4B"
+            except ValidationError as err:
+                for e in err.errors(include_input=False):
+                    # The only rejections allowed: R4 cardinality violations in the reference itself.
+                    assert e["type"] == "missing" and (res["resourceType"], str(e["loc"][0])) in required_in_r4, \
+                        (path.name, res["resourceType"], e["loc"], e["msg"])
+    assert checked > 500
 
 
 def test_agreement_with_the_references_meets_the_target() -> None:
