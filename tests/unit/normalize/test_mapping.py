@@ -234,3 +234,22 @@ def test_sample_events(tenant: TenantConfig) -> None:
     assert imm["vaccineCode"]["coding"][0] == {"system": "http://hl7.org/fhir/sid/cvx", "code": "08",
                                                "display": "Hep B, adolescent or pediatric"}
     assert imm["route"]["coding"][0]["code"] == "IM"
+
+
+def test_orc_without_obr_is_still_a_service_request(tenant: TenantConfig) -> None:
+    data = (b"MSH|^~\\&|DEMOADT|HOSP|EHR|X|20240102030405||ORM^O01^ORM_O01|O1|P|2.5\r"
+            b"PID|1||MRN1^^^MRN^MR||DOE^JANE\rORC|NW|PL1^HOSP|FL1^LAB||SC\rODS|D||REG^Regular diet^L\r")
+    r = normalize_hl7(data, tenant)
+    [sr] = resources(r.bundle, "ServiceRequest")
+    assert sr["status"] == "active" and sr["identifier"][0]["value"] == "PL1"
+    assert "ODS" in r.unmapped
+
+
+def test_a17_swap_gives_two_patients_with_their_encounters(tenant: TenantConfig) -> None:
+    data = (b"MSH|^~\\&|DEMOADT|HOSP|EHR|X|20240102030405||ADT^A17^ADT_A17|S1|P|2.5\rEVN|A17|20240102030405\r"
+            b"PID|1||MRN1^^^MRN^MR||DOE^JANE\rPV1|1|I|W1^1^A||||||||||||||||V1^^^HOSP^VN\r"
+            b"PID|2||MRN2^^^MRN^MR||ROE^RICH\rPV1|1|I|W1^2^B||||||||||||||||V2^^^HOSP^VN\r")
+    r = normalize_hl7(data, tenant)
+    p1, p2 = resources(r.bundle, "Patient")
+    e1, e2 = resources(r.bundle, "Encounter")
+    assert e1["subject"]["reference"] == f"Patient/{p1['id']}" and e2["subject"]["reference"] == f"Patient/{p2['id']}"

@@ -301,8 +301,18 @@ def _order_ids(seg: Segment, placer_n: int, filler_n: int, st: State) -> tuple[l
     return ids, key
 
 
+def flush_order(st: State) -> None:
+    """An ORC whose group had no OBR (and no RXE/RXO) is still an order: emit its ServiceRequest."""
+    res = st.order
+    if res is None or "id" in res or res.get("_consumed") or res["resourceType"] != "ServiceRequest":
+        return
+    res["id"] = st.ctx.rid("ServiceRequest", st.order_key)
+    st.add(res)
+
+
 def order(seg: Segment, st: State) -> None:
     """ORC -> ServiceRequest (completed by OBR in the same group)."""
+    flush_order(st)
     ids, key = _order_ids(seg, 2, 3, st)
     status = vocab.ORDER_STATUS.get(seg.value(5).upper()) or vocab.ORDER_CONTROL_STATUS.get(seg.value(1).upper())
     res: Resource = {"resourceType": "ServiceRequest", "status": status or "unknown", "intent": "order",
@@ -675,8 +685,10 @@ def immunization(seg: Segment, st: State) -> None:
                                    when.fhir, str(st.order_key)),
                      "status": status, "vaccineCode": vaccine, "patient": st.subject(),
                      "encounter": st.ref(st.encounter), "occurrenceDateTime": when.fhir}
-    if st.order is not None and st.order.get("identifier"):
-        res["identifier"] = st.order["identifier"]
+    if st.order is not None:
+        st.order["_consumed"] = True  # IG VXU_V04: ORC feeds the Immunization, not a ServiceRequest
+        if st.order.get("identifier"):
+            res["identifier"] = st.order["identifier"]
     amount = dt.decimal(seg.value(6))
     if amount is not None and amount != 999:
         q: Resource = {"value": amount}
@@ -735,6 +747,8 @@ def medication(seg: Segment, st: State) -> None:
     if med is None:
         raise QuarantineError("RXE-2 give code is empty (MedicationRequest.medication is required)")
     status = vocab.MEDREQ_STATUS.get((st.order or {}).get("status", ""), "unknown")
+    if st.order is not None:
+        st.order["_consumed"] = True  # the ORC describes this medication order, not a ServiceRequest
     res: Resource = {"resourceType": "MedicationRequest",
                      "id": ctx.rid("MedicationRequest", st.order_key or f"RXE|{seg.index}|{st.message_time}"),
                      "identifier": (st.order or {}).get("identifier"), "status": status, "intent": "order",
@@ -776,6 +790,8 @@ def medication_order(seg: Segment, st: State) -> None:
     if med is None:
         ctx.issue("missing-code", "RXO-1")
         return
+    if st.order is not None:
+        st.order["_consumed"] = True
     res: Resource = {"resourceType": "MedicationRequest",
                      "id": ctx.rid("MedicationRequest", st.order_key or f"RXO|{seg.index}|{st.message_time}"),
                      "status": vocab.MEDREQ_STATUS.get((st.order or {}).get("status", ""), "unknown"),
@@ -938,8 +954,10 @@ def vocab_media(typ: str, subtype: str) -> str:
 
 def finish_documents(st: State) -> None:
     """Last touches once every segment is read: empties out, report text, document content, appointments."""
+    flush_order(st)
     for res in st.resources:
         res.pop("_obr", None)
+        res.pop("_consumed", None)
         if res["resourceType"] == "Appointment" and bool(res.get("start")) != bool(res.get("end")):
             _complete_appointment(res, st)
         for key in [k for k, v in res.items() if v in (None, "", [], {}) and k != "content"]:
