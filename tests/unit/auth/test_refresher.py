@@ -15,7 +15,8 @@ def _ok(lifetime: int, scope: str = "system/Patient.rs system/Observation.rs sys
                             "scope": scope}, {})
 
 
-@pytest.mark.parametrize(("lifetime", "margin"), [(60, 120), (300, 120), (570, 120), (3600, 360), (7200, 720)])
+@pytest.mark.parametrize(("lifetime", "margin"), [(60, 30), (180, 90), (300, 120), (570, 120), (3600, 360),
+                                                (7200, 720)])
 def test_refresh_margin_follows_the_servers_lifetime(lifetime: int, margin: int) -> None:
     assert refresh_margin_s(lifetime) == margin
 
@@ -180,3 +181,16 @@ def test_scheduled_run_skips_tenants_without_smart_config_and_respects_deadline(
     hl7_only = tenant("hl7-only", workflows=[], client_id=None, fhir_base_url=None, token_url=None)
     summary = r.refresh_due([hl7_only, tenant()], deadline=clock.now + 1, spread_s=0)
     assert summary.skipped == ["acme-health"] and summary.refreshed == []
+
+
+def test_short_lived_tokens_are_not_refreshed_on_every_call() -> None:
+    clock = FakeClock()
+    endpoint = ScriptedEndpoint(default=_ok(60))
+    r = refresher(endpoint, clock)
+    for _ in range(10):  # ten calls within the first 30 s of a 60 s token
+        r.get_token(tenant())
+        clock.now += 3
+    assert len(endpoint.requests) == 1
+    clock.now += 5  # 35 s old: inside the last half, refreshed on demand
+    r.get_token(tenant())
+    assert len(endpoint.requests) == 2

@@ -27,7 +27,9 @@ REFRESH_MARGIN_FRACTION = 0.10
 
 
 def refresh_margin_s(lifetime_s: float) -> float:
-    return max(MIN_REFRESH_MARGIN_S, REFRESH_MARGIN_FRACTION * lifetime_s)
+    """max(120 s, 10 %) of the lifetime, but never more than half of it: a 60 s token would
+    otherwise be "due" from birth and every FHIR call would ask for a new one."""
+    return min(max(MIN_REFRESH_MARGIN_S, REFRESH_MARGIN_FRACTION * lifetime_s), lifetime_s / 2)
 
 
 class CachedToken(BaseModel):

@@ -122,7 +122,7 @@ class SandboxEHR:
         self.requests: list[RequestRecord] = []
         self._seen_jti: dict[tuple[str, str], float] = {}
         self._rate: dict[tuple[str, int], int] = {}
-        self._sessions: dict[str, tuple[float, list[dict[str, Any]], int]] = {}
+        self._sessions: dict[str, tuple[float, list[dict[str, Any]], int, str]] = {}
         self._jwks_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer((host, port), _Handler)
@@ -410,7 +410,7 @@ class SandboxEHR:
         if denied:
             return denied
         if "_getpages" in query:
-            return self._session_page(query)
+            return self._session_page(token, query)
         missing = [p for p in self.profile.required_search_params.get(resource_type, ())
                    if p not in query and not (p == "patient" and "subject" in query)]
         missing += [p for p in self.profile.extra_query_params if p not in query]
@@ -424,7 +424,7 @@ class SandboxEHR:
         if style == "next_link":
             session = secrets.token_urlsafe(12)
             with self._lock:
-                self._sessions[session] = (self.clock(), matches, count)
+                self._sessions[session] = (self.clock(), matches, count, resource_type)
             return 200, self._bundle(resource_type, matches, 0, count, warnings, session=session)
         if style == "offset":
             offset = int(query.get("_offset", ["0"])[0])
@@ -479,16 +479,23 @@ class SandboxEHR:
                     items = [r for r in items if _date_matches(r["meta"]["lastUpdated"], value)]
         return sorted(items, key=lambda r: (r["meta"]["lastUpdated"], r["id"]))
 
-    def _session_page(self, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+    def session_page(self, token: IssuedToken, query: dict[str, list[str]]) -> tuple[int, dict[str, Any], str | None]:
+        """A later page of a server-side paging session (the token must still cover the type)."""
         session = query["_getpages"][0]
         with self._lock:
             found = self._sessions.get(session)
         if found is None or self.clock() - found[0] > self.paging_session_ttl_s:
-            return 410, _outcome("expired", "paging session expired; restart the search")
-        _, matches, count = found
+            return 410, _outcome("expired", "paging session expired; restart the search"), None
+        _, matches, count, resource_type = found
+        denied = self._access(token, resource_type, "s")
+        if denied:
+            return *denied, resource_type
         offset = int(query.get("_getpagesoffset", ["0"])[0])
-        resource_type = matches[0]["resourceType"] if matches else "Bundle"
-        return 200, self._bundle(resource_type, matches, offset, count, [], session=session)
+        return 200, self._bundle(resource_type, matches, offset, count, [], session=session), resource_type
+
+    def _session_page(self, token: IssuedToken, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        status, body, _ = self.session_page(token, query)
+        return status, body
 
     def _bundle(self, resource_type: str, matches: list[dict[str, Any]], offset: int, count: int,
                 warnings: list[str], *, session: str | None = None, query: dict[str, list[str]] | None = None,
@@ -570,9 +577,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, _outcome("login", why), {"WWW-Authenticate": challenge})
             return
         if not segments and "_getpages" in query:
-            status, body = sandbox._session_page(query)
-            resource_type = body.get("entry", [{}])[0].get("resource", {}).get("resourceType") if status == 200 \
-                else None
+            status, body, resource_type = sandbox.session_page(token, query)
         elif len(segments) == 1:
             status, body = sandbox.search(token, segments[0], query)
         elif len(segments) == 2:
