@@ -18,7 +18,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import SecretStr
 
@@ -252,6 +251,3 @@ def _token_budget(tenant: TenantConfig) -> int | None:
               if x is not None]
     return min(limits) if limits else None
 
-
-def outcome_for_log(summary: RefreshSummary) -> dict[str, Any]:
-    return {"counts": summary.counts(), "failed": summary.failed, "denied": summary.throttled}

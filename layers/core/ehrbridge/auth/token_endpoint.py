@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
 
 import httpx
 from pydantic import SecretStr
@@ -263,6 +262,3 @@ class TokenClient:
     def close(self) -> None:
         self.http.close()
 
-
-def describe_response(response: TokenResponse) -> dict[str, Any]:
-    return {"expires_in": response.expires_in, "granted_scopes": response.scope.split(), "notes": response.notes}
