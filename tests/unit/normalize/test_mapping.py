@@ -253,3 +253,32 @@ def test_a17_swap_gives_two_patients_with_their_encounters(tenant: TenantConfig)
     p1, p2 = resources(r.bundle, "Patient")
     e1, e2 = resources(r.bundle, "Encounter")
     assert e1["subject"]["reference"] == f"Patient/{p1['id']}" and e2["subject"]["reference"] == f"Patient/{p2['id']}"
+
+
+def test_mutated_corpus_messages_never_crash_and_stay_valid(tenant: TenantConfig, corpus: Any) -> None:
+    """Random corruption of real messages: a quarantine with a reason or a bundle the R4B models accept."""
+    import random
+
+    from ehrbridge.normalize.validate import validate_with_models
+
+    rng = random.Random(20261124)
+    messages = [m for p in sorted(corpus.glob("*/*.hl7")) for m in split_messages(p.read_bytes())]
+    ok = 0
+    for _ in range(300):
+        data = bytearray(rng.choice(messages))
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(data))
+            op = rng.random()
+            if op < 0.4:
+                data[i] = rng.choice(b"|^~\\&\r0123456789AZaz \"")
+            elif op < 0.7:
+                del data[i:i + rng.randint(1, 20)]
+            else:
+                data[i:i] = bytes(rng.choice(b"|^~\\&\r0123456789+-. ") for _ in range(rng.randint(1, 6)))
+        r = normalize_hl7(bytes(data), tenant)
+        if r.ok:
+            ok += 1
+            assert validate_with_models(r.bundle) == []
+        else:
+            assert r.reasons and not r.reasons[0].startswith("mapping failed"), r.reasons
+    assert ok > 100

@@ -85,14 +85,16 @@ def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = 
         return _map(msg, tenant, source_id, message_id)
     except QuarantineError as err:
         return NormalizeResult("quarantined", kind=kind, control_id=control_id, reasons=err.reasons)
-    except (ValueError, KeyError, IndexError, TypeError) as err:
-        # A bug or a shape we did not foresee: quarantine with the error type (no values: PHI), never crash.
+    except Exception as err:  # the last guard: a message must never crash the batch
+        # A bug or a shape we did not foresee: quarantine with the error type (no values: PHI).
         return NormalizeResult("quarantined", kind=kind, control_id=control_id,
                                reasons=[f"mapping failed: {type(err).__name__} (please report)"])
 
 
 def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: str) -> NormalizeResult:
     kind = msg.kind
+    if not msg.control_id:
+        raise QuarantineError("MSH-10 message control id is empty")
     structure_name, reason = structures.resolve(kind, msg.structure)
     if structure_name is None:
         raise QuarantineError(reason)
