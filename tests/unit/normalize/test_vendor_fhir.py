@@ -47,3 +47,14 @@ def test_bad_vendor_input_is_quarantined(tenant: TenantConfig) -> None:
 def test_samples(tenant: TenantConfig) -> None:
     for path in (EVENTS / "fhir").glob("*.json"):
         assert normalize_fhir(path.read_bytes(), tenant).ok, path.name
+
+
+def test_invalid_vendor_content_is_quarantined_by_the_models(tenant: TenantConfig) -> None:
+    bad = json.dumps({"resourceType": "Observation", "id": "o1", "status": "not-a-status",
+                      "code": {"text": "x"}, "valueQuantity": {"value": "abc"}})
+    r = normalize_fhir(bad, tenant)
+    assert not r.ok and all(reason.startswith("invalid FHIR: ") for reason in r.reasons)
+    assert all("abc" not in reason for reason in r.reasons)  # no input values (PHI) in reasons
+    weird = json.dumps({"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"},
+                        "component": {"not": "a list"}})
+    assert not normalize_fhir(weird, tenant).ok
