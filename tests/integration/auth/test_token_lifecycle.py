@@ -133,6 +133,10 @@ def test_token_endpoint_429_backs_off_instead_of_storming(make_sandbox: Callable
     register(sandbox)
     tenant = tenant_for(sandbox)
     refresher = memory_refresher(token_client=fast_token_client())
+    refresher.token_client.scope_version(tenant)
+    deadline = time.monotonic() + 12
+    while time.time() % 60 > 50 and time.monotonic() < deadline:  # all requests inside one minute window
+        time.sleep(0.1)
     token = refresher.refresh(tenant)
     throttled = 0
     for _ in range(10):  # ten forced refreshes inside the minute: one 429, then local backoff
@@ -157,6 +161,10 @@ def test_short_retry_after_is_waited_out_then_succeeds(make_sandbox: Callable[..
         time.sleep(seconds)
 
     refresher = memory_refresher(token_client=fast_token_client(sleep=sleep))
+    refresher.token_client.scope_version(tenant)  # discovery first, then start early in a 1 s window
+    deadline = time.monotonic() + 5
+    while time.time() % 1 > 0.3 and time.monotonic() < deadline:
+        time.sleep(0.02)
     token = refresher.refresh(tenant)
     again = refresher.refresh(tenant, force=True, stale_access_token=token.access_token.get_secret_value())
     assert not again.same_token(token.access_token.get_secret_value())
