@@ -70,3 +70,18 @@ def test_demo_token_flow_returns_phi_free_figures(twin: Any) -> None:
     assert result["denied_types"] == ["DiagnosticReport"]
     assert result["probes"] == {"Patient": "ok", "Observation": "ok", "DiagnosticReport": "denied"}
     assert "access_token" not in str(result) and "PRIVATE" not in str(result)
+
+
+def test_runtime_fhir_client_is_reused_per_tenant_config(twin: Any, sandbox: SandboxEHR) -> None:
+    from ehrbridge.auth import runtime
+
+    register(sandbox)
+    SecretsManagerCredentialStore().put("acme-health", creds_for())
+    runtime.refresher.cache_clear()
+    tenant = tenant_for(sandbox)
+    first = runtime.fhir_client(tenant)
+    assert runtime.fhir_client(tenant_for(sandbox)) is first  # equal config: same pooled client
+    assert first.search("Patient", {"_count": "2"})["resourceType"] == "Bundle"
+    changed = runtime.fhir_client(tenant_for(sandbox, workflows=["labs", "demographics"]))
+    assert changed is not first
+    runtime.refresher.cache_clear()

@@ -25,6 +25,19 @@ def refresher() -> TokenRefresher:
                           state=DynamoRefreshState(table_name("state")))
 
 
+_clients: dict[str, tuple[TenantConfig, FhirClient]] = {}
+
+
 def fhir_client(tenant: TenantConfig) -> FhirClient:
-    """A FHIR client for one tenant sharing the process-wide refresher (and its token cache)."""
-    return FhirClient(tenant, refresher())
+    """A FHIR client for one tenant sharing the process-wide refresher (and its token cache).
+
+    Reused across invocations while the tenant's config is unchanged, so connections stay pooled.
+    """
+    cached = _clients.get(tenant.tenant_id)
+    if cached is not None and cached[0] == tenant:
+        return cached[1]
+    if cached is not None:
+        cached[1].close()
+    client = FhirClient(tenant, refresher())
+    _clients[tenant.tenant_id] = (tenant, client)
+    return client
