@@ -282,3 +282,24 @@ def test_mutated_corpus_messages_never_crash_and_stay_valid(tenant: TenantConfig
         else:
             assert r.reasons and not r.reasons[0].startswith("mapping failed"), r.reasons
     assert ok > 100
+
+
+@pytest.mark.parametrize("vt,value,key,expected", [
+    ("SN", "^2^+", "valueString", "2 +"),
+    ("DR", "20240101^20240102", "valuePeriod", {"start": "2024-01-01", "end": "2024-01-02"}),
+    ("VR", "5^10", "valueString", "5-10"),
+    ("TM", "1230", "valueTime", "12:30:00"),
+    ("NR", "3^7", "valueRange", {"low": {"value": 3}, "high": {"value": 7}}),
+])
+def test_other_value_types_follow_the_ig_obx_map(tenant: TenantConfig, vt: str, value: str, key: str,
+                                                  expected: Any) -> None:
+    _, obs = observation(tenant, vt=vt, value=value, unit="", range_="", flag="")
+    assert obs[key] == expected
+
+
+def test_cancelled_result_gets_the_ig_data_absent_reason(tenant: TenantConfig) -> None:
+    data = oru(value="").replace(b"|||F\r", b"|||X\r")
+    r = normalize_hl7(data, tenant)
+    obs = resources(r.bundle, "Observation")[0]
+    assert obs["status"] == "cancelled"
+    assert obs["dataAbsentReason"]["coding"][0]["code"] == "cannot-be-obtained"

@@ -329,7 +329,10 @@ def sn(raw: str, seps: Separators, unit_raw: str, ctx: Ctx, where: str) -> tuple
         add_unit(out, unit_code or unit_text, unit_text or unit_code, ctx, where)
         return out
 
-    if sep in ("-", "") and v1 is not None and v2 is not None and sep == "-":
+    if sep == "+":
+        # IG OBX[Observation]: SN with "+" (e.g. "^2^+") -> valueString of the four components.
+        return "valueString", " ".join(p for p in (comparator, n1, sep, n2) if p)
+    if sep == "-" and v1 is not None and v2 is not None:
         return "valueRange", {"low": q(v1), "high": q(v2)}
     if sep in (":", "/") and v1 is not None and v2 is not None:
         return "valueRatio", {"numerator": {"value": v1}, "denominator": {"value": v2}}

@@ -433,6 +433,17 @@ def _observation_value(seg: Segment, st: State, res: Resource) -> None:
         if len(v) >= 4 and v[:4].isdigit():
             res["valueTime"] = f"{v[:2]}:{v[2:4]}:{v[4:6] or '00'}"
         return
+    if vtype == "DR":
+        parts = reps[0].split(seps.component)
+        start = ctx.ts(dt.leaf(parts[0], seps), where)
+        end = ctx.ts(dt.leaf(parts[1], seps), where) if len(parts) > 1 else None
+        if start or end:
+            res["valuePeriod"] = {k: v.fhir for k, v in (("start", start), ("end", end)) if v}
+        return
+    if vtype == "VR":
+        parts = [dt.leaf(p, seps) for p in reps[0].split(seps.component)]
+        res["valueString"] = "-".join(parts[:2])  # IG: OBX-5.1 + "-" + OBX-5.2
+        return
     if vtype == "NR":
         parts = reps[0].split(seps.component)
         low, high = dt.decimal(parts[0]), dt.decimal(parts[1]) if len(parts) > 1 else None
@@ -486,8 +497,9 @@ def _observation(seg: Segment, st: State, key: str) -> Resource:
         performers.append({"display": org})
     if performers:
         res["performer"] = performers
-    if status_code in ("X", "N", "D") and "component" not in res and not any(k.startswith("value") for k in res):
-        absent = "not-performed" if status_code == "X" else "unknown"
+    if status_code in ("X", "N") and "component" not in res and not any(k.startswith("value") for k in res):
+        # IG OBX[Observation]: OBX-11 X -> cannot-be-obtained, N -> not-asked.
+        absent = "cannot-be-obtained" if status_code == "X" else "not-asked"
         res["dataAbsentReason"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
                                                "code": absent}]}
     return res
