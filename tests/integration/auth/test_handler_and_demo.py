@@ -62,7 +62,13 @@ def test_handler_counts_failures_without_crashing_the_run(twin: Any, sandbox: Sa
 def test_demo_token_flow_returns_phi_free_figures(twin: Any) -> None:
     from ehrbridge.sandbox.demo import run_token_flow
 
+    store = DynamoTenantStore(twin.tables["state"])
+    from ehrbridge.contracts.tenant import TenantConfig
+
+    original = TenantConfig.from_yaml(REPO / "events" / "tenants" / "demo-health.yaml")
+    store.put(original)  # as the pipeline demo does before
     result = run_token_flow(twin.env)
+    assert DynamoTenantStore(twin.tables["state"]).get("demo-health") == original  # restored
     assert result["token_obtained"] is True and result["token_lifetime_s"] == 300
     assert result["refresh"]["refreshed"] == 1 and result["token_requests"] == 1
     assert result["requested_scopes"] == ["system/DiagnosticReport.rs", "system/Observation.rs", "system/Patient.rs"]

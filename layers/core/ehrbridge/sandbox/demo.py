@@ -43,11 +43,13 @@ def _environment(env: Mapping[str, str] | None) -> Iterator[None]:
 
 def run_token_flow(twin_env: Mapping[str, str] | None = None, *, tenant_yaml: str | Path = DEMO_TENANT,
                    vendor: Vendor | None = None, algorithm: Algorithm = "ES384",
-                   deny_types: Iterable[str] = ("DiagnosticReport",)) -> dict[str, Any]:
+                   deny_types: Iterable[str] = ("DiagnosticReport",), keep_onboarded: bool = False) -> dict[str, Any]:
     """Sandbox on 127.0.0.1 -> register the tenant's key -> onboard (credentials into Secrets
     Manager, config into the state table) -> one scheduled refresh through the real refresher ->
     probe the workflows' resource types -> stop the sandbox. ``twin_env`` is the local twin's
     environment (``TwinResources.env``); without it the current environment must point at one.
+    Unless ``keep_onboarded``, the tenant store gets its previous config for the tenant back (or
+    none), so later demo stages never see a base URL of the stopped sandbox.
     """
     from ehrbridge.auth.credentials import SecretsManagerCredentialStore
     from ehrbridge.auth.keys import generate_private_key, jwks, public_jwk_from_pem, thumbprint_kid
@@ -57,7 +59,7 @@ def run_token_flow(twin_env: Mapping[str, str] | None = None, *, tenant_yaml: st
     from ehrbridge.auth.state import DynamoRefreshState
     from ehrbridge.auth.tokens import SecretsManagerTokenStore
     from ehrbridge.aws.settings import table_name
-    from ehrbridge.contracts.tenant_store import DynamoTenantStore
+    from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
     from ehrbridge.sandbox.server import SandboxEHR
     from ehrbridge.tenants.check import check_tenant
     from ehrbridge.tenants.onboarding import onboard
@@ -83,6 +85,10 @@ def run_token_flow(twin_env: Mapping[str, str] | None = None, *, tenant_yaml: st
             "vendor_context": {"practice_context": "Organization/a-1.Practice-195900", **base.vendor_context}})
         state_table = table_name("state")
         tenants = DynamoTenantStore(state_table)
+        try:
+            previous: TenantConfig | None = tenants.get(tenant.tenant_id)
+        except TenantNotFound:
+            previous = None
         credentials = SecretsManagerCredentialStore()
         onboard(tenant, tenants=tenants, credentials=credentials, private_key_pem=pem)
         refresher = TokenRefresher(credentials=credentials, tokens=SecretsManagerTokenStore(),
@@ -90,6 +96,11 @@ def run_token_flow(twin_env: Mapping[str, str] | None = None, *, tenant_yaml: st
         summary = refresher.refresh_due([tenants.get(tenant.tenant_id)], spread_s=0)
         report = check_tenant(tenants.get(tenant.tenant_id), refresher)
         status = refresher.state.status(tenant.tenant_id)
+        if not keep_onboarded:
+            if previous is not None:
+                tenants.put(previous)
+            else:
+                tenants.delete(tenant.tenant_id)
         return {
             "tenant_id": tenant.tenant_id, "vendor": vendor, "algorithm": algorithm,
             "token_obtained": report.token_obtained, "token_lifetime_s": report.expires_in,
