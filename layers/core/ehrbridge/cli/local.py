@@ -72,7 +72,7 @@ def _print_table(summary: DemoSummary) -> None:
     console = Console(file=sys.stdout)
     table = Table(title="ehrbridge local demo")
     table.add_column("measure")
-    table.add_column("count", justify="right")
+    table.add_column("value", justify="right")
     rows = [("messages in", summary.messages_in), ("delivered to the lake", summary.delivered),
             ("resources out", summary.resources_out), ("quarantined", summary.quarantined),
             ("dead-lettered", summary.dead_lettered), ("lost", summary.lost), ("still in flight", summary.in_flight)]

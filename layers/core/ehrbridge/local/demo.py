@@ -197,6 +197,7 @@ def run_demo(*, events_dir: Path = DEFAULT_EVENTS, tenant_file: Path = DEFAULT_T
             from ehrbridge.contracts.tenant_store import DynamoTenantStore
 
             DynamoTenantStore(twin.tables["state"]).put(tenant)
+            summary.extras.update(_token_flow(twin, tenant_file))
             inputs = _feed_hl7(twin, tenant, hl7_files, summary) + inject_fhir(twin, tenant, fhir_files)
             summary.messages_in = len(inputs)
             for item in inputs:
@@ -230,6 +231,20 @@ def _pipeline_output_to(stream: TextIO) -> Iterator[None]:
     finally:
         if previous is not None and isinstance(handler, logging.StreamHandler):
             handler.setStream(previous)
+
+
+def _token_flow(twin: TwinResources, tenant_file: Path) -> dict[str, Any]:
+    """SMART Backend Services against the sandbox EHR: onboarding, one scheduled refresh, workflow probes."""
+    from ehrbridge.sandbox.demo import run_token_flow
+
+    flow = run_token_flow(twin.env, tenant_yaml=tenant_file)
+    return {
+        "token obtained": flow.get("token_obtained"),
+        "token lifetime (s)": flow.get("token_lifetime_s"),
+        "scopes requested": " ".join(flow.get("requested_scopes", [])),
+        "scopes granted": " ".join(flow.get("granted_scopes", [])),
+        "resource types denied": " ".join(flow.get("denied_types", [])) or "none",
+    }
 
 
 def _feed_hl7(twin: TwinResources, tenant: TenantConfig, files: list[Path], summary: DemoSummary) -> list[_Input]:
