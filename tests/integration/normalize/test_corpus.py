@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,25 @@ def _digest_under(tz: str) -> str:
 def test_output_is_identical_under_utc_and_tokyo() -> None:
     utc, tokyo = _digest_under("UTC"), _digest_under("Asia/Tokyo")
     assert len(utc) == 64 and utc == tokyo  # also: two processes, same bytes (determinism)
+
+
+def test_quarantine_reasons_and_unmapped_lists_carry_no_patient_data(results) -> None:  # type: ignore[no-untyped-def]
+    from ehrbridge.hl7.message import ParseError, parse, split_messages
+
+    checked = 0
+    by_file: dict[tuple[str, int], list[str]] = {}
+    for path, index, r in results:
+        by_file[(str(path), index)] = [*r.reasons, *r.unmapped, *(i.get("detail", "") for i in r.issues)]
+    for (path, index), texts in by_file.items():
+        try:
+            msg = parse(split_messages(Path(path).read_bytes())[index])
+        except ParseError:
+            continue
+        pid = msg.first("PID")
+        if pid is None:
+            continue
+        phi = {v for v in (pid.value(3), pid.value(5), pid.value(5, 2), pid.value(7), pid.value(11)) if len(v) > 3}
+        blob = " ".join(texts)
+        assert not [v for v in phi if v in blob], path
+        checked += 1
+    assert checked > 90
