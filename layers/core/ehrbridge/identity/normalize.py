@@ -168,10 +168,11 @@ class Person:
     family_mph: str = ""
 
     def __post_init__(self) -> None:
-        self.given_sdx = soundex(self.given or "")
-        self.family_sdx = soundex(self.family or "")
-        self.given_mph = metaphone(self.given or "")
-        self.family_mph = metaphone(self.family or "")
+        # Stored records carry their codes (see to_dict): decoding a candidate recomputes nothing.
+        if not self.given_sdx and self.given:
+            self.given_sdx, self.given_mph = soundex(self.given), metaphone(self.given)
+        if not self.family_sdx and self.family:
+            self.family_sdx, self.family_mph = soundex(self.family), metaphone(self.family)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -190,7 +191,8 @@ class Person:
 
 
 _STORED_FIELDS = ("given", "family", "middle", "suffix", "dob", "sex", "house", "street", "city", "postcode",
-                  "state", "phone", "email", "ssn", "birth_order", "identifiers")
+                  "state", "phone", "email", "ssn", "birth_order", "identifiers", "given_sdx", "family_sdx",
+                  "given_mph", "family_mph")
 
 
 def _split_name(given_parts: list[str], family: str) -> tuple[str | None, str | None, str | None, str | None,

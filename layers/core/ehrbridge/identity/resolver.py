@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ehrbridge.identity.blocking import MAX_BUCKET, MAX_CANDIDATES, query_keys, record_keys
+from ehrbridge.identity.blocking import MAX_BUCKET, MAX_CANDIDATES, key_weight, query_keys, record_keys
 from ehrbridge.identity.model import Grade, Model, PairScore, Thresholds
 from ehrbridge.identity.normalize import Person, person_from_patient
 from ehrbridge.identity.store import (
@@ -98,8 +99,9 @@ def _outbox(rec: SourceRecord, message_id: str | None, changes: list[LinkChange]
 class Resolver:
     def __init__(self, store: MpiStore, model: Model, *,
                  thresholds: Callable[[str], Thresholds] | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, person_cache: int = _PERSON_CACHE_MAX) -> None:
         self.store = store
+        self._person_cache = person_cache
         self.model = model
         self._thresholds = thresholds or (lambda tenant: model.thresholds)
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -122,7 +124,9 @@ class Resolver:
         if cached is not None and cached[0] == rec.fingerprint:
             return cached[1]
         person = Person.from_dict(rec.person)
-        if len(self._persons) >= _PERSON_CACHE_MAX:
+        if not self._person_cache:
+            return person
+        if len(self._persons) >= self._person_cache:
             self._persons.clear()
         self._persons[rec.source_key] = (rec.fingerprint, person)
         return person
@@ -213,13 +217,15 @@ class Resolver:
         keys = query_keys(person)
         buckets = self.store.blocks(tenant, keys)
         hits: dict[str, int] = {}
-        for bucket in buckets.values():
+        get = hits.get
+        for key, bucket in buckets.items():
             if bucket.full:
                 continue
+            w = key_weight(key)
             for sk in bucket.members:
-                if sk != source_key:
-                    hits[sk] = hits.get(sk, 0) + 1
-        wanted = sorted(hits, key=hits.__getitem__, reverse=True)[:MAX_CANDIDATES]
+                hits[sk] = get(sk, 0) + w
+        hits.pop(source_key, None)
+        wanted = heapq.nlargest(MAX_CANDIDATES, hits, key=hits.__getitem__)
         candidates = self.store.records(tenant, [*wanted, source_key])
         existing = candidates.pop(source_key, None)
 

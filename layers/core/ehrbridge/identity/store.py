@@ -195,8 +195,9 @@ class InMemoryMpiStore:
         for sk in source_keys:
             rec = self._records.get((tenant, sk))
             if rec is not None:
-                # Shallow copies: callers replace fields (never mutate nested values) of what they read.
-                out[sk] = copy.copy(rec)
+                # Read-only by contract: the resolver copies a record before changing it, as it must
+                # with any store (this is what keeps the in-memory store as cheap as a dict lookup).
+                out[sk] = rec
         return out
 
     def commit(self, tenant: str, commit: Commit) -> None:
@@ -209,7 +210,8 @@ class InMemoryMpiStore:
             previous = self._records.get((tenant, record.source_key))
             if previous is not None:
                 self._members.get((tenant, previous.eid), set()).discard(record.source_key)
-            stored = SourceRecord.from_dict(_copy(record.to_dict()))
+            # Shallow copy: the resolver replaces fields (never mutates nested values) of what it writes.
+            stored = copy.copy(record)
             stored.version = (previous.version if previous else 0) + 1
             record.version = stored.version
             self._records[(tenant, record.source_key)] = stored
@@ -225,9 +227,9 @@ class InMemoryMpiStore:
         for ent in commit.enterprises:
             self._enterprises[(tenant, ent.eid)] = Enterprise(**ent.to_dict())
         for event in commit.history:
-            self._history.setdefault((tenant, event.eid), []).append(HistoryEvent(**_copy(event.to_dict())))
+            self._history.setdefault((tenant, event.eid), []).append(copy.copy(event))
         for item in commit.reviews:
-            self._reviews[(tenant, item.review_id)] = ReviewItem.from_dict(_copy(item.to_dict()))
+            self._reviews[(tenant, item.review_id)] = copy.copy(item)
 
     def members(self, tenant: str, eid: str) -> list[SourceRecord]:
         keys = sorted(self._members.get((tenant, eid), set()))
