@@ -223,7 +223,7 @@ def encounter(seg: Segment, st: State) -> None:
     res: Resource = {"resourceType": "Encounter", "id": ctx.rid("Encounter", key), "status": status}
     cls = vocab.ENCOUNTER_CLASS.get(patient_class)
     if cls:
-        res["class"] = {"system": vocab.V3_ACT, "code": cls[0], "display": cls[1]}
+        res["class"] = {"system": cls[0], "code": cls[1], "display": cls[2]}
     elif not patient_class:
         res["class"] = {"extension": _ABSENT["extension"]}
         ctx.issue("missing-code", "PV1-2")

@@ -1,5 +1,8 @@
 """HL7 v2 tables -> FHIR codes, as data (V2-to-FHIR IG vocabulary ConceptMaps, the subset we map).
 
+Where the IG ConceptMap maps a code, we follow it (checked against HL7/v2-to-fhir mappings/codesystems).
+Where it leaves a code unmapped but FHIR requires a value (statuses), our choice is marked "ext:".
+
 Tables: 0001 gender, 0002 marital status, 0004 patient class, 0078 interpretation, 0085 observation
 status, 0123 report status, 0119/0038 order control/status, 0190 address use, 0200 name use,
 0201/0202 telecom use/equipment, 0203 identifier type, 0278 appointment status, 0322 completion
@@ -16,11 +19,16 @@ GENDER = {"M": "male", "F": "female", "O": "other", "A": "other", "U": "unknown"
           "MALE": "male", "FEMALE": "female"}
 MARITAL = {"A": "L", "D": "D", "M": "M", "S": "S", "W": "W", "C": "C", "P": "T", "E": "L", "I": "I", "N": "A",
            "G": "T", "R": "T", "U": "UNK", "B": "U", "T": "T", "O": "OTH"}
-ENCOUNTER_CLASS = {"E": ("EMER", "emergency"), "I": ("IMP", "inpatient encounter"), "O": ("AMB", "ambulatory"),
-                   "P": ("PRENC", "pre-admission"), "R": ("AMB", "ambulatory"), "B": ("IMP", "inpatient encounter"),
-                   "C": ("AMB", "ambulatory"), "U": ("UNK", "unknown"),
-                   "EMERGENCY": ("EMER", "emergency"), "INPATIENT": ("IMP", "inpatient encounter"),
-                   "OUTPATIENT": ("AMB", "ambulatory")}
+# IG PatientClass[EncounterClass]: E I O P -> v3 ActCode; R B C N U stay v2-0004 codes.
+V2_0004 = "http://terminology.hl7.org/CodeSystem/v2-0004"
+ENCOUNTER_CLASS = {"E": (V3_ACT, "EMER", "emergency"), "I": (V3_ACT, "IMP", "inpatient encounter"),
+                   "O": (V3_ACT, "AMB", "ambulatory"), "P": (V3_ACT, "PRENC", "pre-admission"),
+                   "R": (V2_0004, "R", "Recurring patient"), "B": (V2_0004, "B", "Obstetrics"),
+                   "C": (V2_0004, "C", "Commercial Account"), "N": (V2_0004, "N", "Not Applicable"),
+                   "U": (V2_0004, "U", "Unknown"),
+                   # ext: spelled-out classes some senders use
+                   "EMERGENCY": (V3_ACT, "EMER", "emergency"), "INPATIENT": (V3_ACT, "IMP", "inpatient encounter"),
+                   "OUTPATIENT": (V3_ACT, "AMB", "ambulatory")}
 # Encounter status by trigger event (ADT semantics); A08 and friends: derived from PV1-45.
 ENCOUNTER_STATUS = {"A01": "in-progress", "A02": "in-progress", "A03": "finished", "A04": "arrived",
                     "A05": "planned", "A06": "in-progress", "A07": "in-progress", "A09": "in-progress",
@@ -30,12 +38,16 @@ INTERPRETATION_V3 = frozenset({"<", ">", "A", "AA", "B", "D", "H", "HH", "HU", "
                                "NCL", "NEG", "NR", "ND", "POS", "QCF", "R", "RR", "S", "SDD", "SYN-R", "SYN-S",
                                "TOX", "U", "VS", "W", "WR", "EX", "EXP", "HX", "LX", "IND", "E", "CAR", "DET",
                                "H>", "L<", "HM", "LM", "CARRIER", "UNE", "OBX"})
-OBSERVATION_STATUS = {"F": "final", "C": "corrected", "P": "preliminary", "R": "preliminary", "S": "preliminary",
-                      "I": "registered", "O": "registered", "X": "cancelled", "D": "entered-in-error",
-                      "W": "entered-in-error", "U": "final", "A": "amended", "N": "unknown"}
-REPORT_STATUS = {"F": "final", "C": "corrected", "P": "preliminary", "R": "partial", "S": "partial",
-                 "I": "registered", "O": "registered", "X": "cancelled", "A": "partial", "Y": "unknown",
-                 "Z": "unknown", "M": "partial", "D": "entered-in-error"}
+# IG 0085: A C D F P X W mapped; ext: R/S -> preliminary, I/O -> registered, U/V -> final, B -> amended, N -> unknown.
+OBSERVATION_STATUS = {"A": "amended", "C": "corrected", "D": "entered-in-error", "F": "final", "P": "preliminary",
+                      "X": "cancelled", "W": "entered-in-error",
+                      "R": "preliminary", "S": "preliminary", "I": "registered", "O": "registered", "U": "final",
+                      "V": "final", "B": "amended", "N": "unknown"}
+# IG 0123: O I S registered, P preliminary, C corrected, R partial, F final, X cancelled;
+# ext: A/M -> partial, N -> registered, Y/Z (no order / no patient on record) -> unknown.
+REPORT_STATUS = {"O": "registered", "I": "registered", "S": "registered", "P": "preliminary", "C": "corrected",
+                 "R": "partial", "F": "final", "X": "cancelled",
+                 "A": "partial", "M": "partial", "N": "registered", "Y": "unknown", "Z": "unknown"}
 REPORT_RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "amended": 4, "corrected": 4,
                "appended": 4, "cancelled": 5, "entered-in-error": 6, "unknown": -1}
 ORDER_CONTROL_STATUS = {"NW": "active", "OK": "active", "SC": "active", "XO": "active", "XX": "active",
@@ -48,13 +60,13 @@ ORDER_STATUS = {"A": "active", "CA": "revoked", "CM": "completed", "DC": "revoke
 MEDREQ_STATUS = {"active": "active", "revoked": "cancelled", "on-hold": "on-hold", "completed": "completed",
                  "draft": "draft", "entered-in-error": "entered-in-error"}
 PRIORITY = {"S": "stat", "A": "asap", "R": "routine", "P": "urgent", "C": "urgent", "T": "urgent"}
-ADDRESS_USE = {"H": "home", "B": "work", "O": "work", "C": "temp", "V": "temp", "BA": "old", "BI": "billing",
-               "P": "home"}
-NAME_USE = {"L": "official", "D": "usual", "M": "maiden", "N": "nickname", "A": "usual", "C": "official",
-            "R": "official", "S": "anonymous", "T": "usual", "B": "old"}
-TELECOM_USE = {"PRN": "home", "ORN": "home", "VHN": "temp", "WPN": "work", "BPN": "work", "EMR": "temp"}
+# IG Address Use (0190), NameType (0200), TelecommunicationUseCode (0201), EquipmentType (0202).
+ADDRESS_USE = {"BA": "old", "BI": "billing", "C": "temp", "B": "work", "H": "home", "O": "work"}
+NAME_USE = {"BAD": "old", "D": "usual", "L": "official", "M": "maiden", "MSK": "anonymous", "N": "nickname",
+            "NAV": "temp", "R": "official", "TEMP": "temp"}
+TELECOM_USE = {"PRN": "home", "WPN": "work", "PRS": "mobile"}
 TELECOM_SYSTEM = {"PH": "phone", "FX": "fax", "CP": "phone", "BP": "pager", "INTERNET": "email", "X.400": "email",
-                  "MD": "other", "TDD": "other", "TTY": "other", "SAT": "phone", "": "phone"}
+                  "MD": "other", "TDD": "other", "TTY": "other", "SAT": "other", "": "phone"}
 IDENTIFIER_TYPE_DISPLAY = {"MR": "Medical record number", "SS": "Social Security number",
                            "PI": "Patient internal identifier", "PT": "Patient external identifier",
                            "DL": "Driver's license number", "AN": "Account number", "VN": "Visit number",
@@ -63,9 +75,10 @@ IDENTIFIER_TYPE_DISPLAY = {"MR": "Medical record number", "SS": "Social Security
                            "MA": "Patient Medicaid number", "NPI": "National provider identifier"}
 IDENTIFIER_TYPE_SYSTEM = {"SS": "http://hl7.org/fhir/sid/us-ssn", "NPI": "http://hl7.org/fhir/sid/us-npi",
                           "MC": "http://hl7.org/fhir/sid/us-medicare"}
-APPOINTMENT_STATUS = {"BOOKED": "booked", "PENDING": "pending", "CANCELLED": "cancelled", "COMPLETE": "fulfilled",
-                      "NOSHOW": "noshow", "WAITLIST": "waitlist", "DELETED": "entered-in-error",
-                      "STARTED": "arrived", "OVERBOOK": "booked", "BLOCKED": "booked", "DC": "cancelled"}
+# IG FillerStatusCodes (0278); Discontinued/Blocked/Overbook unmapped there: the trigger event decides.
+APPOINTMENT_STATUS = {"PENDING": "pending", "WAITLIST": "waitlist", "BOOKED": "booked", "STARTED": "checked-in",
+                      "COMPLETE": "fulfilled", "CANCELLED": "cancelled", "DELETED": "entered-in-error",
+                      "NOSHOW": "noshow"}
 APPOINTMENT_STATUS_BY_TRIGGER = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled",
                                  "S16": "cancelled", "S17": "entered-in-error", "S18": "booked", "S19": "booked",
                                  "S20": "booked", "S21": "booked", "S22": "booked", "S23": "booked",
