@@ -173,6 +173,7 @@ SYSTEMATIC: list[tuple[str, str, str, str]] = [
     ("patient.identifier", "v2-to-fhir-ig/", "", "E"), ("observation.unit", "v2-to-fhir-ig/", "", "E"),
     ("observation.value", "IZ_1_1.1", "('D',", "F"), ("observation.value", "whistle/oru_r01_ex6", "<15", "G"),
     ("observation.unit", "whistle/oru_r01_ex6", "MLMIN", "G"), ("observation.value", "OML-O21-03", "3DHISTECH", "H"),
+    ("encounter.class", "whistle/adt_a08_ex1", "R vs unknown", "J"),
 ]
 RULES = {
     "A": "out of scope: reference Observations built from PDA/ACC (death/autopsy/injury), not from OBX",
@@ -186,6 +187,8 @@ RULES = {
          "date-only period start, identifiers PID-20 dropped",
     "F": "IG OBX[Observation]: OBX-2 DT/DTM -> valueDateTime; the reference drops the value",
     "G": "OBX-2 NM with '<15' is not a number: kept as valueString; the reference emits a Quantity without value",
+    "J": "IG ConceptMap PatientClass[EncounterClass]: PV1-2 'R' stays v2-0004 'R' (Recurring patient); the "
+         "reference emits 'unknown'",
     "I": "a date-only value stays a date (issue 4: partial precision stays partial); the reference added "
          "midnight in its machine zone",
     "H": "two OBX with the same OBX-3/OBX-4 merged into one Observation by the reference's id collision "
