@@ -184,7 +184,7 @@ RULES = {
     "D": "reference applied its own machine zone to a TS without offset; the IG DTM map and issue 4 "
          "require the sender's configured zone (demo tenant America/New_York)",
     "E": "IG sample bundle is informative ('to be provided'): birthDate with a time is not a FHIR date, "
-         "date-only period start, identifiers PID-20 dropped",
+         "date-only period start, PID-20 dropped and an identifier from another segment added",
     "F": "IG OBX[Observation]: OBX-2 DT/DTM -> valueDateTime; the reference drops the value",
     "G": "OBX-2 NM with '<15' is not a number: kept as valueString; the reference emits a Quantity without value",
     "J": "IG ConceptMap PatientClass[EncounterClass]: PV1-2 'R' stays v2-0004 'R' (Recurring patient); the "
