@@ -96,3 +96,19 @@ def test_strict_charset_and_structure_checks() -> None:
     h = read_msh(only_msh)
     with pytest.raises(Rejected, match="no segment after MSH"):
         inspect(only_msh, h, d.resolve(h, None))
+
+
+def test_fast_envelope_json_is_the_validated_envelope() -> None:
+    from ehrbridge.contracts.envelope import Envelope
+    from ehrbridge.mllp.message import envelope_json, message_id_for
+
+    d = SourceDirectory(tenants())
+    for raw in (msg("LAB").replace(b"||X\r", b'||M\xfcller "q" \\\\ x\r'), msg("ADT", "NORTH", pid="EVN|1\r")):
+        h = read_msh(msh_head(raw))
+        item = inspect(raw, h, d.resolve(h, None))
+        mid = message_id_for(item.route.tenant.tenant_id, item.route.source.source_id, h.control_id, item.sha256)
+        body, group = envelope_json(raw, item, mid, batch=True, collision=True)
+        fast = Envelope.parse_json(body)
+        slow = build_envelope(raw, item, batch=True, collision=True)
+        assert fast.model_dump(exclude={"received_at"}) == slow.model_dump(exclude={"received_at"})
+        assert group == slow.group_id and base64.b64decode(fast.body) == raw

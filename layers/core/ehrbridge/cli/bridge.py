@@ -37,14 +37,18 @@ def serve(
     linger_ms: float = typer.Option(2.0, envvar=_ENV + "LINGER_MS", help="Group-commit linger."),
     max_connections: int = typer.Option(2000, envvar=_ENV + "MAX_CONNECTIONS"),
     metrics_interval: float = typer.Option(60.0, envvar=_ENV + "METRICS_INTERVAL_S"),
+    workers: int = typer.Option(1, envvar=_ENV + "WORKERS", min=1, max=64,
+                                help="Worker processes sharing the ports (one per vCPU)."),
 ) -> None:
     """Run the bridge until SIGTERM/SIGINT (then drain: stop accepting, finish in-flight ACKs, exit)."""
     import asyncio
 
+    from ehrbridge.aws.settings import MissingSetting
     from ehrbridge.contracts.envelope import ContractError
     from ehrbridge.contracts.tenant import TenantConfig
     from ehrbridge.mllp.app import AwsTargets, build_bridge
     from ehrbridge.mllp.server import BridgeSettings
+    from ehrbridge.mllp.tls import server_context
 
     tenants: list[TenantConfig] = []
     try:
@@ -69,23 +73,36 @@ def serve(
         read_timeout_s=read_timeout, idle_timeout_s=idle_timeout, ack_timeout_s=ack_timeout,
         linger_s=linger_ms / 1000, max_connections=max_connections, drain_timeout_s=drain_timeout,
         metrics_interval_s=metrics_interval)
+    if workers > 1 and (port == 0 or health_port == 0):
+        typer.echo("error: --workers > 1 needs fixed --port and --health-port", err=True)
+        raise typer.Exit(2)
+    settings.reuse_port = workers > 1
     try:
-        bridge = build_bridge(settings, tenants, AwsTargets.from_env())
-    except (OSError, ValueError) as err:  # unreadable cert/key, missing queue setting
+        # Fail fast, before any fork: unreadable certificate/key, missing queue settings.
+        targets = AwsTargets.from_env()
+        server_context(cert, key, client_ca=client_ca, require_client_cert=require_client_cert)
+    except (OSError, ValueError, MissingSetting) as err:
         typer.echo(f"error: {type(err).__name__}: {err}", err=True)
         raise typer.Exit(2) from None
 
-    def reload_tls() -> None:
-        # SIGHUP: new certificate/key (e.g. rotated in Secrets Manager and rewritten) for new connections.
-        bridge.ssl_context.load_cert_chain(str(cert), str(key))
-        if client_ca:
-            bridge.ssl_context.load_verify_locations(cafile=str(client_ca))
+    def run_one(_index: int = 0) -> int:
+        bridge = build_bridge(settings, tenants, targets)
 
-    async def run() -> None:
-        await bridge.serve_forever(reload_tls=reload_tls)
+        def reload_tls() -> None:
+            # SIGHUP: new certificate/key (rotated in Secrets Manager and rewritten) for new connections.
+            bridge.ssl_context.load_cert_chain(str(cert), str(key))
+            if client_ca:
+                bridge.ssl_context.load_verify_locations(cafile=str(client_ca))
 
-    asyncio.run(run())
-    bridge.committer.sink.close()  # type: ignore[attr-defined]
+        asyncio.run(bridge.serve_forever(reload_tls=reload_tls))
+        bridge.committer.sink.close()  # type: ignore[attr-defined]
+        return 0
+
+    if workers > 1:
+        from ehrbridge.mllp.workers import run_workers
+
+        raise typer.Exit(run_workers(workers, run_one))
+    run_one()
 
 
 def send(

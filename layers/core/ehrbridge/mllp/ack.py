@@ -114,6 +114,8 @@ def should_send(header: MshHeader | None, code: str) -> bool:
 def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, default_charset: str = "ASCII",
               now: datetime | None = None, control_id: str | None = None) -> Ack:
     """Build the ACK for ``header``'s message. ``code`` is AA/AE/AR (or CA/CE/CR)."""
+    if error is None and now is None and control_id is None:
+        return _fast_accept(header, code, default_charset)
     sep = header.field_separator
     enc = header.encoding_characters
     comp = enc[0] if enc else "^"
@@ -155,6 +157,46 @@ def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, de
     except WireError:
         payload = text.encode("ascii", errors="backslashreplace")
     return Ack(code=code, payload=payload)
+
+
+_TEMPLATES: dict[tuple[str, ...], tuple[str, str, str]] = {}
+
+
+def _fast_accept(header: MshHeader, code: str, default_charset: str) -> Ack:
+    """The accept ACK from a template per sender header (a feed repeats the same MSH-3..6/9/12).
+
+    Same bytes as the general path; only MSH-7, MSH-10 and MSA-2 vary per message.
+    """
+    f = header.fields
+    key = (code, default_charset, header.charset, *f[:6], *f[8:9], *f[10:12], *f[17:18])
+    parts = _TEMPLATES.get(key)
+    if parts is None:
+        marker = build_ack(header, code, default_charset=default_charset, now=datetime(2000, 1, 1, tzinfo=UTC),
+                           control_id="\x00CID\x00")
+        text = _decode_payload(marker.payload, header, default_charset)
+        stamp = "20000101000000+0000"
+        head, rest = text.split(stamp, 1)
+        mid, tail = rest.split("\x00CID\x00", 1)
+        tail = tail[:len(tail) - len(header.control_id) - 1]  # strip MSA-2 + final CR
+        if len(_TEMPLATES) > 4096:
+            _TEMPLATES.clear()
+        parts = _TEMPLATES[key] = (head, mid, tail)
+    head, mid, tail = parts
+    text = head + _stamp() + mid + _new_control_id() + tail + header.control_id + "\r"
+    try:
+        payload = encode(text, header.charset, default_charset)
+    except WireError:
+        payload = text.encode("ascii", errors="backslashreplace")
+    return Ack(code=code, payload=payload)
+
+
+def _decode_payload(payload: bytes, header: MshHeader, default_charset: str) -> str:
+    try:
+        from ehrbridge.hl7.wire import codec_for
+
+        return payload.decode(codec_for(header.charset, default_charset))
+    except (WireError, UnicodeDecodeError):
+        return payload.decode("latin-1")
 
 
 def fallback_header(raw: bytes) -> MshHeader:

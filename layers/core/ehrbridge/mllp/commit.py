@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 from ehrbridge.aws.clients import client
 from ehrbridge.contracts.claim_check import ClaimCheck
 from ehrbridge.contracts.envelope import Envelope
+from ehrbridge.observability import logger
 
 SQS_BATCH_MAX = 10
 # A SendMessageBatch request is limited to 256 KiB in total (1 MiB on newer quotas; stay safe).
@@ -92,9 +94,20 @@ class SqsSink:
         self._pool.shutdown(wait=True)
 
 
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_exception(CommitError("Timeout"))
+class _Waiter:
+    """One message waiting for its batch: the callback runs exactly once (result or deadline)."""
+
+    __slots__ = ("done", "finished")
+
+    def __init__(self, done: Callable[[str | None], None]) -> None:
+        self.done = done
+        self.finished = False
+
+    def finish(self, code: str | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.done(code)
 
 
 @dataclass
@@ -119,17 +132,22 @@ class GroupCommitter:
         self.max_batch = max(1, min(max_batch, SQS_BATCH_MAX))
         self.stats = CommitStats()
         self._on_batch = on_batch
-        self._pending: list[tuple[Entry, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Entry, _Waiter]] = []
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._slots = asyncio.Semaphore(max_inflight_batches)
         self._tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
+        self._deadlines: deque[tuple[float, _Waiter]] = deque()
+        self._deadline_task: asyncio.Task[None] | None = None
+        self.deadline_tick_s = 0.25
 
     def entry_for(self, envelope: Envelope) -> Entry:
-        body = envelope.to_json()
+        return self.entry(envelope.to_json(), envelope.group_id, envelope.message_id)
+
+    def entry(self, body: str, group_id: str, dedup_id: str) -> Entry:
         self._seq += 1
-        return Entry(id=f"m{self._seq}", body=body, group_id=envelope.group_id, dedup_id=envelope.message_id)
+        return Entry(id=f"m{self._seq}", body=body, group_id=group_id, dedup_id=dedup_id)
 
     async def prepare(self, envelope: Envelope) -> Envelope:
         """Claim-check a body too big for SQS (S3 first, so AA still means everything is stored)."""
@@ -140,33 +158,67 @@ class GroupCommitter:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.claim_check.outbound, envelope)
 
-    async def commit(self, envelope: Envelope, timeout: float | None = None) -> None:
-        """Return once the queue confirmed this envelope; raise CommitError otherwise.
+    def needs_prepare(self, envelope: Envelope) -> bool:
+        """True when the body must go to S3 first (claim check) before it can be queued."""
+        return (self.claim_check is not None and envelope.body is not None
+                and len(envelope.body) + 2048 > self.claim_check.threshold)
 
-        ``timeout`` bounds the wait (the sender must get an answer before its own ACK timeout): on
-        expiry CommitError("Timeout"). A timer handle is much cheaper than asyncio.wait_for's task.
+    def submit(self, envelope: Envelope, done: Callable[[str | None], None], timeout: float | None = None) -> None:
+        """Queue ``envelope`` for the next batch; ``done(None)`` once the queue confirmed it, else
+        ``done(error_code)``, exactly once. Callbacks, not a coroutine per message: this is the hot path.
+
+        ``timeout`` bounds the wait (the sender must get an answer before its own ACK timeout); on
+        expiry ``done("Timeout")``. The entry may still be stored afterwards: the FIFO dedup id (the
+        stable message id) keeps the sender's resend from becoming a second copy.
         """
+        self.submit_entry(self.entry_for(envelope), done, timeout)
+
+    def submit_entry(self, entry: Entry, done: Callable[[str | None], None], timeout: float | None = None) -> None:
+        """``submit`` for an already serialized envelope (the bridge's hot path)."""
         loop = asyncio.get_running_loop()
-        if self.claim_check is not None and envelope.body is not None \
-                and len(envelope.body) + 2048 > self.claim_check.threshold:
-            envelope = await self.prepare(envelope)
-        entry = self.entry_for(envelope)
         size = len(entry.body) + 200
         if self._pending and self._pending_bytes + size > SQS_BATCH_BYTES:
             self._flush()
-        future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((entry, future))
+        waiter = _Waiter(done)
+        if timeout:
+            # Deadlines are checked by one periodic sweep (cheaper than a timer per message); with one
+            # timeout for all, the deque stays in deadline order.
+            self._deadlines.append((time.monotonic() + timeout, waiter))
+            if self._deadline_task is None or self._deadline_task.done():
+                self._deadline_task = loop.create_task(self._expire_loop())
+        self._pending.append((entry, waiter))
         self._pending_bytes += size
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self.linger_s, self._flush)
-        deadline = loop.call_later(timeout, _expire, future) if timeout else None
-        try:
-            await future
-        finally:
-            if deadline is not None:
-                deadline.cancel()
+
+    async def commit(self, envelope: Envelope, timeout: float | None = None) -> None:
+        """Return once the queue confirmed this envelope; raise CommitError otherwise."""
+        if self.needs_prepare(envelope):
+            envelope = await self.prepare(envelope)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(code: str | None) -> None:
+            if future.done():
+                return
+            if code is None:
+                future.set_result(None)
+            else:
+                future.set_exception(CommitError(code))
+
+        self.submit(envelope, done, timeout)
+        await future
+
+    async def _expire_loop(self) -> None:
+        deadlines = self._deadlines
+        while deadlines:
+            await asyncio.sleep(self.deadline_tick_s)
+            now = time.monotonic()
+            while deadlines and (deadlines[0][1].finished or deadlines[0][0] <= now):
+                _deadline, waiter = deadlines.popleft()
+                if not waiter.finished:
+                    waiter.finish("Timeout")
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -179,7 +231,7 @@ class GroupCommitter:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[Entry, asyncio.Future[None]]]) -> None:
+    async def _send(self, batch: list[tuple[Entry, _Waiter]]) -> None:
         async with self._slots:
             started = time.perf_counter()
             try:
@@ -198,16 +250,16 @@ class GroupCommitter:
             self.stats.consecutive_failures = 0
         if self._on_batch is not None:
             self._on_batch(len(batch), elapsed_ms, len(failed))
-        for entry, future in batch:
-            if future.done():  # the waiter gave up (ACK deadline); the FIFO dedup id covers its resend
-                continue
-            if entry.id in failed:
-                future.set_exception(CommitError(failed[entry.id]))
-            else:
-                future.set_result(None)
+        for entry, waiter in batch:
+            try:
+                waiter.finish(failed.get(entry.id))
+            except Exception as err:  # one connection's bug must not strand the rest of the batch
+                logger.error("commit callback failed", extra={"error_type": type(err).__name__})
 
     async def close(self) -> None:
         """Send what is pending and wait for every batch in flight (graceful drain)."""
         self._flush()
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._deadline_task is not None:
+            self._deadline_task.cancel()

@@ -10,26 +10,37 @@ deadline -> AE with ERR 207; bad input -> AR/AE with ERR, raw bytes quarantined 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gc
 import json
 import signal
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ehrbridge.contracts.envelope import new_envelope, stable_id
+from ehrbridge.contracts.envelope import Envelope, new_envelope, stable_id
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.hl7.wire import MshHeader, WireError, read_msh
 from ehrbridge.mllp import metrics as m
 from ehrbridge.mllp.ack import AckError, ack_code, build_ack, fallback_header, should_send
-from ehrbridge.mllp.commit import CommitError, GroupCommitter
+from ehrbridge.mllp.commit import GroupCommitter
 from ehrbridge.mllp.dedupe import AckCache
 from ehrbridge.mllp.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameTooLarge, MllpDecoder, frame
-from ehrbridge.mllp.message import Rejected, Route, SourceDirectory, build_envelope, inspect, msh_head, starts_batch
+from ehrbridge.mllp.message import (
+    Rejected,
+    Route,
+    SourceDirectory,
+    build_envelope,
+    envelope_json,
+    inspect,
+    message_id_for,
+    msh_head,
+    starts_batch,
+)
 from ehrbridge.mllp.tls import classify_handshake_error, fingerprint, server_context
 from ehrbridge.observability import logger
 
@@ -60,6 +71,8 @@ class BridgeSettings:
     keepalive_interval_s: int = 15
     metrics_interval_s: float = 60.0
     unhealthy_after_failures: int = 5  # consecutive failed batches -> not ready
+    # Several worker processes share the ports (SO_REUSEPORT; one per vCPU: Python runs one core per process).
+    reuse_port: bool = False
 
 
 class QuarantineWriter:
@@ -76,18 +89,125 @@ class QuarantineWriter:
                                                          "mllp_bridge")
 
 
-class _Conn:
-    __slots__ = ("busy", "decoder", "fingerprint", "last_read", "peer", "reader", "transport", "writer")
+class _TooLarge:
+    """Queued in place of a frame that passed the size cap, so its AR keeps the ACK order."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fp: str | None,
-                 decoder: MllpDecoder) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.transport = writer.transport
-        self.fingerprint = fp
-        self.decoder = decoder
+    __slots__ = ("error",)
+
+    def __init__(self, error: FrameTooLarge) -> None:
+        self.error = error
+
+
+class MllpConnection(asyncio.Protocol):
+    """One TLS connection: frames are handled strictly in order, one at a time (MLLP is request/reply).
+
+    Callback-driven on purpose: no task or future per message on the hot path. ``finish`` is called
+    exactly once per frame, immediately (replayed ACK) or when the frame's batch comes back.
+    """
+
+    def __init__(self, bridge: MllpBridge, max_message_bytes: int) -> None:
+        self.bridge = bridge
+        self.decoder = MllpDecoder(max_message_bytes)
+        self.queue: deque[bytes | _TooLarge] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.fingerprint: str | None = None
         self.busy = False
+        self.closed = False
+        self.reading_paused = False
+        self.started = 0.0
         self.last_read = time.monotonic()
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_next = False
+
+    # asyncio.Protocol ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
+        decoder = self.decoder
+        junk = decoder.junk_bytes
+        try:
+            frames: list[bytes | _TooLarge] = list(decoder.feed(data))
+        except FrameTooLarge as err:
+            self.bridge.metrics.count(m.FRAMING_ERRORS, detail="too_large")
+            frames = [_TooLarge(err)]
+            self._pause()  # nothing after an oversized frame is read: the connection closes after its AR
+        if decoder.junk_bytes != junk:
+            self.bridge.metrics.count(m.FRAMING_ERRORS, detail="junk_skipped")
+        if frames:
+            self.queue.extend(frames)
+            if len(self.queue) > 64:
+                self._pause()  # a sender pipelining faster than we commit waits in its TCP buffer
+            if not self.busy:
+                self._next()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.decoder.in_frame:
+            self.bridge.metrics.count(m.FRAMING_ERRORS, detail="truncated")
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self._resume()
+
+    # processing ----------------------------------------------------------------------------------
+    def _pause(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _next(self) -> None:
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while self.queue and not self.busy and not self.closed:
+                item = self.queue.popleft()
+                self.busy = True
+                self.started = time.perf_counter()
+                if isinstance(item, _TooLarge):
+                    self.bridge.too_large(self, item.error)
+                    continue
+                try:
+                    self.bridge.handle(item, self)
+                except Exception as err:  # a bug must still answer the sender (AE) and keep the loop alive
+                    logger.error("frame handling failed", extra={"error_type": type(err).__name__})
+                    self.finish(self.bridge.fallback_tenant(self), self.bridge.internal_error(item))
+            if not self.busy and len(self.queue) < 16 and not (self.queue and isinstance(self.queue[-1], _TooLarge)):
+                self._resume()
+        finally:
+            self._in_next = False
+
+    def finish(self, tenant: str, payload: bytes | None, *, close: bool = False) -> None:
+        """The frame being handled is answered (``payload`` None: enhanced mode says stay silent)."""
+        if not self.closed and self.transport is not None:
+            if payload is not None:
+                self.transport.write(frame(payload))
+            if close:
+                self.transport.close()
+        self.bridge.metrics.observe(m.ACK_LATENCY, tenant, (time.perf_counter() - self.started) * 1000)
+        self.busy = False
+        if self.bridge.draining and not self.queue and not self.decoder.in_frame and self.transport is not None:
+            self.transport.close()
+        elif not self._in_next:
+            self._next()
+
+    def close_if_idle(self) -> None:
+        if not self.busy and not self.queue and not self.decoder.in_frame and self.transport is not None:
+            self.transport.close()
 
 
 class MllpBridge:
@@ -105,7 +225,8 @@ class MllpBridge:
         self.acks = AckCache()
         self.draining = False
         self.started = False
-        self._conns: set[_Conn] = set()
+        self._conns: set[MllpConnection] = set()
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._listen: socket.socket | None = None
         self._accept_task: asyncio.Task[None] | None = None
@@ -121,6 +242,8 @@ class MllpBridge:
         self._stopped = asyncio.Event()
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.settings.reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((self.settings.host, self.settings.port))
         sock.listen(1024)
         sock.setblocking(False)
@@ -130,7 +253,8 @@ class MllpBridge:
         self._sweeper = loop.create_task(self._sweep_loop())
         if self.settings.health_port is not None:
             self._health = await asyncio.start_server(self._health_handler, self.settings.health_host,
-                                                      self.settings.health_port)
+                                                      self.settings.health_port,
+                                                      reuse_port=self.settings.reuse_port or None)
             self.health_port = self._health.sockets[0].getsockname()[1]
         self.started = True
         logger.info("mllp bridge listening", extra={"port": self.port, "count": len(self.directory.tenants),
@@ -159,11 +283,13 @@ class MllpBridge:
             self._listen.close()
         # Idle connections close now; a busy one closes right after its ACK is written.
         for conn in list(self._conns):
-            if not conn.busy and not conn.decoder.in_frame:
-                conn.transport.close()
+            conn.close_if_idle()
         deadline = time.monotonic() + self.settings.drain_timeout_s
         while self._handlers and time.monotonic() < deadline:
             await asyncio.wait(list(self._handlers), timeout=max(0.01, deadline - time.monotonic()))
+        for conn in list(self._conns):
+            if conn.transport is not None:
+                conn.transport.abort()
         for task in list(self._handlers):
             task.cancel()
         await self.committer.close()
@@ -180,6 +306,10 @@ class MllpBridge:
     async def serve_forever(self, *, install_signals: bool = True,
                             reload_tls: Callable[[], None] | None = None) -> None:
         await self.start()
+        # Everything built so far lives until exit: keep it out of the cyclic GC's full collections,
+        # which otherwise scan it again and again and show up as ACK latency spikes.
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -248,8 +378,7 @@ class MllpBridge:
             logger.warning("plaintext connection refused", extra={"reason": "not_tls"})
             sock.close()
             return
-        reader = asyncio.StreamReader(limit=2 ** 20)
-        protocol = asyncio.StreamReaderProtocol(reader)
+        protocol = MllpConnection(self, self.settings.max_message_bytes)
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: protocol, sock, ssl=self.ssl_context,
@@ -261,86 +390,58 @@ class MllpBridge:
             logger.warning("tls handshake failed", extra={"reason": reason})
             sock.close()
             return
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        fp = fingerprint(transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        protocol.fingerprint = fingerprint(transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
         if self.settings.require_known_client_cert and self.directory.bound_fingerprints \
-                and fp not in self.directory.bound_fingerprints:
+                and protocol.fingerprint not in self.directory.bound_fingerprints:
             self.metrics.count(m.TLS_HANDSHAKE_FAILED, detail="unknown_client_cert")
             self.metrics.count(m.CONNECTIONS_REFUSED, detail="tls_unknown_client_cert")
             logger.warning("client certificate not bound to any source")
             transport.abort()
             return
-        conn = _Conn(reader, writer, fp, MllpDecoder(self.settings.max_message_bytes))
-        self._conns.add(conn)
+        self._conns.add(protocol)
         self.metrics.open_connections += 1
         self.metrics.count(m.CONNECTIONS_OPENED)
         try:
-            await self._serve(conn)
-        except (ConnectionError, ssl.SSLError, OSError):
-            pass  # peer went away; anything not ACKed will be resent by the sender
+            if self.draining:
+                protocol.close_if_idle()
+            await protocol.lost  # anything not ACKed when the peer goes away will be resent by the sender
         finally:
-            self._conns.discard(conn)
+            self._conns.discard(protocol)
             self.metrics.open_connections -= 1
-            if conn.decoder.in_frame:
-                self.metrics.count(m.FRAMING_ERRORS, detail="truncated")
             transport.close()
 
-    async def _serve(self, conn: _Conn) -> None:
-        reader, writer, decoder = conn.reader, conn.writer, conn.decoder
-        while not (self.draining and not decoder.in_frame):
-            data = await reader.read(65536)
-            if not data:
-                return
-            conn.last_read = time.monotonic()
-            junk_before = decoder.junk_bytes
-            try:
-                frames = decoder.feed(data)
-            except FrameTooLarge as err:
-                self.metrics.count(m.FRAMING_ERRORS, detail="too_large")
-                await self._too_large(conn, err)
-                return
-            if decoder.junk_bytes != junk_before:
-                self.metrics.count(m.FRAMING_ERRORS, detail="junk_skipped")
-            if not frames:
-                continue
-            conn.busy = True
-            try:
-                for raw in frames:
-                    started = time.perf_counter()
-                    tenant, payload = await self._process(raw, conn)
-                    if payload is not None:
-                        writer.write(frame(payload))
-                    self.metrics.observe(m.ACK_LATENCY, tenant, (time.perf_counter() - started) * 1000)
-                await writer.drain()
-            finally:
-                conn.busy = False
-            self.metrics.maybe_flush()
-
-    async def _too_large(self, conn: _Conn, err: FrameTooLarge) -> None:
+    def too_large(self, conn: MllpConnection, err: FrameTooLarge) -> None:
         header = fallback_header(err.head)
         route = self._guess_route(header, conn)
-        tenant = route.tenant.tenant_id if route else self._fallback_tenant(conn)
+        tenant = route.tenant.tenant_id if route else self.fallback_tenant(conn)
         ack = build_ack(header, ack_code(header, False, rejected=True),
                         AckError("207", f"message larger than {err.limit} bytes"))
         self.metrics.count(m.ACKS, tenant, ack.code)
-        # Only the head was kept; the sender must split or send it another way.
-        conn.writer.write(frame(ack.payload))
-        with contextlib.suppress(ConnectionError, OSError):
-            await conn.writer.drain()
+        # Only the head was kept; the sender must split the message or send it another way.
+        conn.finish(tenant, ack.payload, close=True)
 
     # ---- one message --------------------------------------------------------------------------
-    def _fallback_tenant(self, conn: _Conn) -> str:
+    def fallback_tenant(self, conn: MllpConnection) -> str:
         tenant = self.directory.tenant_for_fingerprint(conn.fingerprint) or self.directory.only_tenant
         return tenant.tenant_id if tenant else "unrouted"
 
-    def _guess_route(self, header: MshHeader, conn: _Conn) -> Route | None:
+    def _guess_route(self, header: MshHeader, conn: MllpConnection) -> Route | None:
         try:
             return self.directory.resolve(header, conn.fingerprint)
         except Rejected:
             return None
 
-    async def _refuse(self, raw: bytes, header: MshHeader, tenant: str, error: AckError, *, reject: bool,
-                      kind: str) -> bytes | None:
+    def internal_error(self, raw: bytes) -> bytes:
+        header = fallback_header(raw)
+        return build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend")).payload
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def _refuse(self, conn: MllpConnection, raw: bytes, header: MshHeader, tenant: str, error: AckError, *,
+                      reject: bool, kind: str) -> None:
         """Quarantine first, then AR/AE; if the bytes cannot be kept, AE 207 so the sender retries."""
         code = ack_code(header, False, rejected=reject)
         if self.quarantine is not None:
@@ -355,62 +456,86 @@ class MllpBridge:
         self.metrics.count(m.ACKS, tenant, ack.code)
         logger.info("message refused", extra={"tenant_id": tenant, "ack_code": ack.code, "code": error.code,
                                               "reason": error.text})
-        return ack.payload if should_send(header, ack.code) else None
+        conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
 
-    async def _process(self, raw: bytes, conn: _Conn) -> tuple[str, bytes | None]:
-        """Return (tenant for metrics, ACK payload or None when enhanced mode says not to answer)."""
+    async def _join_inflight(self, conn: MllpConnection, waiting: asyncio.Future[bytes | None], raw: bytes,
+                             header: MshHeader, tenant: str) -> None:
+        """A resend that arrived while the first copy is still being committed gets the same answer."""
+        replay = await waiting
+        if replay is not None:
+            self.metrics.count(m.DUPLICATES, tenant)
+            self.metrics.count(m.ACKS, tenant, ack_code(header, True))
+            conn.finish(tenant, replay)
+        else:  # the first copy was not stored: handle this one afresh
+            self.handle(raw, conn)
+
+    async def _prepare_then_submit(self, envelope: Envelope, done: Callable[[str | None], None]) -> None:
+        try:
+            envelope = await self.committer.prepare(envelope)
+        except Exception as err:
+            done(f"ClaimCheck{type(err).__name__}"[:64])
+            return
+        self.committer.submit(envelope, done, self.settings.ack_timeout_s)
+
+    def handle(self, raw: bytes, conn: MllpConnection) -> None:
+        """Handle one frame; ``conn.finish`` is called exactly once, now or when its batch returns."""
         try:
             header = read_msh(msh_head(raw))
         except WireError as err:
             header = fallback_header(raw)
-            tenant = self._fallback_tenant(conn)
+            tenant = self.fallback_tenant(conn)
             self.metrics.count(m.MESSAGES, tenant, "UNPARSEABLE")
-            return tenant, await self._refuse(raw, header, tenant, AckError(err.code, err.reason, ("MSH", 1, 0)),
-                                              reject=True, kind="UNPARSEABLE")
+            self._spawn(self._refuse(conn, raw, header, tenant, AckError(err.code, err.reason, ("MSH", 1, 0)),
+                                     reject=True, kind="UNPARSEABLE"))
+            return
         try:
             route = self.directory.resolve(header, conn.fingerprint)
             item = inspect(raw, header, route)
         except Rejected as rej:
-            route = self._guess_route(header, conn)
-            tenant = route.tenant.tenant_id if route else self._fallback_tenant(conn)
+            guessed = self._guess_route(header, conn)
+            tenant = guessed.tenant.tenant_id if guessed else self.fallback_tenant(conn)
             self.metrics.count(m.MESSAGES, tenant, header.kind)
-            return tenant, await self._refuse(raw, header, tenant, rej.error, reject=rej.reject, kind=header.kind)
+            self._spawn(self._refuse(conn, raw, header, tenant, rej.error, reject=rej.reject, kind=header.kind))
+            return
         tenant = route.tenant.tenant_id
         source = route.source
         self.metrics.count(m.MESSAGES, tenant, header.kind)
-        key = stable_id(tenant, source.source_id, header.control_id, item.sha256)
+        key = message_id_for(tenant, source.source_id, header.control_id, item.sha256)
         replay = self.acks.get(key)
-        if replay is None:
-            waiting = self.acks.inflight(key)
-            if waiting is not None:
-                replay = await waiting
         if replay is not None:
             self.metrics.count(m.DUPLICATES, tenant)
             self.metrics.count(m.ACKS, tenant, ack_code(header, True))
-            return tenant, replay
+            conn.finish(tenant, replay)
+            return
+        waiting = self.acks.inflight(key)
+        if waiting is not None:
+            self._spawn(self._join_inflight(conn, waiting, raw, header, tenant))
+            return
         future = self.acks.begin(key)
-        accepted: bytes | None = None
-        try:
-            collision = self.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
-            envelope = build_envelope(raw, item, batch=starts_batch(raw), collision=collision)
-            try:
-                await self.committer.commit(envelope, self.settings.ack_timeout_s)
-            except (CommitError, OSError) as err:
-                reason = err.code if isinstance(err, CommitError) else type(err).__name__
-                self.metrics.count(m.COMMIT_FAILED, tenant, reason[:64])
-                logger.error("commit failed", extra={"tenant_id": tenant, "message_id": envelope.message_id,
-                                                     "reason": reason})
-                ack = build_ack(header, ack_code(header, False),
-                                AckError("207", "message not stored; resend"),
+        collision = self.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
+        batch = starts_batch(raw)
+
+        def done(error: str | None) -> None:
+            if error is None:
+                ack = build_ack(header, ack_code(header, True), default_charset=source.default_charset)
+                self.acks.end(key, future, ack.payload)
+            else:
+                self.metrics.count(m.COMMIT_FAILED, tenant, error[:64])
+                logger.error("commit failed", extra={"tenant_id": tenant, "message_id": key, "reason": error})
+                ack = build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend"),
                                 default_charset=source.default_charset)
-                self.metrics.count(m.ACKS, tenant, ack.code)
-                return tenant, ack.payload if should_send(header, ack.code) else None
-            ack = build_ack(header, ack_code(header, True), default_charset=source.default_charset)
-            accepted = ack.payload
+                self.acks.end(key, future, None)
             self.metrics.count(m.ACKS, tenant, ack.code)
-            return tenant, ack.payload if should_send(header, ack.code) else None
-        finally:
-            self.acks.end(key, future, accepted)
+            conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
+
+        claim_check = self.committer.claim_check
+        if claim_check is not None and len(raw) * 4 // 3 + 4096 > claim_check.threshold:
+            # Big body: the validated model, S3 first (claim check), then the queue.
+            envelope = build_envelope(raw, item, batch=batch, collision=collision, message_id=key)
+            self._spawn(self._prepare_then_submit(envelope, done))
+        else:
+            body, group = envelope_json(raw, item, key, batch=batch, collision=collision)
+            self.committer.submit_entry(self.committer.entry(body, group, key), done, self.settings.ack_timeout_s)
 
     # ---- housekeeping -------------------------------------------------------------------------
     async def _sweep_loop(self) -> None:
@@ -419,7 +544,7 @@ class MllpBridge:
             await asyncio.sleep(1.0)
             now = time.monotonic()
             for conn in list(self._conns):
-                if conn.busy:
+                if conn.busy or conn.transport is None:
                     continue
                 silent = now - conn.last_read
                 if conn.decoder.in_frame and silent > self.settings.read_timeout_s:
@@ -428,7 +553,7 @@ class MllpBridge:
                     conn.decoder.reset()
                     conn.transport.abort()
                 elif silent > self.settings.idle_timeout_s or (self.draining and not conn.decoder.in_frame):
-                    conn.transport.close()
+                    conn.close_if_idle()
             self.metrics.maybe_flush()
 
     async def _health_handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
