@@ -303,3 +303,9 @@ def test_cancelled_result_gets_the_ig_data_absent_reason(tenant: TenantConfig) -
     obs = resources(r.bundle, "Observation")[0]
     assert obs["status"] == "cancelled"
     assert obs["dataAbsentReason"]["coding"][0]["code"] == "cannot-be-obtained"
+
+
+def test_date_only_event_time_is_local_midnight_of_the_sender(tenant: TenantConfig) -> None:
+    data = b"MSH|^~\\&|DEMOADT|HOSP|EHR|X|20240102||ADT^A08^ADT_A01|D1|P|2.5\rPID|1||MRN1^^^MRN^MR||DOE^JANE\r"
+    r = normalize_hl7(data, tenant)
+    assert r.source_event_time == "2024-01-02T00:00:00-05:00"  # America/New_York, not UTC, not the server

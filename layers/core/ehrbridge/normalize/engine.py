@@ -8,11 +8,13 @@ transaction Bundle with deterministic ids -> fast structural check (``validate``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from ehrbridge.contracts.envelope import patient_key_for
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.hl7.message import Message, ParseError, parse
+from ehrbridge.hl7.timefmt import zone
 from ehrbridge.normalize import segments as seg_maps
 from ehrbridge.normalize import structures, validate
 from ehrbridge.normalize.context import (
@@ -115,7 +117,7 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
     event_ts = event_ts or msg_ts
     if event_ts is None:
         raise QuarantineError("MSH-7 message date/time is empty or invalid (needed to order versions)")
-    event_time = _instant(event_ts.fhir)
+    event_time = _instant(event_ts.fhir, ctx.zone_name)
     st = seg_maps.State(ctx, msg.trigger, event_time)
     roles = structure.roles
     zsegments: list[str] = []
@@ -154,12 +156,14 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
         structure=structure_name, segments=counts, source_event_time=event_time)
 
 
-def _instant(fhir_dt: str) -> str:
-    """A FHIR instant from a dateTime of any precision (dates start at local midnight in their own frame)."""
+def _instant(fhir_dt: str, zone_name: str = "UTC") -> str:
+    """A FHIR instant from a dateTime of any precision: a date (or year/month) starts at local midnight
+    in the sender's zone, so version comparison never depends on the server either."""
     if len(fhir_dt) > 10:
         return fhir_dt
-    padded = (fhir_dt + "-01-01")[:10] if len(fhir_dt) < 10 else fhir_dt
-    return padded + "T00:00:00+00:00"
+    year, month, day = [*fhir_dt.split("-"), "01", "01"][:3]
+    local = datetime(int(year), int(month), int(day), tzinfo=zone(zone_name))
+    return local.isoformat()
 
 
 def _unmapped_fields(s: Any, ctx: Ctx) -> None:
@@ -199,7 +203,7 @@ def _provenance(msg: Message, ctx: Ctx, st: seg_maps.State, recorded: str, event
         "id": ctx.rid("Provenance", ident["system"], msg.control_id, msh.value(7)),
         "meta": {"lastUpdated": event_time},
         "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in st.resources],
-        "recorded": _instant(recorded),
+        "recorded": _instant(recorded, ctx.zone_name),
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": msg.trigger}]}
         if msg.trigger else None,
         "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",

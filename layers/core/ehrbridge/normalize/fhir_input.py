@@ -17,7 +17,7 @@ from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.normalize import validate
 from ehrbridge.normalize.context import EXT_SOURCE_EVENT_TIME, Ctx, QuarantineError
 from ehrbridge.normalize.datatypes import coding_for
-from ehrbridge.normalize.engine import NormalizeResult
+from ehrbridge.normalize.engine import EXT_SOURCE_MESSAGE, NormalizeResult
 from ehrbridge.terminology.systems import SYSTEMS
 
 SUPPORTED = frozenset(validate.REQUIRED) - {"Provenance"}
@@ -99,6 +99,8 @@ def _map(resources: list[dict[str, Any]], ctx: Ctx, kind: str, message_id: str) 
             "agent": [{"who": {"display": f"{ctx.tenant.vendor} FHIR API"}}],
             "entity": [{"role": "source", "what": {"reference": ref, "display": "vendor resource"}}
                        for ref in sorted(id_map)]}
+    if message_id:
+        prov["entity"][0]["extension"] = [{"url": EXT_SOURCE_MESSAGE, "valueString": message_id}]
     if ctx.tenant.fhir_base_url:
         for ent in prov["entity"]:
             ent["what"]["reference"] = str(ctx.tenant.fhir_base_url).rstrip("/") + "/" + ent["what"]["reference"]
