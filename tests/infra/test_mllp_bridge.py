@@ -34,7 +34,7 @@ def test_task_reads_tls_from_secrets_manager_and_runs_read_only(synth: Synth) ->
     [container] = task["ContainerDefinitions"]
     env = {e["Name"]: e["Value"] for e in container["Environment"]}
     assert "EHRBRIDGE_MLLP_TLS_SECRET_ID" in env and "Ref" in json.dumps(env["EHRBRIDGE_MLLP_TLS_SECRET_ID"])
-    assert env["EHRBRIDGE_MLLP_TENANTS_FROM_STORE"] == "true"
+    assert env["EHRBRIDGE_MLLP_TENANTS_FROM_STORE"] == "true" and env["EHRBRIDGE_MLLP_WORKERS"] == "2"
     assert "EHRBRIDGE_QUEUE_HL7_INBOUND_URL" in env
     assert not any("PRIVATE" in k or "KEY_PEM" in k for k in env)  # no key material in the environment
     assert container["ReadonlyRootFilesystem"] is True and container["StopTimeout"] >= 30

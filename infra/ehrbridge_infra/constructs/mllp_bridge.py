@@ -88,6 +88,8 @@ class MllpBridgeService(Construct):
             "EHRBRIDGE_MLLP_PORT": str(MLLP_PORT),
             "EHRBRIDGE_MLLP_HEALTH_PORT": str(HEALTH_PORT),
             "EHRBRIDGE_MLLP_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S),
+            # One worker process per vCPU (Python uses one core per process); they share the ports.
+            "EHRBRIDGE_MLLP_WORKERS": str(max(1, cpu // 1024)),
             "EHRBRIDGE_MLLP_TLS_DIR": "/run/ehrbridge-tls",
             "TMPDIR": "/tmp",  # noqa: S108 - a task-local volume, not a shared host directory
         }

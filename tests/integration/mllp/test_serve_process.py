@@ -99,3 +99,46 @@ def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path) -> None:  # type:
     lines = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
     assert any(line.get("message") == "mllp bridge draining" for line in lines)
     assert any(line.get("message") == "mllp bridge stopped" for line in lines)
+
+
+def test_two_workers_share_the_port_and_drain_on_sigterm(twin, pki) -> None:  # type: ignore[no-untyped-def]
+    port, health = free_port(), free_port()
+    env = {**os.environ, **twin.env, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ehrbridge.cli.main", "bridge", "serve", "--cert", str(pki.server.cert),
+         "--key", str(pki.server.key), "--tenant", str(REPO / "events" / "tenants" / "demo-health.yaml"),
+         "--host", "127.0.0.1", "--port", str(port), "--health-port", str(health), "--workers", "2",
+         "--drain-timeout", "15"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    acked: list[str] = []
+    try:
+        wait_ready(health, proc)
+
+        async def sender(worker: int) -> None:
+            try:
+                async with MllpClient("127.0.0.1", port, ssl_context=client_context(pki.ca.cert),
+                                      server_hostname="localhost", timeout=20) as c:
+                    for n in range(100000):
+                        ack = await c.send(oru(n, f"W{worker}N{n}"))
+                        assert ack.code == "AA"
+                        acked.append(ack.control_id)
+            except (MllpClientError, ConnectionError, ssl.SSLError, OSError):
+                return
+
+        async def load() -> None:
+            tasks = [asyncio.create_task(sender(w)) for w in range(12)]
+            while len(acked) < 120:
+                await asyncio.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+        asyncio.run(load())
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    queued = [q["attributes"]["msh10"] for q in drain_queue(twin)]
+    assert set(acked) <= set(queued) and len(queued) == len(set(queued))
+    stopped = [line for line in proc.stdout.read().splitlines() if '"mllp bridge stopped"' in line]
+    assert len(stopped) == 2  # both workers drained
