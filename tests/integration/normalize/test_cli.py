@@ -67,6 +67,7 @@ def test_preflight_reports_per_type_with_html(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     oru = report["by_type"]["ORU^R01"]
     assert oru["ok"] >= 1 and oru["repairs"] and oru["invalid_codes"]
+    assert oru["fields_mapped"] > 50 and oru["fields_unmapped"] >= 1
     assert report["by_type"]["ADT^A01"]["quarantine_reasons"]
     assert "ZDS" in report["by_type"]["ADT^A01"]["unmapped_segments"]
     assert report["by_type"]["ADT^A01"]["times_without_offset"] > 0

@@ -41,6 +41,7 @@ class Ctx:
     unmapped_systems: set[str] = field(default_factory=set)
     zone_applied: int = 0
     zone_gaps: int = 0
+    fields_mapped: int = 0
     code_checks: int = 0
     ids: set[tuple[str, str]] = field(default_factory=set)
 

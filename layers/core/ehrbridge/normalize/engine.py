@@ -43,6 +43,7 @@ class NormalizeResult:
     unmapped_systems: list[str] = field(default_factory=list)
     zone_applied: int = 0
     zone_gaps: int = 0
+    fields_mapped: int = 0  # non-empty fields a segment map read (the unmapped ones are in ``unmapped``)
     patient_key: str | None = None
     structure: str = ""
     segments: dict[str, int] = field(default_factory=dict)
@@ -152,7 +153,8 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
         "ok", kind=kind, control_id=msg.control_id, bundle=bundle, unmapped=_unmapped_list(ctx),
         repairs=ctx.repairs + [{"kind": "wire", "where": "message", "detail": c} for c in msg.cleanups],
         issues=ctx.issues, unmapped_systems=sorted(ctx.unmapped_systems), zone_applied=ctx.zone_applied,
-        zone_gaps=ctx.zone_gaps, patient_key=patient_key_for(tenant.tenant_id, authority, value),
+        zone_gaps=ctx.zone_gaps, fields_mapped=ctx.fields_mapped,
+        patient_key=patient_key_for(tenant.tenant_id, authority, value),
         structure=structure_name, segments=counts, source_event_time=event_time)
 
 
@@ -172,8 +174,11 @@ def _unmapped_fields(s: Any, ctx: Ctx) -> None:
         return
     fields = s.fields
     for n in range(1, len(fields)):
-        if n not in mapped and fields[n] and fields[n] != '""':
-            ctx.unmapped[f"{s.name}-{n}"] += 1
+        if fields[n] and fields[n] != '""':
+            if n in mapped:
+                ctx.fields_mapped += 1
+            else:
+                ctx.unmapped[f"{s.name}-{n}"] += 1
 
 
 def _unmapped_list(ctx: Ctx) -> list[str]:

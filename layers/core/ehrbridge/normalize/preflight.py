@@ -34,6 +34,7 @@ class TypeStats:
     issues: Counter[str] = field(default_factory=Counter)
     zone_applied: int = 0
     zone_gaps: int = 0
+    fields_mapped: int = 0
     unmapped_systems: Counter[str] = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, Any]:
@@ -43,6 +44,7 @@ class TypeStats:
             v for k, v in unmapped_segments.items() if k in self.segments)
         return {"messages": self.messages, "ok": self.ok, "quarantined": self.quarantined,
                 "segments_total": sum(self.segments.values()), "segments_mapped": mapped_segments,
+                "fields_mapped": self.fields_mapped, "fields_unmapped": sum(unmapped_fields.values()),
                 "unmapped_segments": dict(sorted(unmapped_segments.items())),
                 "unmapped_fields": dict(sorted(unmapped_fields.items())),
                 "quarantine_reasons": dict(self.reasons.most_common()),
@@ -114,6 +116,7 @@ def add(by_type: dict[str, TypeStats], result: NormalizeResult) -> None:
             stats.issues[f"{i['code']} ({i['where']})"] += 1
     stats.zone_applied += result.zone_applied
     stats.zone_gaps += result.zone_gaps
+    stats.fields_mapped += result.fields_mapped
     stats.unmapped_systems.update(result.unmapped_systems)
 
 
@@ -166,6 +169,8 @@ def to_html(report: dict[str, Any]) -> str:
         parts.append(_bar_chart("Mapped vs unmapped segments", {
             "mapped": stats["segments_mapped"],
             "unmapped": stats["segments_total"] - stats["segments_mapped"]}, "#5a9a5a"))
+        parts.append(_bar_chart("Mapped vs unmapped fields", {
+            "mapped": stats["fields_mapped"], "unmapped": stats["fields_unmapped"]}, "#5a9a5a"))
         parts.append(_bar_chart("Unmapped fields (top 15)", stats["unmapped_fields"], "#c08a2a"))
         for title, key in (("Quarantine reasons", "quarantine_reasons"), ("Unmapped segments", "unmapped_segments"),
                            ("Invalid codes", "invalid_codes"), ("Repairs", "repairs"), ("Other issues", "issues"),
