@@ -309,3 +309,17 @@ def test_date_only_event_time_is_local_midnight_of_the_sender(tenant: TenantConf
     data = b"MSH|^~\\&|DEMOADT|HOSP|EHR|X|20240102||ADT^A08^ADT_A01|D1|P|2.5\rPID|1||MRN1^^^MRN^MR||DOE^JANE\r"
     r = normalize_hl7(data, tenant)
     assert r.source_event_time == "2024-01-02T00:00:00-05:00"  # America/New_York, not UTC, not the server
+
+
+def test_siu_appointment_has_the_patient_and_resources_as_participants(tenant: TenantConfig) -> None:
+    data = (b"MSH|^~\\&|SCHED|HOSP|EHR|X|20240102030405||SIU^S12^SIU_S12|A1|P|2.5\r"
+            b"SCH|APT1^HOSP|APT1F^SCHED|||||CHECKUP^Checkup^L|ROUTINE|30|min|^^30^20240105100000^20240105103000"
+            b"||||||||||||||Booked\r"
+            b"PID|1||MRN1^^^MRN^MR||DOE^JANE\rRGS|1\rAIP|1||1234^WELBY^MARCUS\r")
+    r = normalize_hl7(data, tenant)
+    [appt] = resources(r.bundle, "Appointment")
+    patient = resources(r.bundle, "Patient")[0]
+    assert appt["status"] == "booked"
+    assert appt["participant"][0] == {"actor": {"reference": f"Patient/{patient['id']}"}, "status": "accepted"}
+    assert appt["participant"][1]["actor"]["display"] == "MARCUS WELBY"
+    assert appt["start"] == "2024-01-05T10:00:00-05:00" and appt["end"] == "2024-01-05T10:30:00-05:00"

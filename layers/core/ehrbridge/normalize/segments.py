@@ -970,8 +970,12 @@ def finish_documents(st: State) -> None:
     for res in st.resources:
         res.pop("_obr", None)
         res.pop("_consumed", None)
-        if res["resourceType"] == "Appointment" and bool(res.get("start")) != bool(res.get("end")):
-            _complete_appointment(res, st)
+        if res["resourceType"] == "Appointment":
+            if st.patient is not None:
+                # IG PID[Appointment]: the patient is a participant (SCH precedes PID in SIU, so added here).
+                res["participant"].insert(0, {"actor": st.ref(st.patient), "status": "accepted"})
+            if bool(res.get("start")) != bool(res.get("end")):
+                _complete_appointment(res, st)
         for key in [k for k, v in res.items() if v in (None, "", [], {}) and k != "content"]:
             del res[key]
         text = res.pop("_text", None)
