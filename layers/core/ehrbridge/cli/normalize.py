@@ -36,7 +36,8 @@ def _tenant(path: Path | None) -> Any:
         raise typer.Exit(2) from None
 
 
-def normalize(paths: list[Path] = typer.Argument(..., help="HL7 v2 files (batches allowed) or vendor FHIR .json"),
+def normalize(paths: list[Path] = typer.Argument(..., metavar="PATH...",
+                                                 help="HL7 v2 files (batches allowed) or vendor FHIR .json"),
               tenant_config: Path | None = typer.Option(None, "--tenant-config", help="Tenant YAML"),
               as_json: bool = typer.Option(False, "--json", help="One JSON line per message"),
               strict: bool = typer.Option(False, "--strict",
@@ -90,7 +91,7 @@ def _table(rows: list[tuple[str, Any]]) -> None:
     Console().print(table)
 
 
-def preflight(directory: Path = typer.Argument(..., help="Directory of de-identified sample messages"),
+def preflight(directory: Path = typer.Argument(..., metavar="DIR", help="Directory of de-identified sample messages"),
               tenant_config: Path | None = typer.Option(None, "--tenant-config", help="Tenant YAML"),
               html_out: Path | None = typer.Option(None, "--html", help="Write the HTML report here"),
               json_out: Path | None = typer.Option(None, "--json-out", help="Write the JSON report here")) -> None:
