@@ -36,7 +36,7 @@ def _tenant(path: Path | None) -> Any:
         raise typer.Exit(2) from None
 
 
-def normalize(paths: list[Path] = typer.Argument(..., metavar="PATH...",
+def normalize(paths: list[Path] = typer.Argument(..., metavar="PATH",
                                                  help="HL7 v2 files (batches allowed) or vendor FHIR .json"),
               tenant_config: Path | None = typer.Option(None, "--tenant-config", help="Tenant YAML"),
               as_json: bool = typer.Option(False, "--json", help="One JSON line per message"),
