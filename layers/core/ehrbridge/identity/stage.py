@@ -174,8 +174,9 @@ class IdentityStage:
         # Score histogram: high-resolution, percent, so CloudWatch percentiles show the distribution.
         emit_metric("IdentityMatchScore", tenant=tenant, value=round(res.score * 100, 3), unit=MetricUnit.Percent,
                     high_resolution=True)
-        emit_metric({"link": "IdentityLinked", "review": "IdentityReview", "new": "IdentityNew"}[res.decision],
-                    tenant=tenant)
+        # Decisions by band as 0/1 per record: Sum counts them, Average is the band's rate (alarmed on).
+        for decision, name in (("link", "IdentityLinked"), ("review", "IdentityReview"), ("new", "IdentityNew")):
+            emit_metric(name, tenant=tenant, value=1.0 if res.decision == decision else 0.0)
         emit_metric("IdentityCandidates", tenant=tenant, value=res.candidates)
         emit_metric("IdentityStoreRoundTrips", tenant=tenant, value=res.round_trips)
 
