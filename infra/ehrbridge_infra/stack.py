@@ -8,6 +8,7 @@ import aws_cdk as cdk
 from constructs import Construct
 
 from ehrbridge_infra.constructs.core import CoreResources
+from ehrbridge_infra.constructs.identity import IdentityExtras
 from ehrbridge_infra.constructs.mllp_bridge import MllpBridgeService
 from ehrbridge_infra.constructs.monitoring import PipelineMonitoring
 from ehrbridge_infra.constructs.pipeline import PipelineFunctions
@@ -19,6 +20,7 @@ class EhrbridgeStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.core = CoreResources(self, "Core")
         self.pipeline = PipelineFunctions(self, "Pipeline", core=self.core)
+        self.identity = IdentityExtras(self, "Identity", core=self.core, function=self.pipeline.functions["identity_matcher"])  # noqa: E501
         self.monitoring = PipelineMonitoring(self, "Monitoring", core=self.core)
         self.token_refresh = TokenRefresh(self, "TokenRefresh", core=self.core)
         self.mllp_bridge = MllpBridgeService(self, "MllpBridge", core=self.core)
