@@ -36,6 +36,7 @@ DRAIN_TIMEOUT_S = 30
 # Thresholds; each alarm has a runbook section in docs/runbooks/mllp-bridge.md.
 NACK_RATE_ALARM = 0.05  # share of ACKs that are AE/AR/CE/CR over 5 minutes
 ACK_P99_ALARM_MS = 1000
+CERT_DAYS_ALARM = 21
 
 
 class MllpBridgeService(Construct):
@@ -243,6 +244,14 @@ class MllpBridgeService(Construct):
             treat_missing_data=cw.TreatMissingData.BREACHING,
             alarm_description="No healthy MLLP bridge task behind the NLB "
                               "(runbook: docs/runbooks/mllp-bridge.md#no-healthy-tasks)"))
+        cert_days = cw.Metric(namespace="ehrbridge", metric_name="MllpCertDaysToExpiry", statistic="Minimum",
+                              period=cdk.Duration.hours(1), dimensions_map={"service": SERVICE_NAME})
+        self.alarms.append(cert_days.create_alarm(
+            self, "CertExpiring", threshold=CERT_DAYS_ALARM, evaluation_periods=1,
+            comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            alarm_description="The MLLP server certificate expires in less than 21 days "
+                              "(runbook: docs/runbooks/mllp-bridge.md#certificate-rotation)"))
         for alarm in self.alarms:
             alarm.add_alarm_action(action)
             alarm.add_ok_action(action)

@@ -240,6 +240,8 @@ def test_resend_gets_the_same_ack_and_one_queue_message(twin, pki) -> None:  # t
     assert changed.code == "AA" and duplicates == 1
     queued = drain_queue(twin)
     assert [q["attributes"]["msh10"] for q in queued] == ["CID1", "CID1"]
+    # The accept ACK's MSH-10 derives from the message id (same from any worker or task).
+    assert first.split(b"\r")[0].split(b"|")[9] == ("A" + queued[0]["message_id"][:19]).encode()
     assert "msh10_collision" not in queued[0]["attributes"] and queued[1]["attributes"]["msh10_collision"] == "true"
 
 
@@ -327,6 +329,8 @@ def test_health_endpoints_and_drain_under_load(twin, pki) -> None:  # type: igno
             loop = asyncio.get_running_loop()
             assert (await loop.run_in_executor(None, get, bridge.health_port, "/readyz"))[0] == 200
             assert (await loop.run_in_executor(None, get, bridge.health_port, "/healthz"))[0] == 200
+            _status, snapshot = await loop.run_in_executor(None, get, bridge.health_port, "/metrics")
+            assert 1 < snapshot["gauges"][m.CERT_DAYS_LEFT] <= 2  # the test certificate lives two days
 
             async def sender(worker: int) -> None:
                 try:

@@ -38,3 +38,14 @@ def test_histogram_quantiles_are_within_five_percent() -> None:
         hist.add(float(ms))
     assert abs(hist.quantile(0.5) - 500) / 500 < 0.05
     assert abs(hist.quantile(0.99) - 990) / 990 < 0.05
+
+
+def test_gauges_are_resent_every_flush() -> None:
+    out = io.StringIO()
+    metrics = BridgeMetrics(interval=60, stream=out)
+    metrics.gauges["MllpCertDaysToExpiry"] = 42.123
+    metrics.flush()
+    metrics.flush()
+    docs = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [d["MllpCertDaysToExpiry"] for d in docs] == [42.12, 42.12]
+    assert docs[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]

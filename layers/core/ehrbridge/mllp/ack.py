@@ -114,8 +114,8 @@ def should_send(header: MshHeader | None, code: str) -> bool:
 def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, default_charset: str = "ASCII",
               now: datetime | None = None, control_id: str | None = None) -> Ack:
     """Build the ACK for ``header``'s message. ``code`` is AA/AE/AR (or CA/CE/CR)."""
-    if error is None and now is None and control_id is None:
-        return _fast_accept(header, code, default_charset)
+    if error is None and now is None:
+        return _fast_accept(header, code, default_charset, control_id)
     sep = header.field_separator
     enc = header.encoding_characters
     comp = enc[0] if enc else "^"
@@ -162,7 +162,7 @@ def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, de
 _TEMPLATES: dict[tuple[str, ...], tuple[str, str, str]] = {}
 
 
-def _fast_accept(header: MshHeader, code: str, default_charset: str) -> Ack:
+def _fast_accept(header: MshHeader, code: str, default_charset: str, control_id: str | None = None) -> Ack:
     """The accept ACK from a template per sender header (a feed repeats the same MSH-3..6/9/12).
 
     Same bytes as the general path; only MSH-7, MSH-10 and MSA-2 vary per message.
@@ -182,7 +182,7 @@ def _fast_accept(header: MshHeader, code: str, default_charset: str) -> Ack:
             _TEMPLATES.clear()
         parts = _TEMPLATES[key] = (head, mid, tail)
     head, mid, tail = parts
-    text = head + _stamp() + mid + _new_control_id() + tail + header.control_id + "\r"
+    text = head + _stamp() + mid + (control_id or _new_control_id()) + tail + header.control_id + "\r"
     try:
         payload = encode(text, header.charset, default_charset)
     except WireError:

@@ -30,6 +30,7 @@ COMMIT_FAILED = "MllpCommitFailed"
 QUARANTINED = "MllpQuarantined"
 ACK_LATENCY = "MllpAckLatency"
 SQS_BATCH_LATENCY = "MllpSqsBatchLatency"
+CERT_DAYS_LEFT = "MllpCertDaysToExpiry"
 
 
 def _bucket(ms: float) -> float:
@@ -85,6 +86,7 @@ class BridgeMetrics:
         self.latency: dict[tuple[str, str], Histogram] = {}
         self.latency_all: dict[str, Histogram] = {}  # flushed intervals, since start
         self.open_connections = 0
+        self.gauges: dict[str, float] = {}  # fleet-wide values re-sent every flush (e.g. certificate days left)
         self._last_flush = time.monotonic()
 
     def count(self, name: str, tenant: str = "none", detail: str = "", value: int = 1) -> None:
@@ -112,7 +114,8 @@ class BridgeMetrics:
             merged.setdefault(name, Histogram()).merge(hist)
         lat = {name: {"count": h.count, "p50_ms": h.quantile(0.5), "p99_ms": h.quantile(0.99)}
                for name, h in merged.items()}
-        return {"open_connections": self.open_connections, "counters": counters, "latency": lat}
+        return {"open_connections": self.open_connections, "counters": counters, "latency": lat,
+                "gauges": dict(self.gauges)}
 
     def maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.interval:
@@ -135,6 +138,11 @@ class BridgeMetrics:
             if detail:
                 # The ACK code / failure kind rides in the one allowed secondary dimension.
                 doc["message_type"] = detail
+            out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+        for name, gauge in sorted(self.gauges.items()):
+            doc = {"_aws": {"Timestamp": stamp, "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE, "Dimensions": [["service"]], "Metrics": [{"Name": name, "Unit": "None"}]}]},
+                "service": SERVICE, name: round(gauge, 2)}
             out.write(json.dumps(doc, separators=(",", ":")) + "\n")
         for (name, tenant), hist in sorted(self.latency.items()):
             values = sorted(hist.buckets)[:100]

@@ -41,7 +41,7 @@ from ehrbridge.mllp.message import (
     msh_head,
     starts_batch,
 )
-from ehrbridge.mllp.tls import classify_handshake_error, fingerprint, server_context
+from ehrbridge.mllp.tls import cert_days_left, classify_handshake_error, fingerprint, server_context
 from ehrbridge.observability import logger
 
 TLS_HANDSHAKE_RECORD = 0x16
@@ -257,8 +257,16 @@ class MllpBridge:
                                                       reuse_port=self.settings.reuse_port or None)
             self.health_port = self._health.sockets[0].getsockname()[1]
         self.started = True
+        self.note_certificate()
         logger.info("mllp bridge listening", extra={"port": self.port, "count": len(self.directory.tenants),
                                                     "status": "mtls" if self.settings.client_ca else "tls"})
+
+    def note_certificate(self) -> None:
+        """Days until the server certificate expires, as a metric (alarmed well before the date)."""
+        try:
+            self.metrics.gauges[m.CERT_DAYS_LEFT] = cert_days_left(self.settings.certfile)
+        except (OSError, ValueError) as err:
+            logger.warning("cannot read the server certificate's expiry", extra={"error_type": type(err).__name__})
 
     def ready(self) -> tuple[bool, str]:
         if not self.started:
@@ -315,7 +323,12 @@ class MllpBridge:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, lambda: loop.create_task(self.drain()))
             if reload_tls is not None:
-                loop.add_signal_handler(signal.SIGHUP, reload_tls)
+                def reload() -> None:
+                    reload_tls()
+                    self.note_certificate()
+                    logger.info("tls material reloaded")
+
+                loop.add_signal_handler(signal.SIGHUP, reload)
         assert self._stopped is not None
         await self._stopped.wait()
 
@@ -517,7 +530,10 @@ class MllpBridge:
 
         def done(error: str | None) -> None:
             if error is None:
-                ack = build_ack(header, ack_code(header, True), default_charset=source.default_charset)
+                # The accept ACK's MSH-10 derives from the message id: a resend answered by another
+                # worker or task gets the same control id (only MSH-7, the time, can differ there).
+                ack = build_ack(header, ack_code(header, True), default_charset=source.default_charset,
+                                control_id="A" + key[:19])
                 self.acks.end(key, future, ack.payload)
             else:
                 self.metrics.count(m.COMMIT_FAILED, tenant, error[:64])
