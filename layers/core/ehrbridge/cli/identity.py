@@ -69,6 +69,14 @@ class _Mpi:
         else:
             self.store = InMemoryMpiStore()
 
+    def publish(self, changes: list[Any]) -> None:
+        """Manual decisions are link changes too: on the deployed MPI they go to EventBridge like the
+        function's (locally there is no bus to tell)."""
+        if changes and not hasattr(self.store, "dump"):
+            from ehrbridge.identity.events import EventBridgeLinkEvents
+
+            EventBridgeLinkEvents().publish(changes)
+
     def save(self) -> None:
         if self.state is not None and hasattr(self.store, "dump"):
             tmp = self.state.with_suffix(self.state.suffix + ".tmp")
@@ -216,6 +224,7 @@ def review_resolve(review_id: str = typer.Argument(...),
     except ResolveError as err:
         _fail(str(err))
     mpi.save()
+    mpi.publish(changes)
     for change in changes:
         typer.echo(json.dumps(change.to_detail(), sort_keys=True))
 
@@ -254,5 +263,6 @@ def _reconcile(op: str, tenant: str, state: Path | None, dynamodb: bool, *args: 
     except ResolveError as err:
         _fail(str(err))
     mpi.save()
+    mpi.publish(changes)
     for change in changes:
         typer.echo(json.dumps(change.to_detail(), sort_keys=True))
