@@ -118,6 +118,7 @@ def resolve(patients: Path = typer.Argument(..., help="NDJSON file of FHIR Patie
                 res = resolver.resolve(tenant, patient)
             except ResolveError as err:
                 _fail(f"{patients.name} line {lineno}: {err}")
+            mpi.publish(res.changes)
             counts[res.decision] = counts.get(res.decision, 0) + 1
             if as_json:
                 sys.stdout.write(json.dumps(res.as_json()) + "\n")
