@@ -7,13 +7,15 @@ never PHI; EMF metrics in namespace ``ehrbridge`` with dimension ``tenant`` plus
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import perf_counter
+from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
 from ehrbridge.observability.phi import PhiRedactionFilter, scrub
@@ -22,9 +24,54 @@ NAMESPACE = "ehrbridge"
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "ehrbridge")
 SECONDARY_DIMENSIONS = frozenset({"resource_type", "endpoint", "message_type"})
 
+
+
+class LazyTracer:
+    """Powertools Tracer, only when X-Ray SDK subsegments are wanted (``EHRBRIDGE_XRAY_SDK=1``).
+
+    Importing the X-Ray SDK costs ~150 ms of every cold start, a third of the normalizer's budget.
+    Lambda's active tracing (set in CDK) still records every invocation without it; the SDK adds
+    per-call subsegments, worth switching on while investigating latency.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._tracer: Any = None
+
+    @property
+    def enabled(self) -> bool:
+        return os.environ.get("EHRBRIDGE_XRAY_SDK", "0") == "1" and \
+            os.environ.get("POWERTOOLS_TRACE_DISABLED", "0").lower() not in ("1", "true")
+
+    def real(self) -> Any:
+        if self._tracer is None and self.enabled:
+            from aws_lambda_powertools import Tracer
+
+            self._tracer = Tracer(service=self.service)
+        return self._tracer
+
+    def capture_lambda_handler(self, capture_response: bool = False
+                               ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+            traced: list[Callable[..., Any]] = []
+
+            @functools.wraps(handler)
+            def wrapper(event: Any, context: Any) -> Any:
+                real = self.real()
+                if real is None:
+                    return handler(event, context)
+                if not traced:
+                    traced.append(real.capture_lambda_handler(handler, capture_response=capture_response))
+                return traced[0](event, context)
+
+            return wrapper
+
+        return decorate
+
+
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = LazyTracer(service=SERVICE)
 
 _phi_filter = PhiRedactionFilter()
 logger.addFilter(_phi_filter)
