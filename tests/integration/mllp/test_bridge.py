@@ -355,3 +355,15 @@ def test_health_endpoints_and_drain_under_load(twin, pki) -> None:  # type: igno
     acked = asyncio.run(run())
     queued = {q["attributes"]["msh10"] for q in drain_queue(twin)}
     assert acked and set(acked) <= queued
+
+
+def test_read_deadline_closes_a_stalled_frame(twin, pki) -> None:  # type: ignore[no-untyped-def]
+    async def run() -> int:
+        async with running(settings_for(pki, read_timeout_s=0.5), twin) as bridge, client(bridge, pki) as c:
+            c._writer.write(b"\x0b" + oru(1)[:40])  # a frame that never ends
+            await c._writer.drain()
+            with pytest.raises((MllpClientError, ConnectionError, ssl.SSLError, TimeoutError)):
+                await c.read_ack()
+            return bridge.metrics.total(m.FRAMING_ERRORS, "read_timeout")
+    assert asyncio.run(run()) == 1
+    assert drain_queue(twin) == []

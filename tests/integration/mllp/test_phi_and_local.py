@@ -55,3 +55,27 @@ def test_feed_files_for_the_demo(twin, tmp_path: Path) -> None:  # type: ignore[
     assert codes == ["AA", "AA", "AR"]
     assert [q["attributes"]["msh10"] for q in drain_queue(twin)] == ["CID1", "CID2"]
     assert len(drain_queue(twin, "quarantine")) == 1
+
+
+def test_demo_samples_through_the_bridge_with_correlation_ids(twin) -> None:  # type: ignore[no-untyped-def]
+    from ehrbridge.contracts.tenant import TenantConfig
+    from ehrbridge.mllp.local import feed_files_detailed
+
+    repo = Path(__file__).resolve().parents[3]
+    tenant_config = TenantConfig.from_yaml(repo / "events" / "tenants" / "demo-health.yaml")
+    files = sorted((repo / "events" / "hl7").glob("*.hl7"))
+    assert files
+    results = feed_files_detailed(files, tenant=tenant_config, queue_url=twin.queues["hl7-inbound"],
+                                  archive_bucket=twin.buckets["archive"],
+                                  quarantine_bucket=twin.buckets["quarantine"],
+                                  quarantine_queue_url=twin.queues["quarantine"])
+    assert len(results) == sum(len(read_messages(f)) for f in files)
+    queued = {q["correlation_id"] for q in drain_queue(twin)}
+    quarantined = {q["correlation_id"] for q in drain_queue(twin, "quarantine")}
+    for r in results:
+        assert r.code in ("AA", "CA", "AR", "CR", "AE", "CE"), r
+        assert r.correlation_id in (queued if r.code in ("AA", "CA") else quarantined), r
+    # MSH-15=ER (the VXU sample) gets no ACK on success, yet the bridge's decision is reported.
+    [vxu] = [r for r in results if r.file == "vxu_v04_hepb.hl7"]
+    assert vxu.code == "CA" and not vxu.sent_back
+    assert all(r.sent_back for r in results if r.file != "vxu_v04_hepb.hl7")

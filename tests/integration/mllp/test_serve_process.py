@@ -60,12 +60,20 @@ def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path) -> None:  # type:
         wait_ready(health, proc)
         # The operator client prints one line per ACK and exits 0 when all were accepted.
         sample = tmp_path / "two.hl7"
-        sample.write_bytes(oru(1, "SEND1") + oru(2, "SEND2").replace(b"\r", b"\n"))
+        er = oru(3, "SEND3").replace(b"|P|2.5.1\r", b"|P|2.5.1|||ER|NE\r")  # enhanced mode: ACK on error only
+        sample.write_bytes(oru(1, "SEND1") + oru(2, "SEND2").replace(b"\r", b"\n") + er)
         result = CliRunner().invoke(app, ["send", str(sample), "--host", "127.0.0.1", "--port", str(port),
-                                          "--ca", str(pki.ca.cert), "--server-name", "localhost"])
+                                          "--ca", str(pki.ca.cert), "--server-name", "localhost",
+                                          "--silent-wait", "0.5"])
         assert result.exit_code == 0, result.output
         assert "MSA-2=SEND1\tAA" in result.output and "MSA-2=SEND2\tAA" in result.output
-        assert [q["attributes"]["msh10"] for q in drain_queue(twin)] == ["SEND1", "SEND2"]
+        assert "accepted per MSH-15=ER" in result.output
+        assert [q["attributes"]["msh10"] for q in drain_queue(twin)] == ["SEND1", "SEND2", "SEND3"]
+        stranger = tmp_path / "stranger.hl7"
+        stranger.write_bytes(oru(4, "SEND4").replace(b"DEMOLAB", b"NOBODY"))
+        refused = CliRunner().invoke(app, ["send", str(stranger), "--host", "127.0.0.1", "--port", str(port),
+                                           "--ca", str(pki.ca.cert), "--server-name", "localhost"])
+        assert refused.exit_code == 1 and "MSA-2=SEND4\tAR" in refused.output
 
         acked: list[str] = []
         refused: list[str] = []

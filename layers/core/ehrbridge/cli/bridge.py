@@ -114,6 +114,8 @@ def send(
     key: Path | None = typer.Option(None, "--key", help="Client private key (mutual TLS)."),
     server_name: str | None = typer.Option(None, "--server-name", help="Name to verify (default: --host)."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for each ACK."),
+    silent_wait: float = typer.Option(3.0, "--silent-wait",
+                                      help="With MSH-15 ER/SU, seconds to wait for an ACK that may not come."),
 ) -> None:
     """Send HL7 v2 messages over MLLP/TLS, one at a time on one connection, and print each ACK."""
     import asyncio
@@ -135,11 +137,10 @@ def send(
                               timeout=timeout) as client:
             for path in files:
                 for index, message in enumerate(read_messages(path), start=1):
-                    ack = await client.send(message)
-                    ok = ack.code in ("AA", "CA")
-                    failures += not ok
+                    ack = await client.send_per_msh15(message, silent_wait=silent_wait)
+                    failures += not ack.ok
                     detail = f"  {ack.text}" if ack.text else ""
-                    typer.echo(f"{path.name}#{index}\tMSA-2={ack.control_id}\t{ack.code or '?'}{detail}")
+                    typer.echo(f"{path.name}#{index}\tMSA-2={ack.control_id}\t{ack.code or '-'}{detail}")
         return failures
 
     try:

@@ -26,6 +26,12 @@ class AckResult:
     control_id: str  # MSA-2
     text: str  # MSA-3 / ERR text, PHI-free by construction (our server never echoes content)
     raw: bytes
+    # With enhanced mode (MSH-15 NE/ER/SU) no ACK may be the answer: "not requested", "accepted", "not accepted".
+    implied: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code in ("AA", "CA") or self.implied in ("accepted", "not requested")
 
 
 def parse_ack(payload: bytes) -> AckResult:
@@ -42,6 +48,14 @@ def parse_ack(payload: bytes) -> AckResult:
             control = fields[2] if len(fields) > 2 else ""
             text = fields[3] if len(fields) > 3 else ""
     return AckResult(code=code, control_id=control, text=text, raw=payload)
+
+
+def accept_ack_type(message: bytes) -> str:
+    """MSH-15 (accept acknowledgment type) of a message, upper-case; "" in original mode or if unreadable."""
+    try:
+        return read_msh(message).field(15).strip().upper()
+    except WireError:
+        return ""
 
 
 class MllpClient:
@@ -99,6 +113,35 @@ class MllpClient:
 
     async def send(self, message: bytes) -> AckResult:
         return parse_ack(await self.send_raw(message))
+
+    async def write(self, message: bytes) -> None:
+        """Send one framed message without waiting for anything."""
+        if self._writer is None:
+            raise MllpClientError("not connected")
+        self._writer.write(frame(message))
+        await self._writer.drain()
+
+    async def send_per_msh15(self, message: bytes, *, silent_wait: float = 3.0) -> AckResult:
+        """Send honouring enhanced-mode MSH-15: NE expects no accept ACK; ER only one on error; SU only
+        one on success. When none may come, wait ``silent_wait`` seconds and report the silence
+        (code ``""`` and ``implied``) instead of hanging until the timeout.
+        """
+        mode = accept_ack_type(message)
+        if mode not in ("NE", "ER", "SU"):
+            return await self.send(message)
+        await self.write(message)
+        if mode == "NE":
+            return AckResult(code="", control_id="", text="no accept ACK requested (MSH-15=NE)", raw=b"",
+                             implied="not requested")
+        saved, self.timeout = self.timeout, silent_wait
+        try:
+            return parse_ack(await self.read_ack())
+        except TimeoutError:
+            implied = "accepted" if mode == "ER" else "not accepted"
+            return AckResult(code="", control_id="", text=f"no ACK within {silent_wait:g} s: {implied} per "
+                                                         f"MSH-15={mode}", raw=b"", implied=implied)
+        finally:
+            self.timeout = saved
 
 
 async def send_messages(host: str, port: int, messages: Iterable[bytes], *, ssl_context: ssl.SSLContext | None,

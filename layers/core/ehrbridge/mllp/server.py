@@ -75,6 +75,11 @@ class BridgeSettings:
     reuse_port: bool = False
 
 
+def quarantine_message_id(tenant_id: str, raw: bytes) -> str:
+    """Message (and correlation) id of the quarantine envelope for refused bytes: stable per tenant and bytes."""
+    return stable_id(tenant_id, "hl7v2", "quarantine", stable_id(raw))
+
+
 class QuarantineWriter:
     """Keeps refused bytes with the reason (pipeline.stages.Quarantine), off the event loop."""
 
@@ -436,6 +441,11 @@ class MllpBridge:
     # ---- one message --------------------------------------------------------------------------
     def fallback_tenant(self, conn: MllpConnection) -> str:
         tenant = self.directory.tenant_for_fingerprint(conn.fingerprint) or self.directory.only_tenant
+        return tenant.tenant_id if tenant else "unrouted"
+
+    def fallback_tenant_id(self) -> str:
+        """Tenant for unroutable bytes on a connection without a bound certificate."""
+        tenant = self.directory.only_tenant
         return tenant.tenant_id if tenant else "unrouted"
 
     def _guess_route(self, header: MshHeader, conn: MllpConnection) -> Route | None:
