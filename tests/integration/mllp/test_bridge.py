@@ -367,3 +367,18 @@ def test_read_deadline_closes_a_stalled_frame(twin, pki) -> None:  # type: ignor
             return bridge.metrics.total(m.FRAMING_ERRORS, "read_timeout")
     assert asyncio.run(run()) == 1
     assert drain_queue(twin) == []
+
+
+def test_large_message_is_claim_checked_before_the_aa(twin, pki) -> None:  # type: ignore[no-untyped-def]
+    big = oru(1) + b"OBX|2|ED|PDF^Report||^application^pdf^Base64^" + b"QUJD" * 80_000 + b"||||||F\r"
+
+    async def run():  # type: ignore[no-untyped-def]
+        async with running(settings_for(pki), twin) as bridge, client(bridge, pki) as c:
+            return await c.send(big)
+
+    assert asyncio.run(run()).code == "AA"
+    [env] = drain_queue(twin)
+    assert "body" not in env and env["body_ref"]["size"] > 300_000
+    s3 = local_client("s3", twin.endpoint)
+    stored = s3.get_object(Bucket=env["body_ref"]["bucket"], Key=env["body_ref"]["key"])["Body"].read()
+    assert base64.b64decode(stored) == big  # the raw bytes, base64, as the inline body would have been
