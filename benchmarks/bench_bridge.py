@@ -44,9 +44,12 @@ def oru_message(conn: int, n: int) -> bytes:
 
 
 # ---- servers (each in its own process) --------------------------------------------------------
-def run_echo(certfile: str, keyfile: str, port: int, ready: mp.Queue, stop: mp.Event) -> None:  # type: ignore[type-arg]
+def run_echo(certfile: str, keyfile: str, port: int, ready: mp.Queue, stop: mp.Event,  # type: ignore[type-arg]
+             result: mp.Queue) -> None:  # type: ignore[type-arg]
     from ehrbridge.mllp.framing import MllpDecoder, frame
     from ehrbridge.mllp.tls import server_context
+
+    echoed = [0]
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         decoder = MllpDecoder()
@@ -54,6 +57,7 @@ def run_echo(certfile: str, keyfile: str, port: int, ready: mp.Queue, stop: mp.E
             while data := await reader.read(65536):
                 for payload in decoder.feed(data):
                     writer.write(frame(payload))
+                    echoed[0] += 1
                 await writer.drain()
         except (ConnectionError, ssl.SSLError, OSError):
             pass
@@ -64,8 +68,10 @@ def run_echo(certfile: str, keyfile: str, port: int, ready: mp.Queue, stop: mp.E
         server = await asyncio.start_server(handle, "127.0.0.1", port, ssl=server_context(certfile, keyfile),
                                             backlog=1024, reuse_port=True)
         ready.put(server.sockets[0].getsockname()[1])
+        cpu0 = time.process_time()
         while not stop.is_set():
             await asyncio.sleep(0.1)
+        result.put({"entries": echoed[0], "batches": 0, "cpu_s": time.process_time() - cpu0})
         server.close()
 
     asyncio.run(main())
@@ -263,12 +269,12 @@ def main() -> None:
                 stats: mp.Queue = mp.Queue()  # type: ignore[type-arg]
                 is_bridge = target is run_bridge
                 row = measure(target, (cert, key), label, n, w, t, ca, rate=rate, workers=args.workers,
-                              extra=stats if is_bridge else None)
+                              extra=stats)
+                servers = [stats.get(timeout=10) for _ in range(args.workers)]
+                entries = sum(x["entries"] for x in servers)
+                row["cpu_us"] = sum(x["cpu_s"] for x in servers) / max(1, entries) * 1e6
                 if is_bridge:
-                    servers = [stats.get(timeout=10) for _ in range(args.workers)]
-                    entries = sum(x["entries"] for x in servers)
                     row["batch"] = entries / max(1, sum(x["batches"] for x in servers))
-                    row["cpu_us"] = sum(x["cpu_s"] for x in servers) / max(1, entries) * 1e6
                 runs[label].append(row)
     print(f"  paced: each connection sends {args.rate:g} msg/s ({n * args.rate:,.0f} msg/s offered); "
           "saturated: each sends its next message as soon as its ACK arrives")
@@ -280,7 +286,7 @@ def main() -> None:
 
     for label, rows in runs.items():
         for i, r in enumerate(rows):
-            extra = f"   batch {r['batch']:.1f}   bridge CPU/msg {r['cpu_us']:.0f} us" if "batch" in r else ""
+            extra = f"   server CPU/msg {r['cpu_us']:.0f} us" + (f"   batch {r['batch']:.1f}" if "batch" in r else "")
             mark = "*" if r is best(label) else " "
             print(f" {mark}{label:<18} round {i + 1}: {r['msgs_per_s']:>6.0f} msg/s   ACK p50 {r['p50_ms']:6.1f} ms   "
                   f"p99 {r['p99_ms']:6.1f} ms   errors {r['errors']}   non-AA {r['non_aa']}   "

@@ -103,7 +103,8 @@ def test_fast_envelope_json_is_the_validated_envelope() -> None:
     from ehrbridge.mllp.message import envelope_json, message_id_for
 
     d = SourceDirectory(tenants())
-    for raw in (msg("LAB").replace(b"||X\r", b'||M\xfcller "q" \\\\ x\r'), msg("ADT", "NORTH", pid="EVN|1\r")):
+    odd = msg("LAB").replace(b"|C1|", b'|C"1\\x|').replace(b"ADT^A01^ADT_A01", b'AD"T^A0\\1')
+    for raw in (msg("LAB").replace(b"||X\r", b'||M\xfcller "q" \\\\ x\r'), msg("ADT", "NORTH", pid="EVN|1\r"), odd):
         h = read_msh(msh_head(raw))
         item = inspect(raw, h, d.resolve(h, None))
         mid = message_id_for(item.route.tenant.tenant_id, item.route.source.source_id, h.control_id, item.sha256)
