@@ -13,11 +13,12 @@ import pytest
 
 from ehrbridge.local.twin import local_client
 from ehrbridge.mllp import metrics as m
+from ehrbridge.mllp.app import build_bridge
 from ehrbridge.mllp.client import MllpClient, MllpClientError, parse_ack
 from ehrbridge.mllp.commit import Entry, SqsSink
 from ehrbridge.mllp.tls import client_context
 
-from .conftest import drain_queue, oru, running, settings_for, tenant
+from .conftest import drain_queue, oru, running, settings_for, targets, tenant
 
 pytestmark = pytest.mark.integration
 
@@ -382,3 +383,35 @@ def test_large_message_is_claim_checked_before_the_aa(twin, pki) -> None:  # typ
     s3 = local_client("s3", twin.endpoint)
     stored = s3.get_object(Bucket=env["body_ref"]["bucket"], Key=env["body_ref"]["key"])["Body"].read()
     assert base64.b64decode(stored) == big  # the raw bytes, base64, as the inline body would have been
+
+
+def test_tenant_refresh_admits_a_new_sender_without_restart(twin, pki) -> None:  # type: ignore[no-untyped-def]
+    from ehrbridge.contracts.tenant import MllpSource, TenantConfig
+
+    newcomer = oru(1).replace(b"DEMOLAB", b"NEWLAB")
+    current = [tenant()]
+
+    def loader() -> list[TenantConfig]:
+        return list(current)
+
+    async def run():  # type: ignore[no-untyped-def]
+        bridge = build_bridge(settings_for(pki), [tenant()], targets(twin), tenant_loader=loader)
+        await bridge.start()
+        try:
+            async with client(bridge, pki) as c:
+                before = await c.send(newcomer)
+                current[0] = TenantConfig(tenant_id="demo-health", vendor="generic", mllp_sources=(
+                    *tenant().mllp_sources, MllpSource(source_id="new-lab", sending_application="NEWLAB")))
+                assert await bridge.refresh_tenants()
+                after = await c.send(newcomer.replace(b"CID1", b"CID2"))
+                current[0] = TenantConfig(tenant_id="demo-health", vendor="generic")  # no MLLP sources at all
+                assert not await bridge.refresh_tenants()  # refused: keeps serving the known senders
+                kept = await c.send(newcomer.replace(b"CID1", b"CID3"))
+            return before, after, kept
+        finally:
+            await bridge.drain()
+            bridge.committer.sink.close()
+
+    before, after, kept = asyncio.run(run())
+    assert (before.code, after.code, kept.code) == ("AR", "AA", "AA")
+    assert [q["attributes"]["source_id"] for q in drain_queue(twin)] == ["new-lab", "new-lab"]

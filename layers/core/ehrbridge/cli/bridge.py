@@ -37,6 +37,8 @@ def serve(
     linger_ms: float = typer.Option(2.0, envvar=_ENV + "LINGER_MS", help="Group-commit linger."),
     max_connections: int = typer.Option(2000, envvar=_ENV + "MAX_CONNECTIONS"),
     metrics_interval: float = typer.Option(60.0, envvar=_ENV + "METRICS_INTERVAL_S"),
+    tenant_refresh: float = typer.Option(300.0, envvar=_ENV + "TENANT_REFRESH_S",
+                                         help="Re-read tenants this often; new senders need no restart."),
     workers: int = typer.Option(1, envvar=_ENV + "WORKERS", min=1, max=64,
                                 help="Worker processes sharing the ports (one per vCPU)."),
 ) -> None:
@@ -50,15 +52,17 @@ def serve(
     from ehrbridge.mllp.server import BridgeSettings
     from ehrbridge.mllp.tls import server_context
 
-    tenants: list[TenantConfig] = []
-    try:
-        for path in tenant or []:
-            tenants.append(TenantConfig.from_yaml(path))
+    def load_tenants() -> list[TenantConfig]:
+        loaded = [TenantConfig.from_yaml(path) for path in tenant or []]
         if tenants_from_store:
             from ehrbridge.aws import settings as aws_settings
             from ehrbridge.contracts.tenant_store import DynamoTenantStore
 
-            tenants.extend(DynamoTenantStore(aws_settings.table_name("state")).list())
+            loaded.extend(DynamoTenantStore(aws_settings.table_name("state"), max_age_s=0).list())
+        return loaded
+
+    try:
+        tenants = load_tenants()
     except ContractError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -72,7 +76,7 @@ def serve(
         require_known_client_cert=require_known_client_cert, max_message_bytes=max_message_bytes,
         read_timeout_s=read_timeout, idle_timeout_s=idle_timeout, ack_timeout_s=ack_timeout,
         linger_s=linger_ms / 1000, max_connections=max_connections, drain_timeout_s=drain_timeout,
-        metrics_interval_s=metrics_interval)
+        metrics_interval_s=metrics_interval, tenant_refresh_s=tenant_refresh)
     if workers > 1 and (port == 0 or health_port == 0):
         typer.echo("error: --workers > 1 needs fixed --port and --health-port", err=True)
         raise typer.Exit(2)
@@ -86,7 +90,7 @@ def serve(
         raise typer.Exit(2) from None
 
     def run_one(_index: int = 0) -> int:
-        bridge = build_bridge(settings, tenants, targets)
+        bridge = build_bridge(settings, tenants, targets, tenant_loader=load_tenants)
 
         def reload_tls() -> None:
             # SIGHUP: new certificate/key (rotated in Secrets Manager and rewritten) for new connections.

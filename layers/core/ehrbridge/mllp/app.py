@@ -6,6 +6,7 @@ Physical names come from the same environment variables every function uses
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ehrbridge.aws import settings as aws_settings
@@ -41,7 +42,8 @@ class AwsTargets:
 
 
 def build_bridge(settings: BridgeSettings, tenants: list[TenantConfig], targets: AwsTargets, *,
-                 metrics: BridgeMetrics | None = None) -> MllpBridge:
+                 metrics: BridgeMetrics | None = None,
+                 tenant_loader: Callable[[], list[TenantConfig]] | None = None) -> MllpBridge:
     metrics = metrics or BridgeMetrics(interval=settings.metrics_interval_s)
     claim_check = ClaimCheck(S3BlobStore(targets.archive_bucket)) if targets.archive_bucket else None
     quarantine = None
@@ -54,4 +56,5 @@ def build_bridge(settings: BridgeSettings, tenants: list[TenantConfig], targets:
 
     committer = GroupCommitter(SqsSink(targets.inbound_queue_url), claim_check=claim_check,
                                linger_s=settings.linger_s, on_batch=on_batch)
-    return MllpBridge(settings, tenants, committer, quarantine=quarantine, metrics=metrics)
+    return MllpBridge(settings, tenants, committer, quarantine=quarantine, metrics=metrics,
+                      tenant_loader=tenant_loader)

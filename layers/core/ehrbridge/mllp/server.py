@@ -73,6 +73,8 @@ class BridgeSettings:
     unhealthy_after_failures: int = 5  # consecutive failed batches -> not ready
     # Several worker processes share the ports (SO_REUSEPORT; one per vCPU: Python runs one core per process).
     reuse_port: bool = False
+    # With a tenant loader: re-read tenants this often, so onboarding a sender needs no redeploy.
+    tenant_refresh_s: float = 300.0
 
 
 def quarantine_message_id(tenant_id: str, raw: bytes) -> str:
@@ -218,9 +220,12 @@ class MllpConnection(asyncio.Protocol):
 class MllpBridge:
     def __init__(self, settings: BridgeSettings, tenants: list[TenantConfig], committer: GroupCommitter, *,
                  quarantine: QuarantineWriter | None = None, metrics: m.BridgeMetrics | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 tenant_loader: Callable[[], list[TenantConfig]] | None = None) -> None:
         self.settings = settings
         self.directory = SourceDirectory(tenants)
+        self.tenant_loader = tenant_loader
+        self._next_tenant_refresh = time.monotonic() + settings.tenant_refresh_s
         self.committer = committer
         self.quarantine = quarantine
         self.metrics = metrics or m.BridgeMetrics(interval=settings.metrics_interval_s)
@@ -564,11 +569,31 @@ class MllpBridge:
             self.committer.submit_entry(self.committer.entry(body, group, key), done, self.settings.ack_timeout_s)
 
     # ---- housekeeping -------------------------------------------------------------------------
+    async def refresh_tenants(self) -> bool:
+        """Re-read tenant configs (off the event loop) and swap the source directory; False if that failed."""
+        if self.tenant_loader is None:
+            return False
+        try:
+            tenants = await asyncio.get_running_loop().run_in_executor(None, self.tenant_loader)
+        except Exception as err:  # keep serving with the sources we have
+            logger.warning("tenant refresh failed", extra={"error_type": type(err).__name__})
+            return False
+        tenants = [t for t in tenants if t.mllp_sources]
+        if not tenants:
+            logger.warning("tenant refresh found no tenant with MLLP sources; keeping the current ones")
+            return False
+        self.directory = SourceDirectory(tenants)
+        logger.info("tenants refreshed", extra={"count": len(tenants)})
+        return True
+
     async def _sweep_loop(self) -> None:
-        """Read deadline for a started frame, idle timeout, periodic metrics flush."""
+        """Read deadline for a started frame, idle timeout, periodic metrics flush, tenant refresh."""
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            if self.tenant_loader is not None and now >= self._next_tenant_refresh:
+                self._next_tenant_refresh = now + self.settings.tenant_refresh_s
+                self._spawn(self.refresh_tenants())
             for conn in list(self._conns):
                 if conn.busy or conn.transport is None:
                     continue
