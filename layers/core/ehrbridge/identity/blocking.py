@@ -15,7 +15,7 @@ MAX_BUCKET = 200
 # Candidates scored per record, best-ranked first (one BatchGetItem holds 100 keys, so the candidate
 # read is one round trip). Ranked by the keys shared, weighted by how personal each key is: on FEBRL4
 # and the household sets the true record, when blocking finds it at all, always ranks in the top 10.
-MAX_CANDIDATES = 40
+MAX_CANDIDATES = 30
 KEY_WEIGHTS = {"ssn": 5, "id": 5, "em": 4, "ph": 3, "dob": 2, "nm": 2, "ad": 2}
 
 

@@ -168,14 +168,17 @@ def names_swapped(a: Person, b: Person) -> bool:
 
 def compare(a: Person, b: Person) -> tuple[list[int], bool]:
     """-> (levels per comparison, whether the names were compared swapped)."""
-    swapped = names_swapped(a, b)
-    if swapped:
-        bg, bf, bgs, bfs, bgm, bfm = b.family, b.given, b.family_sdx, b.given_sdx, b.family_mph, b.given_mph
-    else:
-        bg, bf, bgs, bfs, bgm, bfm = b.given, b.family, b.given_sdx, b.family_sdx, b.given_mph, b.family_mph
+    given = _given(a.given, b.given, a.given_sdx, b.given_sdx, a.given_mph, b.given_mph)
+    family = _family(a.family, b.family, a.family_sdx, b.family_sdx, a.family_mph, b.family_mph)
+    swapped = False
+    # Only when neither name agrees as recorded is it worth trying them the other way round.
+    if given >= 4 and family >= 4 and names_swapped(a, b):
+        swapped = True
+        given = _given(a.given, b.family, a.given_sdx, b.family_sdx, a.given_mph, b.family_mph)
+        family = _family(a.family, b.given, a.family_sdx, b.given_sdx, a.family_mph, b.given_mph)
     levels = [
-        _given(a.given, bg, a.given_sdx, bgs, a.given_mph, bgm),
-        _family(a.family, bf, a.family_sdx, bfs, a.family_mph, bfm),
+        given,
+        family,
         _middle(a.middle, b.middle),
         _suffix(a.suffix, b.suffix),
         _dob(a.dob, b.dob),

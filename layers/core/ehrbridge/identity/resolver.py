@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import heapq
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -216,16 +216,14 @@ class Resolver:
 
         keys = query_keys(person)
         buckets = self.store.blocks(tenant, keys)
-        hits: dict[str, int] = {}
-        get = hits.get
+        hits: Counter[str] = Counter()
         for key, bucket in buckets.items():
-            if bucket.full:
-                continue
-            w = key_weight(key)
-            for sk in bucket.members:
-                hits[sk] = get(sk, 0) + w
+            if not bucket.full:
+                # Counter.update counts in C; a key of weight w counts w times.
+                for _ in range(key_weight(key)):
+                    hits.update(bucket.members)
         hits.pop(source_key, None)
-        wanted = heapq.nlargest(MAX_CANDIDATES, hits, key=hits.__getitem__)
+        wanted = [sk for sk, _ in hits.most_common(MAX_CANDIDATES)]
         candidates = self.store.records(tenant, [*wanted, source_key])
         existing = candidates.pop(source_key, None)
 

@@ -22,7 +22,7 @@ class ConflictError(RuntimeError):
     """Another writer changed the record since it was read; retry the message."""
 
 
-@dataclass
+@dataclass(slots=True)
 class SourceRecord:
     source_key: str  # the source Patient.id
     eid: str  # enterprise patient id it is linked to
@@ -47,7 +47,10 @@ class SourceRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourceRecord:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        return cls(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+
+
+_RECORD_FIELDS = frozenset(SourceRecord.__dataclass_fields__)
 
 
 @dataclass
