@@ -114,6 +114,15 @@ def test_a40_merge_moves_the_retired_identity_and_is_never_reversed(resolver: Re
     assert history.count("merged") == 1 and "merge-refused" in history
 
 
+def test_chained_merges_follow_the_survivor(resolver: Resolver, store: InMemoryMpiStore) -> None:
+    top = resolver.resolve(T, patient("a1"))
+    resolver.resolve(T, patient("a2", given="Daniel", birth="1994-12-02"))
+    resolver.resolve(T, patient("a3", given="Ruth", birth="1931-07-19"))
+    resolver.merge(T, "a1", "a2")
+    resolver.merge(T, "a2", "a3")  # a2 was merged away: a3 goes to a2's survivor
+    assert store.records(T, ["a3"])["a3"].eid == top.enterprise_id
+
+
 def test_merge_of_a_patient_never_seen_before(resolver: Resolver, store: InMemoryMpiStore) -> None:
     survivor = resolver.resolve(T, patient("a1"))
     resolver.merge(T, "a1", "old7", retired_patient=patient("old7"))

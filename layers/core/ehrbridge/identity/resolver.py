@@ -376,16 +376,15 @@ class Resolver:
         if survivor is None:
             raise ResolveError("surviving patient is unknown; resolve it before merging")
         retired = recs.get(retired_key)
-        if survivor.status == "retired":
-            if survivor.retired_into == retired_key:
-                # The opposite merge already happened: reversing it is the costliest error there is.
-                commit = Commit(history=[self._event(survivor.eid, "merge-refused", retired_key, by,
-                                                     reason="would reverse an earlier merge",
-                                                     message_id=message_id)])
-                self.store.commit(tenant, commit)
-                return [LinkChange("merge-refused", tenant, retired_key, survivor.eid, by=by,
-                                   reason="would reverse an earlier merge")]
-            raise ResolveError("surviving patient was itself merged away")
+        if survivor.status == "retired" and survivor.retired_into == retired_key:
+            # The opposite merge already happened: reversing it is the costliest error there is.
+            commit = Commit(history=[self._event(survivor.eid, "merge-refused", retired_key, by,
+                                                 reason="would reverse an earlier merge", message_id=message_id)])
+            self.store.commit(tenant, commit)
+            return [LinkChange("merge-refused", tenant, retired_key, survivor.eid, by=by,
+                               reason="would reverse an earlier merge")]
+        # A "survivor" that was itself merged away earlier carries its own survivor's enterprise id, so the
+        # merge goes there.
         if retired is not None and retired.status == "retired" and retired.retired_into == survivor_key:
             # Replay: nothing to change; re-send the events if this very message is redelivered.
             if message_id and retired.last_message_id == message_id:
