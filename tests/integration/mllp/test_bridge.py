@@ -415,3 +415,30 @@ def test_tenant_refresh_admits_a_new_sender_without_restart(twin, pki) -> None: 
     before, after, kept = asyncio.run(run())
     assert (before.code, after.code, kept.code) == ("AR", "AA", "AA")
     assert [q["attributes"]["source_id"] for q in drain_queue(twin)] == ["new-lab", "new-lab"]
+
+
+def test_a_bug_in_a_slow_path_still_answers_ae(twin, pki) -> None:  # type: ignore[no-untyped-def]
+    class BrokenQuarantine:
+        async def put(self, raw: bytes, **kw: object) -> None:
+            raise RuntimeError("bug")
+
+    async def run():  # type: ignore[no-untyped-def]
+        async with running(settings_for(pki), twin) as bridge:
+            bridge.quarantine = BrokenQuarantine()  # type: ignore[assignment]
+            original = bridge._refuse
+
+            async def exploding(*args, **kwargs):  # type: ignore[no-untyped-def]
+                raise RuntimeError("bug in the refusal path")
+
+            async with client(bridge, pki) as c:
+                first = await c.send(b"garbage")  # quarantine failure -> AE 207, never AR
+                bridge._refuse = exploding  # type: ignore[method-assign]
+                second = await c.send(b"more garbage")  # a bug -> still an answer (AE 207)
+                bridge._refuse = original  # type: ignore[method-assign]
+                third = await c.send(oru(1))
+            return first, second, third
+
+    first, second, third = asyncio.run(run())
+    assert first.code == "AE" and b"207" in first.raw
+    assert second.code == "AE" and b"207" in second.raw
+    assert third.code == "AA"

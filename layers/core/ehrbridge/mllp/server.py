@@ -122,6 +122,8 @@ class MllpConnection(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.started = 0.0
+        self.busy_since = 0.0
+        self.seq = 0  # frames taken so far: tells a late callback whether its frame is still the current one
         self.last_read = time.monotonic()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._in_next = False
@@ -184,7 +186,9 @@ class MllpConnection(asyncio.Protocol):
             while self.queue and not self.busy and not self.closed:
                 item = self.queue.popleft()
                 self.busy = True
+                self.seq += 1
                 self.started = time.perf_counter()
+                self.busy_since = time.monotonic()
                 if isinstance(item, _TooLarge):
                     self.bridge.too_large(self, item.error)
                     continue
@@ -463,10 +467,28 @@ class MllpBridge:
         header = fallback_header(raw)
         return build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend")).payload
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, conn: MllpConnection | None = None, raw: bytes = b"") -> None:
+        """Run the slow path of a frame (S3 quarantine, claim check, waiting on a first copy) as a task."""
         task = asyncio.get_running_loop().create_task(coro)
         self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
+        seq = conn.seq if conn is not None else 0
+
+        def settled(t: asyncio.Task[None]) -> None:
+            self._side_tasks.discard(t)
+            if t.cancelled() or t.exception() is None:
+                return
+            if conn is not None:
+                self._unanswered(conn, seq, raw, t.exception())
+            else:
+                logger.error("background task failed", extra={"error_type": type(t.exception()).__name__})
+
+        task.add_done_callback(settled)
+
+    def _unanswered(self, conn: MllpConnection, seq: int, raw: bytes, err: BaseException | None) -> None:
+        """A bug left a frame without an answer: answer AE 207 (the sender resends) rather than hang."""
+        logger.error("frame handling failed", extra={"error_type": type(err).__name__ if err else "unknown"})
+        if conn.busy and conn.seq == seq:
+            conn.finish(self.fallback_tenant(conn), self.internal_error(raw))
 
     async def _refuse(self, conn: MllpConnection, raw: bytes, header: MshHeader, tenant: str, error: AckError, *,
                       reject: bool, kind: str) -> None:
@@ -514,7 +536,7 @@ class MllpBridge:
             tenant = self.fallback_tenant(conn)
             self.metrics.count(m.MESSAGES, tenant, "UNPARSEABLE")
             self._spawn(self._refuse(conn, raw, header, tenant, AckError(err.code, err.reason, ("MSH", 1, 0)),
-                                     reject=True, kind="UNPARSEABLE"))
+                                     reject=True, kind="UNPARSEABLE"), conn, raw)
             return
         try:
             route = self.directory.resolve(header, conn.fingerprint)
@@ -523,7 +545,8 @@ class MllpBridge:
             guessed = self._guess_route(header, conn)
             tenant = guessed.tenant.tenant_id if guessed else self.fallback_tenant(conn)
             self.metrics.count(m.MESSAGES, tenant, header.kind)
-            self._spawn(self._refuse(conn, raw, header, tenant, rej.error, reject=rej.reject, kind=header.kind))
+            self._spawn(self._refuse(conn, raw, header, tenant, rej.error, reject=rej.reject, kind=header.kind),
+                        conn, raw)
             return
         tenant = route.tenant.tenant_id
         source = route.source
@@ -537,13 +560,21 @@ class MllpBridge:
             return
         waiting = self.acks.inflight(key)
         if waiting is not None:
-            self._spawn(self._join_inflight(conn, waiting, raw, header, tenant))
+            self._spawn(self._join_inflight(conn, waiting, raw, header, tenant), conn, raw)
             return
         future = self.acks.begin(key)
         collision = self.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
         batch = starts_batch(raw)
 
+        seq = conn.seq
+
         def done(error: str | None) -> None:
+            try:
+                answer(error)
+            except Exception as err:
+                self._unanswered(conn, seq, raw, err)
+
+        def answer(error: str | None) -> None:
             if error is None:
                 # The accept ACK's MSH-10 derives from the message id: a resend answered by another
                 # worker or task gets the same control id (only MSH-7, the time, can differ there).
@@ -563,7 +594,7 @@ class MllpBridge:
         if claim_check is not None and len(raw) * 4 // 3 + 4096 > claim_check.threshold:
             # Big body: the validated model, S3 first (claim check), then the queue.
             envelope = build_envelope(raw, item, batch=batch, collision=collision, message_id=key)
-            self._spawn(self._prepare_then_submit(envelope, done))
+            self._spawn(self._prepare_then_submit(envelope, done), conn, raw)
         else:
             body, group = envelope_json(raw, item, key, batch=batch, collision=collision)
             self.committer.submit_entry(self.committer.entry(body, group, key), done, self.settings.ack_timeout_s)
@@ -595,7 +626,14 @@ class MllpBridge:
                 self._next_tenant_refresh = now + self.settings.tenant_refresh_s
                 self._spawn(self.refresh_tenants())
             for conn in list(self._conns):
-                if conn.busy or conn.transport is None:
+                if conn.transport is None:
+                    continue
+                if conn.busy:
+                    # Safety net: every path answers within the ACK deadline; a frame stuck far past it
+                    # means a bug, and the sender is better served by a closed connection than a hang.
+                    if now - conn.busy_since > self.settings.ack_timeout_s + 20:
+                        logger.error("frame unanswered past the ACK deadline; closing the connection")
+                        conn.transport.abort()
                     continue
                 silent = now - conn.last_read
                 if conn.decoder.in_frame and silent > self.settings.read_timeout_s:
