@@ -442,3 +442,26 @@ def test_a_bug_in_a_slow_path_still_answers_ae(twin, pki) -> None:  # type: igno
     assert first.code == "AE" and b"207" in first.raw
     assert second.code == "AE" and b"207" in second.raw
     assert third.code == "AA"
+
+
+def test_slow_queue_gets_ae_before_the_senders_timeout(twin, pki) -> None:  # type: ignore[no-untyped-def]
+    class SlowSink:
+        async def send_batch(self, entries):  # type: ignore[no-untyped-def]
+            await asyncio.sleep(3)
+            return {e.id: "RequestTimeout" for e in entries}
+
+        def close(self) -> None:
+            pass
+
+    async def run():  # type: ignore[no-untyped-def]
+        async with running(settings_for(pki, ack_timeout_s=0.5), twin) as bridge:
+            real, bridge.committer.sink = bridge.committer.sink, SlowSink()
+            async with client(bridge, pki) as c:
+                c.timeout = 2.5  # the sender's own ACK timeout: the AE must come first
+                ack = await c.send(oru(1))
+            bridge.committer.sink = real
+            return ack, bridge.metrics.total(m.COMMIT_FAILED, "Timeout")
+
+    ack, timeouts = asyncio.run(run())
+    assert ack.code == "AE" and b"207" in ack.raw and timeouts == 1
+    assert drain_queue(twin) == []
