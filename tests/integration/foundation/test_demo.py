@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ehrbridge.local.demo import sample_files
+from ehrbridge.mllp.local import read_messages
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("demo")]
@@ -26,9 +27,13 @@ def test_demo_accounts_for_every_input_and_logs_no_phi(tmp_path: Path) -> None:
     for key in ("messages_in", "resources_out", "quarantined", "dead_lettered", "lost"):
         assert isinstance(summary[key], int), key
     hl7, fhir = sample_files(REPO / "events")
-    assert summary["messages_in"] == len(hl7) + len(fhir) > 0
+    sent = sum(len(read_messages(path)) for path in hl7)
+    assert summary["messages_in"] == sent + len(fhir) > 0
+    assert sum(summary["acks"].values()) == sent, "every HL7 message went through the bridge over TLS"
     assert summary["lost"] == 0 and summary["drained"] is True
-    assert summary["delivered"] + summary["quarantined"] + summary["dead_lettered"] == summary["messages_in"]
+    assert summary["delivered"] + summary["quarantined"] + summary["dead_lettered"] + \
+        summary["returned_to_sender"] == summary["messages_in"]
+    assert summary["extras"]["token obtained"] is True
 
     log = (tmp_path / "out" / "pipeline.log").read_text()
     assert log.strip(), "the functions' logs are kept next to the output"

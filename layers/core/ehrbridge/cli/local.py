@@ -73,9 +73,12 @@ def _print_table(summary: DemoSummary) -> None:
     table = Table(title="ehrbridge local demo")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    rows = [("messages in", summary.messages_in), ("delivered to the lake", summary.delivered),
+    rows: list[tuple[str, object]] = [
+            ("messages in", summary.messages_in), ("delivered to the lake", summary.delivered),
             ("resources out", summary.resources_out), ("quarantined", summary.quarantined),
             ("dead-lettered", summary.dead_lettered), ("lost", summary.lost), ("still in flight", summary.in_flight)]
+    acks = " ".join(f"{code} {count}" for code, count in sorted(summary.acks.items())) or "none"
+    rows += [("MLLP/TLS ACKs", acks), ("returned to sender (AE)", summary.returned_to_sender)]
     for label, value in [*rows, *sorted(summary.extras.items())]:
         table.add_row(str(label), str(value))
     console.print(table)

@@ -33,6 +33,8 @@ FUNCTIONS_DIR = REPO_ROOT / "functions"
 @dataclass
 class DemoSummary:
     messages_in: int = 0
+    acks: dict[str, int] = field(default_factory=dict)
+    returned_to_sender: int = 0
     resources_out: int = 0
     delivered: int = 0
     quarantined: int = 0
@@ -199,7 +201,7 @@ def run_demo(*, events_dir: Path = DEFAULT_EVENTS, tenant_file: Path = DEFAULT_T
             DynamoTenantStore(twin.tables["state"]).put(tenant)
             summary.extras.update(_token_flow(twin, tenant_file))
             inputs = _feed_hl7(twin, tenant, hl7_files, summary) + inject_fhir(twin, tenant, fhir_files)
-            summary.messages_in = len(inputs)
+            summary.messages_in = len(inputs) + summary.returned_to_sender
             for item in inputs:
                 summary.by_kind[item.kind] = summary.by_kind.get(item.kind, 0) + 1
             mappings = pipeline_mappings(twin)
@@ -248,7 +250,30 @@ def _token_flow(twin: TwinResources, tenant_file: Path) -> dict[str, Any]:
 
 
 def _feed_hl7(twin: TwinResources, tenant: TenantConfig, files: list[Path], summary: DemoSummary) -> list[_Input]:
-    return inject_hl7(twin, tenant, files)
+    """Send the HL7 samples through the MLLP bridge over TLS (throwaway CA), as an interface engine would."""
+    from ehrbridge.hl7.wire import WireError, read_msh
+    from ehrbridge.mllp.local import feed_files_detailed, read_messages
+
+    fed = feed_files_detailed(files, tenant=tenant, queue_url=twin.queues["hl7-inbound"],
+                              archive_bucket=twin.buckets["archive"], quarantine_bucket=twin.buckets["quarantine"],
+                              quarantine_queue_url=twin.queues["quarantine"])
+    kinds: dict[tuple[str, int], str] = {}
+    for path in files:
+        for index, message in enumerate(read_messages(path), start=1):
+            try:
+                kinds[(path.name, index)] = read_msh(message).kind
+            except WireError:
+                kinds[(path.name, index)] = "UNPARSEABLE"
+    inputs: list[_Input] = []
+    for item in fed:
+        summary.acks[item.code] = summary.acks.get(item.code, 0) + 1
+        if item.code in ("AE", "CE"):
+            # Not taken into custody: the sender keeps the message and retries.
+            summary.returned_to_sender += 1
+            continue
+        inputs.append(_Input(item.correlation_id or f"no-correlation-{item.file}-{item.index}",
+                             kinds.get((item.file, item.index), "UNKNOWN")))
+    return inputs
 
 
 def default_output_dir() -> Path:
