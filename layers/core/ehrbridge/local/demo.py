@@ -70,28 +70,6 @@ def _publish(sqs: Any, queue_url: str, envelope: Envelope) -> None:
                      MessageDeduplicationId=envelope.message_id)
 
 
-def inject_hl7(twin: TwinResources, tenant: TenantConfig, files: Iterable[Path]) -> list[_Input]:
-    """Put raw HL7 files on hl7-inbound as the bridge does (used when the bridge is not available)."""
-    from ehrbridge.hl7.wire import WireError, read_msh
-
-    sqs = local_client("sqs", twin.endpoint)
-    inputs = []
-    for path in files:
-        raw = path.read_bytes()
-        try:
-            header = read_msh(raw)
-            kind, control_id, charset = header.kind, header.control_id, header.charset
-        except WireError:
-            kind, control_id, charset = "UNPARSEABLE", path.name, ""
-        source_id = tenant.mllp_sources[0].source_id if tenant.mllp_sources else "demo"
-        envelope = new_envelope(tenant_id=tenant.tenant_id, source="hl7v2", kind=kind[:64], body=raw,
-                                natural_key=[source_id, control_id, raw],
-                                attributes={"source_id": source_id, "msh10": control_id[:64], "charset": charset})
-        _publish(sqs, twin.queues["hl7-inbound"], envelope)
-        inputs.append(_Input(envelope.correlation_id, envelope.kind))
-    return inputs
-
-
 def inject_fhir(twin: TwinResources, tenant: TenantConfig, files: Iterable[Path]) -> list[_Input]:
     """Vendor FHIR resources go straight to normalize, as the poller sends them."""
     sqs = local_client("sqs", twin.endpoint)
