@@ -40,8 +40,10 @@ def febrl_patient(rec_id: str, row: dict[str, Any], system: str, with_ssn: bool)
         v = row.get(key)
         return v.strip() if isinstance(v, str) else ""
 
-    pat: dict[str, Any] = {"resourceType": "Patient", "id": rec_id,
-                           "identifier": [{"system": system, "value": rec_id}],
+    # FEBRL4 is two sources (A, B), each record with its own MRN. FEBRL1-3 are deduplication sets whose
+    # record ids are not MRNs of one hospital (that would put every pair in the same-system conflict gate).
+    idents = [{"system": system, "value": rec_id}] if system in ("urn:febrl:a", "urn:febrl:b") else []
+    pat: dict[str, Any] = {"resourceType": "Patient", "id": rec_id, "identifier": idents,
                            "name": [{"family": s("surname"), "given": [s("given_name")] if s("given_name") else []}],
                            "address": [{"line": [x for x in (f"{s('street_number')} {s('address_1')}".strip(),
                                                              s("address_2")) if x],

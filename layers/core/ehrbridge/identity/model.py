@@ -202,6 +202,7 @@ GENERATION_GATE = "same name, born a generation apart (junior/senior)"
 GENERATION_YEARS = 14
 NAMESAKE_GATE = "same name, birth dates disagree"
 THIN_GATE = "neither first name, birth date nor a personal identifier agrees"
+ONE_NAME_GATE = "only one name agrees and the birth dates are unrelated"
 HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, GENERATION_GATE, "different birth order", TWIN_GATE,
                              "different name suffix"})
 
@@ -219,17 +220,22 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
     if policy.twin_guard and dob in cmp.DOB_AGREES and given == len(cmp.COMPARISONS[_GIVEN][1]) - 1 \
             and levels[_FAMILY] in (0, 1, 2, 3) and not personal_id_agrees(levels):
         return TWIN_GATE
-    if policy.generation_guard and given in (0, 1) and 0 <= levels[_FAMILY] < len(cmp.COMPARISONS[_FAMILY][1]) - 1 \
-            and dob == len(cmp.COMPARISONS[_DOB][1]) - 1 and not personal_id_agrees(levels):
+    family_agrees = 0 <= levels[_FAMILY] < len(cmp.COMPARISONS[_FAMILY][1]) - 1
+    dob_else = dob == len(cmp.COMPARISONS[_DOB][1]) - 1
+    if policy.generation_guard and given in cmp.GIVEN_AGREES and family_agrees and dob_else \
+            and not personal_id_agrees(levels):
         # Same name, unrelated birth dates: a generation apart it is father and son; closer, a person
         # must look (a namesake relative, or one badly keyed date).
         return GENERATION_GATE if _years_apart(a.dob, b.dob) >= GENERATION_YEARS else NAMESAKE_GATE
     if levels[_ID] == 1:
         return "conflicting identifier from the same system"
-    if policy.thin_guard and given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES \
-            and not personal_id_agrees(levels):
-        # Surname and address alone describe a household, not a person (and thin records score high).
-        return THIN_GATE
+    if policy.thin_guard and not personal_id_agrees(levels):
+        if given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES:
+            # Surname and address alone describe a household, not a person (thin registrations score high).
+            return THIN_GATE
+        if dob_else and not (given in cmp.GIVEN_AGREES and family_agrees):
+            # One name and a home in common, the birth date unrelated: relatives more often than typos.
+            return ONE_NAME_GATE
     return None
 
 
