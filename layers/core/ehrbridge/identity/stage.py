@@ -149,8 +149,12 @@ class IdentityStage:
             self.events.publish(changes, message_id=envelope.message_id, correlation_id=envelope.correlation_id)
             emit_metric("IdentityLinkEvents", tenant=tenant, value=len(changes))
         self._touched.add(tenant)
-        logger.info("identity resolved", extra={"patients": len(results), "changes": len(changes),
-                                                "decisions": [r.decision for r in results]})
+        counts: dict[str, int] = {"link_changes": len(changes)}
+        for r in results:
+            counts[r.decision] = counts.get(r.decision, 0) + 1
+        # Only allow-listed, PHI-free keys survive the log filter: counts and the model version.
+        logger.info("identity resolved", extra={"count": len(results), "counts": counts,
+                                                "model_version": self.resolver.model.version})
         return results
 
     @staticmethod
