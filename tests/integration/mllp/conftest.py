@@ -54,7 +54,7 @@ def settings_for(pki: LocalPki, **overrides: object) -> BridgeSettings:
 def targets(twin) -> AwsTargets:  # type: ignore[no-untyped-def]
     return AwsTargets(inbound_queue_url=twin.queues["hl7-inbound"], archive_bucket=twin.buckets["archive"],
                       quarantine_bucket=twin.buckets["quarantine"],
-                      quarantine_queue_url=twin.queues["quarantine"])
+                      quarantine_queue_url=twin.queues["quarantine"], state_table=twin.tables["state"])
 
 
 @contextlib.asynccontextmanager

@@ -41,6 +41,10 @@ def serve(
                                          help="Re-read tenants this often; new senders need no restart."),
     workers: int = typer.Option(1, envvar=_ENV + "WORKERS", min=1, max=64,
                                 help="Worker processes sharing the ports (one per vCPU)."),
+    ack_store_ttl: int = typer.Option(7 * 24 * 3600, envvar=_ENV + "ACK_STORE_TTL_S", min=60,
+                                      help="Keep ACKs for resend replay (state table) this long."),
+    ack_store_timeout: float = typer.Option(1.0, envvar=_ENV + "ACK_STORE_TIMEOUT_S",
+                                            help="Skip (and count) an ACK-store lookup/write slower than this."),
 ) -> None:
     """Run the bridge until SIGTERM/SIGINT (then drain: stop accepting, finish in-flight ACKs, exit)."""
     import asyncio
@@ -76,7 +80,8 @@ def serve(
         require_known_client_cert=require_known_client_cert, max_message_bytes=max_message_bytes,
         read_timeout_s=read_timeout, idle_timeout_s=idle_timeout, ack_timeout_s=ack_timeout,
         linger_s=linger_ms / 1000, max_connections=max_connections, drain_timeout_s=drain_timeout,
-        metrics_interval_s=metrics_interval, tenant_refresh_s=tenant_refresh)
+        metrics_interval_s=metrics_interval, tenant_refresh_s=tenant_refresh, ack_store_ttl_s=ack_store_ttl,
+        ack_store_timeout_s=ack_store_timeout)
     if workers > 1 and (port == 0 or health_port == 0):
         typer.echo("error: --workers > 1 needs fixed --port and --health-port", err=True)
         raise typer.Exit(2)

@@ -1,4 +1,4 @@
-"""Wire the bridge to AWS: the hl7-inbound queue, the claim-check bucket, the quarantine.
+"""Wire the bridge to AWS: the hl7-inbound queue, the claim-check bucket, the quarantine, the ACK store.
 
 Physical names come from the same environment variables every function uses
 (``ehrbridge.aws.settings``), so the container, the local demo and the tests build it one way.
@@ -14,8 +14,9 @@ from ehrbridge.aws.s3 import S3BlobStore
 from ehrbridge.aws.sqs import SqsPublisher
 from ehrbridge.contracts.claim_check import ClaimCheck
 from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.mllp.ack_store import DurableAcks, DynamoAckStore
 from ehrbridge.mllp.commit import GroupCommitter, SqsSink
-from ehrbridge.mllp.metrics import SQS_BATCH_LATENCY, BridgeMetrics
+from ehrbridge.mllp.metrics import ACK_STORE_LATENCY, SQS_BATCH_LATENCY, BridgeMetrics
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge, QuarantineWriter
 from ehrbridge.pipeline.stages import Quarantine
 
@@ -26,6 +27,7 @@ class AwsTargets:
     archive_bucket: str | None = None  # claim-checked bodies
     quarantine_bucket: str | None = None
     quarantine_queue_url: str | None = None
+    state_table: str | None = None  # durable ACK store for resends; without it, replay is per worker only
 
     @classmethod
     def from_env(cls) -> AwsTargets:
@@ -38,7 +40,8 @@ class AwsTargets:
         return cls(inbound_queue_url=aws_settings.queue_url("hl7-inbound"),
                    archive_bucket=optional(aws_settings.bucket_name, "archive"),
                    quarantine_bucket=optional(aws_settings.bucket_name, "quarantine"),
-                   quarantine_queue_url=optional(aws_settings.queue_url, "quarantine"))
+                   quarantine_queue_url=optional(aws_settings.queue_url, "quarantine"),
+                   state_table=optional(aws_settings.table_name, "state"))
 
 
 def build_bridge(settings: BridgeSettings, tenants: list[TenantConfig], targets: AwsTargets, *,
@@ -56,5 +59,14 @@ def build_bridge(settings: BridgeSettings, tenants: list[TenantConfig], targets:
 
     committer = GroupCommitter(SqsSink(targets.inbound_queue_url), claim_check=claim_check,
                                linger_s=settings.linger_s, on_batch=on_batch)
+    ack_store = None
+    if targets.state_table:
+        def on_store_batch(kind: str, size: int, elapsed_ms: float, failed: int) -> None:
+            metrics.observe(ACK_STORE_LATENCY, "all", elapsed_ms)
+
+        ack_store = DurableAcks(DynamoAckStore(targets.state_table, ttl_s=settings.ack_store_ttl_s,
+                                               conditional=settings.ack_store_conditional),
+                                linger_s=settings.linger_s, timeout_s=settings.ack_store_timeout_s,
+                                on_batch=on_store_batch)
     return MllpBridge(settings, tenants, committer, quarantine=quarantine, metrics=metrics,
-                      tenant_loader=tenant_loader)
+                      tenant_loader=tenant_loader, ack_store=ack_store)

@@ -30,6 +30,8 @@ COMMIT_FAILED = "MllpCommitFailed"
 QUARANTINED = "MllpQuarantined"
 ACK_LATENCY = "MllpAckLatency"
 SQS_BATCH_LATENCY = "MllpSqsBatchLatency"
+ACK_STORE_FAILED = "MllpAckStoreFailed"  # durable ACK store lookups/writes that failed (read_*/write_* codes)
+ACK_STORE_LATENCY = "MllpAckStoreLatency"
 CERT_DAYS_LEFT = "MllpCertDaysToExpiry"
 
 

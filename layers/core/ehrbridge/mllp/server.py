@@ -27,6 +27,7 @@ from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.hl7.wire import MshHeader, WireError, read_msh
 from ehrbridge.mllp import metrics as m
 from ehrbridge.mllp.ack import AckError, ack_code, build_ack, fallback_header, should_send
+from ehrbridge.mllp.ack_store import DEFAULT_TTL_S, AckKey, AckRecord, DurableAcks
 from ehrbridge.mllp.commit import GroupCommitter
 from ehrbridge.mllp.dedupe import AckCache
 from ehrbridge.mllp.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameTooLarge, MllpDecoder, frame
@@ -75,6 +76,10 @@ class BridgeSettings:
     reuse_port: bool = False
     # With a tenant loader: re-read tenants this often, so onboarding a sender needs no redeploy.
     tenant_refresh_s: float = 300.0
+    # Durable ACK store (state table): resends answered with the original ACK by any task, for this long.
+    ack_store_ttl_s: int = DEFAULT_TTL_S
+    ack_store_timeout_s: float = 1.0  # a slower lookup/write is skipped (counted), never holds an ACK longer
+    ack_store_conditional: bool = True  # one stored ACK when tasks race (transactions: 2 write units per item)
 
 
 def quarantine_message_id(tenant_id: str, raw: bytes) -> str:
@@ -225,7 +230,8 @@ class MllpBridge:
     def __init__(self, settings: BridgeSettings, tenants: list[TenantConfig], committer: GroupCommitter, *,
                  quarantine: QuarantineWriter | None = None, metrics: m.BridgeMetrics | None = None,
                  ssl_context: ssl.SSLContext | None = None,
-                 tenant_loader: Callable[[], list[TenantConfig]] | None = None) -> None:
+                 tenant_loader: Callable[[], list[TenantConfig]] | None = None,
+                 ack_store: DurableAcks | None = None) -> None:
         self.settings = settings
         self.directory = SourceDirectory(tenants)
         self.tenant_loader = tenant_loader
@@ -236,7 +242,8 @@ class MllpBridge:
         self.ssl_context = ssl_context or server_context(settings.certfile, settings.keyfile,
                                                          client_ca=settings.client_ca,
                                                          require_client_cert=settings.require_client_cert)
-        self.acks = AckCache()
+        self.acks = AckCache()  # first level: this worker's memory
+        self.durable = ack_store  # second level: shared by every worker and task, kept across restarts
         self.draining = False
         self.started = False
         self._conns: set[MllpConnection] = set()
@@ -315,6 +322,14 @@ class MllpBridge:
         for task in list(self._handlers):
             task.cancel()
         await self.committer.close()
+        if self.durable is not None:
+            # A lookup answered now may still commit, and a commit still records its ACK: settle the chain.
+            for _ in range(5):
+                await self.durable.close()
+                await self.committer.close()
+                if self.durable.idle:
+                    break
+            self.durable.store.close()
         if self._sweeper:
             self._sweeper.cancel()
         self.metrics.flush()
@@ -513,19 +528,20 @@ class MllpBridge:
         """A resend that arrived while the first copy is still being committed gets the same answer."""
         replay = await waiting
         if replay is not None:
-            self.metrics.count(m.DUPLICATES, tenant)
+            self.metrics.count(m.DUPLICATES, tenant, "memory")
             self.metrics.count(m.ACKS, tenant, ack_code(header, True))
             conn.finish(tenant, replay)
         else:  # the first copy was not stored: handle this one afresh
             self.handle(raw, conn)
 
-    async def _prepare_then_submit(self, envelope: Envelope, done: Callable[[str | None], None]) -> None:
+    async def _prepare_then_submit(self, envelope: Envelope, done: Callable[[str | None], None],
+                                   timeout: float | None = None) -> None:
         try:
             envelope = await self.committer.prepare(envelope)
         except Exception as err:
             done(f"ClaimCheck{type(err).__name__}"[:64])
             return
-        self.committer.submit(envelope, done, self.settings.ack_timeout_s)
+        self.committer.submit(envelope, done, timeout or self.settings.ack_timeout_s)
 
     def handle(self, raw: bytes, conn: MllpConnection) -> None:
         """Handle one frame; ``conn.finish`` is called exactly once, now or when its batch returns."""
@@ -554,7 +570,7 @@ class MllpBridge:
         key = message_id_for(tenant, source.source_id, header.control_id, item.sha256)
         replay = self.acks.get(key)
         if replay is not None:
-            self.metrics.count(m.DUPLICATES, tenant)
+            self.metrics.count(m.DUPLICATES, tenant, "memory")
             self.metrics.count(m.ACKS, tenant, ack_code(header, True))
             conn.finish(tenant, replay)
             return
@@ -565,14 +581,54 @@ class MllpBridge:
         future = self.acks.begin(key)
         collision = self.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
         batch = starts_batch(raw)
+        durable = self.durable
+        ack_key = AckKey(tenant, source.source_id, header.control_id, item.sha256)
 
         seq = conn.seq
+        started = conn.started
 
-        def done(error: str | None) -> None:
-            try:
-                answer(error)
-            except Exception as err:
-                self._unanswered(conn, seq, raw, err)
+        def guarded(step: Callable[..., None]) -> Callable[..., None]:
+            def run(*args: Any) -> None:
+                try:
+                    step(*args)
+                except Exception as err:
+                    self.acks.end(key, future, None)  # a resend waiting on this copy is handled afresh
+                    self._unanswered(conn, seq, raw, err)
+            return run
+
+        def reply(payload: bytes, code: str) -> None:
+            self.acks.end(key, future, payload)
+            self.metrics.count(m.ACKS, tenant, code)
+            conn.finish(tenant, payload if should_send(header, code) else None)
+
+        def replayed(stored: bytes, how: str) -> None:
+            """A copy was accepted before (this task's memory missed it): the original ACK, byte for byte."""
+            self.acks.end(key, future, stored)
+            self.metrics.count(m.DUPLICATES, tenant, how)
+            self.metrics.count(m.ACKS, tenant, ack_code(header, True))
+            conn.finish(tenant, stored)
+
+        def looked_up(stored: bytes | None, error: str | None) -> None:
+            if error is not None:  # cannot tell: commit; the FIFO dedup id still keeps one queue copy
+                self.metrics.count(m.ACK_STORE_FAILED, tenant, f"read_{error}"[:64])
+            if stored is not None:
+                replayed(stored, "store")
+            else:
+                submit()
+
+        def recorded(ack: bytes, stored: bytes | None, error: str | None) -> None:
+            if error is not None:
+                # The message IS in the queue: AA regardless; only a later replay from another task is lost.
+                self.metrics.count(m.ACK_STORE_FAILED, tenant, f"write_{error}"[:64])
+                logger.warning("ack store write failed", extra={"tenant_id": tenant, "message_id": key,
+                                                                 "reason": error})
+            if stored is not None and stored != ack:
+                # Another task accepted a copy of this message first and stored its ACK: answer with that one.
+                logger.info("resend raced another task; answering with the stored ACK",
+                            extra={"tenant_id": tenant, "message_id": key})
+                replayed(stored, "race")
+            else:
+                reply(ack, ack_code(header, True))
 
         def answer(error: str | None) -> None:
             if error is None:
@@ -580,24 +636,41 @@ class MllpBridge:
                 # worker or task gets the same control id (only MSH-7, the time, can differ there).
                 ack = build_ack(header, ack_code(header, True), default_charset=source.default_charset,
                                 control_id="A" + key[:19])
-                self.acks.end(key, future, ack.payload)
+                if durable is not None:
+                    # Committed; store the ACK (batched) before it goes out, so any task can replay it.
+                    durable.record(AckRecord(ack_key, ack.payload, key), guarded(
+                        lambda stored, err: recorded(ack.payload, stored, err)))
+                    return
+                reply(ack.payload, ack.code)
             else:
                 self.metrics.count(m.COMMIT_FAILED, tenant, error[:64])
                 logger.error("commit failed", extra={"tenant_id": tenant, "message_id": key, "reason": error})
                 ack = build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend"),
                                 default_charset=source.default_charset)
                 self.acks.end(key, future, None)
-            self.metrics.count(m.ACKS, tenant, ack.code)
-            conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
+                self.metrics.count(m.ACKS, tenant, ack.code)
+                conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
 
-        claim_check = self.committer.claim_check
-        if claim_check is not None and len(raw) * 4 // 3 + 4096 > claim_check.threshold:
-            # Big body: the validated model, S3 first (claim check), then the queue.
-            envelope = build_envelope(raw, item, batch=batch, collision=collision, message_id=key)
-            self._spawn(self._prepare_then_submit(envelope, done), conn, raw)
+        done = guarded(answer)
+
+        def submit() -> None:
+            # The ACK deadline covers the store lookup too (the committer's sweep may honour a shortened
+            # deadline late, but never later than a full one counted from here).
+            timeout = max(0.05, self.settings.ack_timeout_s - (time.perf_counter() - started))
+            claim_check = self.committer.claim_check
+            if claim_check is not None and len(raw) * 4 // 3 + 4096 > claim_check.threshold:
+                # Big body: the validated model, S3 first (claim check), then the queue.
+                envelope = build_envelope(raw, item, batch=batch, collision=collision, message_id=key)
+                self._spawn(self._prepare_then_submit(envelope, done, timeout), conn, raw)
+            else:
+                body, group = envelope_json(raw, item, key, batch=batch, collision=collision)
+                self.committer.submit_entry(self.committer.entry(body, group, key), done, timeout)
+
+        if durable is not None:
+            # Unknown to this task's memory: maybe another task or an earlier run accepted it (batched read).
+            durable.lookup(ack_key, guarded(looked_up))
         else:
-            body, group = envelope_json(raw, item, key, batch=batch, collision=collision)
-            self.committer.submit_entry(self.committer.entry(body, group, key), done, self.settings.ack_timeout_s)
+            submit()
 
     # ---- housekeeping -------------------------------------------------------------------------
     async def refresh_tenants(self) -> bool:
