@@ -56,3 +56,16 @@ def test_alarms_autoscaling_and_secret(synth: Synth) -> None:
     one(synth, "AWS::ApplicationAutoScaling::ScalableTarget", lambda p: p.get("ServiceNamespace") == "ecs")
     secret = one(synth, "AWS::SecretsManager::Secret", lambda p: str(p.get("Name", "")).endswith("/mllp/tls"))
     assert "KmsKeyId" in secret
+
+
+def test_task_role_writes_only_its_ack_items_in_the_state_table(synth: Synth) -> None:
+    statements = [s for name, p in synth.resources("AWS::IAM::Policy").items() if name.startswith("MllpBridge")
+                  for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    writes = [s for s in statements if any(a in json.dumps(s["Action"]) for a in ("PutItem", "BatchWriteItem"))]
+    assert len(writes) == 1, writes
+    [write] = writes
+    assert sorted(write["Action"]) == ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:GetItem",
+                                       "dynamodb:PutItem"]
+    assert "CoreTablestate" in json.dumps(write["Resource"]) and "*" not in json.dumps(write["Resource"])
+    assert write["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["mllp-ack#*"]}}
+    assert not any(a in json.dumps(statements) for a in ("DeleteItem", "UpdateItem"))

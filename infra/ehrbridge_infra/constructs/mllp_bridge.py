@@ -21,6 +21,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
@@ -122,6 +123,12 @@ class MllpBridgeService(Construct):
         core.buckets["archive"].grant_put(task.task_role)  # claim-checked bodies
         core.buckets["quarantine"].grant_put(task.task_role)
         core.tables["state"].grant_read_data(task.task_role)  # tenant configs
+        # Resend replay (ehrbridge.mllp.ack_store): the bridge's own ACK items only. The conditional
+        # TransactWriteItems is authorised as dynamodb:PutItem; the data key is granted above (SQS, S3).
+        task.task_role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:BatchWriteItem"],
+            resources=[core.tables["state"].table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["mllp-ack#*"]}}))
         self.tls_secret.grant_read(task.task_role)
         stack = cdk.Stack.of(self)
 
