@@ -84,3 +84,23 @@ def test_identity_matcher_end_to_end(twin, monkeypatch) -> None:  # type: ignore
     assert "Patient/" + linked["enterprise_id"] == written["subject"]["reference"]
     quarantined = drain(sqs, twin.queues["quarantine"])
     assert len(quarantined) == 1 and "not a FHIR Bundle" in json.loads(quarantined[0]["body"])["reasons"][0]
+
+
+def test_one_failing_record_fails_only_itself(twin, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Partial batch response: a claim-checked body that cannot be read fails its own message only."""
+    monkeypatch.delenv("POWERTOOLS_IDEMPOTENCY_DISABLED", raising=False)
+    from ehrbridge.contracts.envelope import S3Ref
+
+    sqs = local_client("sqs", twin.endpoint)
+    good = new_envelope(tenant_id=T, source="hl7v2", kind="ADT^A04", body=bundle(patient("a5")),
+                        natural_key=["ok"], patient_key="pk-ok", received_at=datetime(2026, 3, 1, tzinfo=UTC))
+    bad = good.model_copy(update={"message_id": "broken-1", "patient_key": "pk-bad", "body": None,
+                                  "body_ref": S3Ref(bucket=twin.buckets["archive"], key="missing/object",
+                                                    sha256="0" * 64, size=10)})
+    for env in (bad, good):
+        sqs.send_message(QueueUrl=twin.queues["identity"], MessageBody=env.to_json(), MessageGroupId=env.group_id,
+                         MessageDeduplicationId=env.message_id)
+    esm = EventSourceMapping(sqs, queue_url=twin.queues["identity"], queue_arn=twin.queue_arns["identity"],
+                             handler=load_handler(HANDLER), function_name="identity_matcher")
+    esm.poll_once()
+    assert esm.stats.failed == 1 and esm.stats.succeeded == 1 and esm.stats.batch_errors == 0

@@ -151,3 +151,22 @@ def test_no_phi_in_logs(parts, caplog: pytest.LogCaptureFixture, capsys: pytest.
     for value in ("Zebediah", "ZEBEDIAH", "Quartermaine", "QUARTERMAINE", "1961-04-09", "19610409", "536",
                   "zq@mail", "555-2368", "5185552368"):
         assert value not in text, value
+
+
+def test_metrics_score_histogram_bands_backlog(parts, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    stage, *_ = parts
+    stage.handle(*_env_and_bundle(bundle(patient("a1", ssn="536-22-1947")), "1"))
+    stage.handle(*_env_and_bundle(bundle(patient("b1", given="Daniel", birth="1994-12-02", ssn="536-22-1947")), "2"))
+    stage.flush_backlog_metrics()
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for doc in emf:
+        for metric in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]:
+            by_name.setdefault(metric["Name"], []).append({**doc, "_def": metric})
+    score = by_name["IdentityMatchScore"]
+    assert len(score) == 2 and score[0]["_def"].get("StorageResolution") == 1 and score[0]["_def"]["Unit"] == "Percent"
+    assert [d["IdentityReview"] for d in by_name["IdentityReview"]] == [[0.0], [1.0]]
+    assert [d["IdentityNew"] for d in by_name["IdentityNew"]] == [[1.0], [0.0]]
+    assert by_name["IdentityReviewBacklog"][0]["IdentityReviewBacklog"] == [1.0]
+    assert by_name["IdentityStoreRoundTrips"][0]["IdentityStoreRoundTrips"] == [3.0]
+    assert all(d["tenant"] == T for docs in by_name.values() for d in docs)
