@@ -191,6 +191,7 @@ def run_demo(*, events_dir: Path = DEFAULT_EVENTS, tenant_file: Path = DEFAULT_T
                 visible, invisible = mapping.depth()
                 summary.in_flight += visible + invisible
             account(twin, inputs, summary, output_dir)
+            summary.extras.update(_identity_figures(twin, tenant.tenant_id))
         finally:
             os.environ.clear()
             os.environ.update(saved_env)
@@ -211,6 +212,19 @@ def _pipeline_output_to(stream: TextIO) -> Iterator[None]:
     finally:
         if previous is not None and isinstance(handler, logging.StreamHandler):
             handler.setStream(previous)
+
+
+def _identity_figures(twin: TwinResources, tenant_id: str) -> dict[str, int]:
+    """What identity resolution did, read back from the MPI table (single-table layout, docs/identity.md)."""
+    ddb = local_client("dynamodb", twin.endpoint)
+    kinds = {"R": 0, "E": 0, "V": 0}
+    prefix = f"T#{tenant_id}#"
+    for page in ddb.get_paginator("scan").paginate(TableName=twin.tables["mpi"], ProjectionExpression="pk, sk"):
+        for item in page.get("Items", []):
+            if item["pk"]["S"].startswith(prefix) and item["sk"]["S"] in kinds:
+                kinds[item["sk"]["S"]] += 1
+    return {"patient records resolved": kinds["R"], "enterprise patients": kinds["E"],
+            "linked to an existing enterprise patient": kinds["R"] - kinds["E"], "review items": kinds["V"]}
 
 
 def _token_flow(twin: TwinResources, tenant_file: Path) -> dict[str, Any]:
