@@ -20,7 +20,8 @@ class EhrbridgeStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.core = CoreResources(self, "Core")
         self.pipeline = PipelineFunctions(self, "Pipeline", core=self.core)
-        self.identity = IdentityExtras(self, "Identity", core=self.core, function=self.pipeline.functions["identity_matcher"])  # noqa: E501
+        self.identity = IdentityExtras(self, "Identity", core=self.core,
+                                       function=self.pipeline.functions["identity_matcher"])
         self.monitoring = PipelineMonitoring(self, "Monitoring", core=self.core)
         self.token_refresh = TokenRefresh(self, "TokenRefresh", core=self.core)
         self.mllp_bridge = MllpBridgeService(self, "MllpBridge", core=self.core)
