@@ -27,7 +27,17 @@ app.add_typer(tenants_cli.sandbox_app, name="sandbox")
 
 
 def main() -> None:
-    app()
+    """Run the CLI; bad input gets a one-line error and exit 2, never a stack trace."""
+    from ehrbridge.contracts.envelope import ContractError
+
+    try:
+        app()
+    except ContractError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(2) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        typer.echo(f"error: {err.strerror}: {err.filename}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
