@@ -178,7 +178,7 @@ def test_close_flushes_pending_writes() -> None:
     store = CountingStore()
 
     async def run() -> None:
-        acks = DurableAcks(store, linger_s=10)  # would linger far longer than the test
+        acks = DurableAcks(store, write_linger_s=10)  # would linger far longer than the test
         acks.record(record(1), lambda stored, error: None)
         assert not acks.idle
         await acks.close()
@@ -325,3 +325,21 @@ def test_async_wrappers_run_off_the_event_loop(conditional: bool) -> None:
     written, found = asyncio.run(run())
     store.close()
     assert written == PutResult({}, {}) and found.found == {key(1): b"x"}
+
+
+def test_a_burst_of_writes_goes_out_at_the_end_of_the_loop_pass_without_lingering() -> None:
+    store = CountingStore()
+
+    async def run() -> list[tuple[bytes | None, str | None]]:
+        acks = DurableAcks(store, linger_s=10)  # lookups would linger 10 s; writes do not linger
+        results: list[tuple[bytes | None, str | None]] = []
+        for n in range(10):  # as the callbacks of one SQS batch do, in one go
+            acks.record(record(n), lambda stored, error: results.append((stored, error)))
+        for _ in range(100):
+            if len(results) == 10:
+                break
+            await asyncio.sleep(0.01)
+        return results
+
+    assert asyncio.run(asyncio.wait_for(run(), 2)) == [(None, None)] * 10
+    assert store.put_sizes == [10]

@@ -300,21 +300,23 @@ class AckStoreStats:
 class _Lane:
     """Requests of one kind from every connection, sent as one store call per batch of ``max_batch``."""
 
-    def __init__(self, owner: DurableAcks, kind: str, max_batch: int,
+    def __init__(self, owner: DurableAcks, kind: str, max_batch: int, linger_s: float,
                  call: Callable[[list[Any]], Any]) -> None:
         self.owner = owner
         self.kind = kind
         self.max_batch = max_batch
+        self.linger_s = linger_s
         self.call = call
         self.pending: list[tuple[AckKey, Any, Done]] = []
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
 
     def add(self, key: AckKey, request: Any, done: Done) -> None:
         self.pending.append((key, request, done))
         if len(self.pending) >= self.max_batch:
             self.flush()
         elif self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(self.owner.linger_s, self.flush)
+            loop = asyncio.get_running_loop()
+            self.timer = loop.call_later(self.linger_s, self.flush) if self.linger_s > 0 else loop.call_soon(self.flush)
 
     def flush(self) -> None:
         if self.timer is not None:
@@ -373,13 +375,14 @@ class DurableAcks:
 
     After ``breaker_failures`` whole batches in a row failed, calls are skipped (``CircuitOpen``) for
     ``breaker_s``, so an unavailable table costs no per-message timeout; then one batch tries again.
+    Lookups linger up to ``linger_s`` to fill a batch; writes by default go out at the end of the
+    current event-loop pass (``write_linger_s=0``).
     """
 
-    def __init__(self, store: AckStore, *, linger_s: float = 0.002, timeout_s: float = 1.0,
+    def __init__(self, store: AckStore, *, linger_s: float = 0.002, write_linger_s: float = 0.0, timeout_s: float = 1.0,
                  max_inflight_batches: int = 32, breaker_failures: int = 5, breaker_s: float = 5.0,
                  on_batch: Callable[[str, int, float, int], None] | None = None) -> None:
         self.store = store
-        self.linger_s = linger_s
         self.timeout_s = timeout_s
         self.breaker_failures = breaker_failures
         self.breaker_s = breaker_s
@@ -388,8 +391,10 @@ class DurableAcks:
         self.slots = asyncio.Semaphore(max_inflight_batches)
         self._open_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reads = _Lane(self, "read", GET_BATCH_MAX, self._get)
-        self._writes = _Lane(self, "write", PUT_BATCH_MAX, self._put)
+        self._reads = _Lane(self, "read", GET_BATCH_MAX, linger_s, self._get)
+        # Writes arrive in bursts (every entry of an SQS batch at once): sending them at the end of the
+        # current loop pass batches them without adding a linger to every ACK.
+        self._writes = _Lane(self, "write", PUT_BATCH_MAX, write_linger_s, self._put)
 
     # Through ``self.store`` at call time, so a store can be swapped (tests, a re-created client).
     async def _get(self, keys: list[AckKey]) -> GetResult:
