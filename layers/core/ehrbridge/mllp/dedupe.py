@@ -2,10 +2,23 @@
 
 Senders resend when an ACK was lost or late. The HL7 wiki's "Duplicate Transmissions" lists
 three answers; replaying the original response is the one that fully satisfies the sender.
-In-task memory answers immediately (and joins a resend that arrives while the first copy is
-still being committed); across tasks and restarts the FIFO ``MessageDeduplicationId`` (= the
-stable message id) keeps the queue to one copy for five minutes, and the downstream
-idempotency table beyond that.
+Replay has two levels:
+
+1. ``AckCache`` (this module): the worker's memory. Answers a resend at once, and joins a resend
+   that arrives while the first copy is still being committed (one commit, both get its answer).
+2. ``ack_store.DurableAcks`` over the ``state`` table: shared by every worker and Fargate task and
+   kept across restarts and deploys (TTL 7 days by default). A message the memory does not know is
+   looked up there first (batched ``BatchGetItem``); if an ACK is stored, that ACK goes back byte
+   for byte and nothing is committed again. Otherwise the message is committed to SQS, its ACK is
+   written (batched, conditional: if another task stored one first, that one is sent instead), and
+   only then does the AA go out. A failed or slow store never turns an accepted message into an AE:
+   the AA still goes out (``MllpAckStoreFailed`` counts it) and replay falls back to a fresh AA with
+   the same MSH-10 and MSA-2.
+
+Below both, the FIFO ``MessageDeduplicationId`` (= the stable message id) keeps the queue to one
+copy for five minutes, and the downstream idempotency table beyond that. The same MSH-10 with
+different bytes is a different message: accepted, and flagged ``msh10_collision`` when this worker
+saw the earlier bytes.
 """
 
 from __future__ import annotations
