@@ -220,3 +220,21 @@ def test_two_tasks_racing_on_one_resend_end_with_one_stored_ack(twin, pki, monke
     [item] = state_items(twin)
     assert base64.b64decode(item["ack"]["S"]) == from_a
     assert [q["attributes"]["msh10"] for q in drain_queue(twin)] == ["CID1"]  # FIFO deduplication
+
+
+def test_a_replay_is_as_silent_as_the_first_answer(twin, pki) -> None:  # type: ignore[no-untyped-def]
+    never = oru(5).replace(b"|P|2.5.1\r", b"|P|2.5.1|||NE|NE\r")  # enhanced mode: no accept ACK, ever
+
+    async def run():  # type: ignore[no-untyped-def]
+        async with running(settings_for(pki), twin) as a, running(settings_for(pki), twin) as b:
+            answers = []
+            for bridge in (a, b, b):  # first copy, resend from the table, resend from memory
+                async with client(bridge, pki) as c:
+                    await c.write(never)
+                    answers.append(await c.send(oru(6)))  # the next answer must be this message's
+            return answers, b.metrics.total(m.DUPLICATES, "store"), b.metrics.total(m.DUPLICATES, "memory")
+
+    answers, from_store, from_memory = asyncio.run(run())
+    assert [(a.code, a.control_id) for a in answers] == [("AA", "CID6")] * 3
+    assert (from_store, from_memory) == (2, 2)  # CID5 from the table, then CID6 from it; then both from memory
+    assert sorted(q["attributes"]["msh10"] for q in drain_queue(twin)) == ["CID5", "CID6"]

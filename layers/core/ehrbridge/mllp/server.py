@@ -530,7 +530,7 @@ class MllpBridge:
         if replay is not None:
             self.metrics.count(m.DUPLICATES, tenant, "memory")
             self.metrics.count(m.ACKS, tenant, ack_code(header, True))
-            conn.finish(tenant, replay)
+            conn.finish(tenant, replay if should_send(header, ack_code(header, True)) else None)
         else:  # the first copy was not stored: handle this one afresh
             self.handle(raw, conn)
 
@@ -572,7 +572,7 @@ class MllpBridge:
         if replay is not None:
             self.metrics.count(m.DUPLICATES, tenant, "memory")
             self.metrics.count(m.ACKS, tenant, ack_code(header, True))
-            conn.finish(tenant, replay)
+            conn.finish(tenant, replay if should_send(header, ack_code(header, True)) else None)
             return
         waiting = self.acks.inflight(key)
         if waiting is not None:
@@ -604,9 +604,10 @@ class MllpBridge:
         def replayed(stored: bytes, how: str) -> None:
             """A copy was accepted before (this task's memory missed it): the original ACK, byte for byte."""
             self.acks.end(key, future, stored)
+            code = ack_code(header, True)
             self.metrics.count(m.DUPLICATES, tenant, how)
-            self.metrics.count(m.ACKS, tenant, ack_code(header, True))
-            conn.finish(tenant, stored)
+            self.metrics.count(m.ACKS, tenant, code)
+            conn.finish(tenant, stored if should_send(header, code) else None)  # as silent as the first answer
 
         def looked_up(stored: bytes | None, error: str | None) -> None:
             if error is not None:  # cannot tell: commit; the FIFO dedup id still keeps one queue copy
