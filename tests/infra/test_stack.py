@@ -150,3 +150,31 @@ def test_local_twin_and_cdk_create_the_same_queues_tables_and_attributes(synth: 
             {k["AttributeName"]: k["KeyType"] for k in props["KeySchema"]}
         assert sorted(i["IndexName"] for i in local.get("GlobalSecondaryIndexes", [])) == \
             sorted(i["IndexName"] for i in props.get("GlobalSecondaryIndexes", []))
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub-style heading anchors."""
+    import re
+
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", text).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alarm_runbook_link_resolves(synth: Synth) -> None:
+    import re
+
+    from tests.conftest import REPO
+
+    for name, alarm in synth.resources("AWS::CloudWatch::Alarm").items():
+        description = json.dumps(alarm["Properties"].get("AlarmDescription", ""))
+        links = re.findall(r"(docs/[\w./-]+\.md)(?:#([\w-]+))?", description)
+        assert links, f"{name}: no runbook link"
+        for path, anchor in links:
+            doc = REPO / path
+            assert doc.is_file(), f"{name}: {path} does not exist"
+            if anchor:
+                assert anchor in _anchors(doc.read_text()), f"{name}: no section #{anchor} in {path}"
