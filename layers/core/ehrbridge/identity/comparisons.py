@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 
-from ehrbridge.identity.nicknames import are_nicknames
+from ehrbridge.identity.nicknames import are_nicknames, is_listed
 from ehrbridge.identity.normalize import Person
 
-SCHEMA_VERSION = 1
+# 2: given gained the "typo" level (a misspelling, not another name; counts as agreement for the gate).
+SCHEMA_VERSION = 2
 
 COMPARISONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("given", ("exact", "nickname", "jw92", "phonetic", "jw80", "initial", "else")),
+    ("given", ("exact", "nickname", "jw92", "phonetic", "typo", "jw80", "initial", "else")),
     ("family", ("exact", "jw92", "phonetic", "token", "jw80", "else")),
     ("middle", ("exact", "initial", "else")),
     ("suffix", ("exact", "else")),
@@ -34,7 +35,7 @@ COMPARISONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 NAMES = tuple(name for name, _ in COMPARISONS)
 INDEX = {name: i for i, name in enumerate(NAMES)}
 # Levels that count as "the first name agrees" / "the DOB agrees" for the household gate.
-GIVEN_AGREES = frozenset({0, 1, 2, 3})
+GIVEN_AGREES = frozenset({0, 1, 2, 3, 4})
 DOB_AGREES = frozenset({0, 1, 2})
 
 _jw = JaroWinkler.similarity
@@ -49,7 +50,7 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
     if are_nicknames(a, b):
         return 1
     if len(a) == 1 or len(b) == 1:
-        return 5 if a[0] == b[0] else 6
+        return 6 if a[0] == b[0] else 7
     sim = _jw(a, b)
     if sim >= 0.92:
         return 2
@@ -57,9 +58,24 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
     # in Soundex): they count only with some spelling similarity too.
     if sim >= 0.80 and (a_mph == b_mph or a_sdx == b_sdx):
         return 3
-    if sim >= 0.80:
+    if sim >= 0.80 and _typo(a, b):
         return 4
-    return 6
+    if sim >= 0.80:
+        return 5
+    return 7
+
+
+def _typo(a: str, b: str) -> bool:
+    """A keying error in one of two first names, not two different names.
+
+    Short names one edit apart are often different names (JOHN/JOAN, MARK/MARY, ERIN/ERIK): one edit counts
+    from 4 letters, two from 5, the first letter must agree (siblings' rhyming names differ there: JAYDEN/
+    KAYDEN), and two names that are both in the curated name list are two names, however close.
+    """
+    n = min(len(a), len(b))
+    if n < 4 or a[0] != b[0] or (is_listed(a) and is_listed(b)):
+        return False
+    return _dl(a, b, score_cutoff=2) <= (1 if n == 4 else 2)
 
 
 def _family(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_mph: str) -> int:
@@ -172,7 +188,7 @@ def compare(a: Person, b: Person) -> tuple[list[int], bool]:
     family = _family(a.family, b.family, a.family_sdx, b.family_sdx, a.family_mph, b.family_mph)
     swapped = False
     # Only when neither name agrees as recorded is it worth trying them the other way round.
-    if given >= 4 and family >= 4 and names_swapped(a, b):
+    if given not in GIVEN_AGREES and family >= 4 and names_swapped(a, b):
         swapped = True
         given = _given(a.given, b.family, a.given_sdx, b.family_sdx, a.given_mph, b.family_mph)
         family = _family(a.family, b.given, a.family_sdx, b.given_sdx, a.family_mph, b.given_mph)

@@ -203,6 +203,11 @@ GENERATION_YEARS = 14
 NAMESAKE_GATE = "same name, birth dates disagree"
 THIN_GATE = "neither first name, birth date nor a personal identifier agrees"
 ONE_NAME_GATE = "only one name agrees and the birth dates are unrelated"
+# SSNs closer than this numerically were probably issued in one sequence (twins, siblings), not mistyped.
+SSN_SEQUENCE = 10
+_FAMILY_ELSE = len(cmp.COMPARISONS[_FAMILY][1]) - 1
+_HOUSE, _STREET, _POSTCODE, _PHONE = (cmp.INDEX["house"], cmp.INDEX["street"], cmp.INDEX["postcode"],
+                                      cmp.INDEX["phone"])
 HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, GENERATION_GATE, "different birth order", TWIN_GATE,
                              "different name suffix"})
 
@@ -218,18 +223,18 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
     if levels[cmp.INDEX["suffix"]] == 1:
         return "different name suffix"
     if policy.twin_guard and dob in cmp.DOB_AGREES and given == len(cmp.COMPARISONS[_GIVEN][1]) - 1 \
-            and levels[_FAMILY] in (0, 1, 2, 3) and not personal_id_agrees(levels):
+            and levels[_FAMILY] in (0, 1, 2, 3) and not guard_lifted(a, b, levels, twins=True):
         return TWIN_GATE
     family_agrees = 0 <= levels[_FAMILY] < len(cmp.COMPARISONS[_FAMILY][1]) - 1
     dob_else = dob == len(cmp.COMPARISONS[_DOB][1]) - 1
     if policy.generation_guard and given in cmp.GIVEN_AGREES and family_agrees and dob_else \
-            and not personal_id_agrees(levels):
+            and not guard_lifted(a, b, levels):
         # Same name, unrelated birth dates: a generation apart it is father and son; closer, a person
         # must look (a namesake relative, or one badly keyed date).
         return GENERATION_GATE if _years_apart(a.dob, b.dob) >= GENERATION_YEARS else NAMESAKE_GATE
     if levels[_ID] == 1:
         return "conflicting identifier from the same system"
-    if policy.thin_guard and not personal_id_agrees(levels):
+    if policy.thin_guard and not guard_lifted(a, b, levels):
         if given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES:
             # Surname and address alone describe a household, not a person (thin registrations score high).
             return THIN_GATE
@@ -248,6 +253,28 @@ def _years_apart(a: str | None, b: str | None) -> int:
 def identifier_agrees(levels: list[int]) -> bool:
     # One edit away still counts: a relative's SSN is a different number, not a typo of this one.
     return levels[_SSN] in (0, 1) or levels[_ID] == 0
+
+
+def guard_lifted(a: Person, b: Person, levels: list[int], *, twins: bool = False) -> bool:
+    """What lets the twin, namesake and thin-evidence guards (never the first-name/DOB gate) yield.
+
+    A personal identifier: the SSN (exact, or one keying error away unless the two numbers are numerically
+    adjacent: twins' and siblings' numbers are often issued in sequence), a same-system identifier, or an
+    e-mail address, which does not count for twins (a parent's address on both children's registrations
+    is routine). Something else about the person must agree too (surname, home or phone), so a lone
+    identifier, mistyped or reused, does not carry a pair on its own.
+    """
+    ssn = levels[_SSN]
+    personal = ssn == 0 or levels[_ID] == 0 or (ssn == 1 and not _adjacent(a.ssn, b.ssn)) \
+        or (levels[_EMAIL] == 0 and not twins)
+    if not personal:
+        return False
+    return 0 <= levels[_FAMILY] < _FAMILY_ELSE or levels[_HOUSE] == 0 or levels[_STREET] in (0, 1) \
+        or levels[_POSTCODE] == 0 or levels[_PHONE] in (0, 1)
+
+
+def _adjacent(a: str | None, b: str | None) -> bool:
+    return bool(a and b and a.isdigit() and b.isdigit() and abs(int(a) - int(b)) < SSN_SEQUENCE)
 
 
 def personal_id_agrees(levels: list[int]) -> bool:
@@ -280,7 +307,8 @@ def prior_model() -> Model:
 
 # (m, u) per level, in schema order; u roughly from random pairs in a large population.
 _PRIORS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "given": ((0.86, 0.03, 0.04, 0.02, 0.02, 0.01, 0.02), (0.01, 0.002, 0.005, 0.01, 0.03, 0.02, 0.923)),
+    "given": ((0.84, 0.03, 0.04, 0.02, 0.02, 0.02, 0.01, 0.02), (0.01, 0.002, 0.005, 0.01, 0.002, 0.028, 0.02,
+                                                                     0.923)),
     "family": ((0.88, 0.05, 0.02, 0.01, 0.02, 0.02), (0.005, 0.003, 0.01, 0.001, 0.03, 0.951)),
     "middle": ((0.7, 0.2, 0.1), (0.02, 0.08, 0.9)),
     "suffix": ((0.95, 0.05), (0.5, 0.5)),

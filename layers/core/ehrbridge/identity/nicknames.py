@@ -65,3 +65,8 @@ def are_nicknames(a: str, b: str) -> bool:
 
 def source_available() -> bool:
     return _csv_path() is not None
+
+
+def is_listed(name: str) -> bool:
+    """The curated list knows this name (as a formal name or a nickname): a real name, not a misspelling."""
+    return bool(name) and name in _groups()
