@@ -211,7 +211,7 @@ def test_two_tasks_racing_on_one_resend_end_with_one_stored_ack(twin, pki, monke
                 from_b = await to_b
             for bridge, gated in zip((a, b), gates, strict=True):
                 bridge.committer.sink = gated.inner
-            return from_a, from_b, b.metrics.total(m.DUPLICATES, "race"), b.metrics.total(m.ACK_STORE_FAILED)
+            return from_a, from_b, b.metrics.total(m.DUPLICATES, "write"), b.metrics.total(m.ACK_STORE_FAILED)
 
     from_a, from_b, races, failures = asyncio.run(run())
     assert parse_ack(from_a).code == "AA" and b"20300101" not in from_a
@@ -238,3 +238,24 @@ def test_a_replay_is_as_silent_as_the_first_answer(twin, pki) -> None:  # type: 
     assert [(a.code, a.control_id) for a in answers] == [("AA", "CID6")] * 3
     assert (from_store, from_memory) == (2, 2)  # CID5 from the table, then CID6 from it; then both from memory
     assert sorted(q["attributes"]["msh10"] for q in drain_queue(twin)) == ["CID5", "CID6"]
+
+
+def test_a_resend_later_on_a_connection_gets_the_original_ack_from_the_conditional_write(  # type: ignore[no-untyped-def]
+        twin, pki, monkeypatch) -> None:
+    async def run():  # type: ignore[no-untyped-def]
+        async with running(settings_for(pki), twin) as a, \
+                running(settings_for(pki, ack_store_lookup_first=1), twin) as b:
+            first = await send_raw(a, pki, oru(1))
+            with later(monkeypatch):
+                async with client(b, pki) as c:
+                    other = await c.send_raw(oru(2))  # the connection's first frame: looked up
+                    resent = await c.send_raw(oru(1))  # not looked up: committed, then the write finds the ACK
+            return (first, other, resent, b.metrics.total(m.DUPLICATES, "write"), b.durable.stats.gets,
+                    b.committer.stats.entries)
+
+    first, other, resent, from_write, lookups, b_committed = asyncio.run(run())
+    assert parse_ack(other).control_id == "CID2"
+    assert resent == first and from_write == 1
+    assert lookups == 1 and b_committed == 2
+    # The second copy sent to SQS carried the same deduplication id: still one queue message.
+    assert sorted(q["attributes"]["msh10"] for q in drain_queue(twin)) == ["CID1", "CID2"]

@@ -80,6 +80,11 @@ class BridgeSettings:
     ack_store_ttl_s: int = DEFAULT_TTL_S
     ack_store_timeout_s: float = 1.0  # a slower lookup/write is skipped (counted), never holds an ACK longer
     ack_store_conditional: bool = True  # one stored ACK when tasks race (transactions: 2 write units per item)
+    # Look the first N frames of each connection up before committing: a sender resends the message it got
+    # no ACK for first thing after reconnecting, maybe to another task. Later frames skip the lookup (one
+    # round trip less per message); if one is a resend after all, the conditional write finds the stored
+    # ACK and that goes back (the queue copy is deduplicated by FIFO id / downstream idempotency).
+    ack_store_lookup_first: int = 8
 
 
 def quarantine_message_id(tenant_id: str, raw: bytes) -> str:
@@ -624,10 +629,11 @@ class MllpBridge:
                 logger.warning("ack store write failed", extra={"tenant_id": tenant, "message_id": key,
                                                                  "reason": error})
             if stored is not None and stored != ack:
-                # Another task accepted a copy of this message first and stored its ACK: answer with that one.
-                logger.info("resend raced another task; answering with the stored ACK",
+                # A copy was accepted before (a resend not looked up, or another task racing on it): the
+                # ACK stored first is the one every copy gets.
+                logger.info("ack already stored for this message; answering with it",
                             extra={"tenant_id": tenant, "message_id": key})
-                replayed(stored, "race")
+                replayed(stored, "write")
             else:
                 reply(ack, ack_code(header, True))
 
@@ -667,7 +673,7 @@ class MllpBridge:
                 body, group = envelope_json(raw, item, key, batch=batch, collision=collision)
                 self.committer.submit_entry(self.committer.entry(body, group, key), done, timeout)
 
-        if durable is not None:
+        if durable is not None and conn.seq <= self.settings.ack_store_lookup_first:
             # Unknown to this task's memory: maybe another task or an earlier run accepted it (batched read).
             durable.lookup(ack_key, guarded(looked_up))
         else:
