@@ -105,6 +105,16 @@ def test_twins_sharing_a_parents_email_are_not_linked() -> None:
     assert second.decision != "link" and second.enterprise_id != first.enterprise_id
 
 
+def test_an_email_naming_the_person_lifts_the_twin_guard() -> None:
+    # The first name replaced on one registration (keyed from another field), the person's own address on both.
+    m = default_model()
+    mail = "olivia.okonkwo12@mail.example.org"
+    a = person_from_patient(patient("a", given="Olivia", birth="1985-06-01", email=mail))
+    b = person_from_patient(patient("b", given="Sophia", birth="1985-06-01", email=mail))
+    assert m.score(a, b).gate is None
+    assert m.score(a, person_from_patient(patient("b", given="Sophia", birth="1985-06-01"))).gate == TWIN_GATE
+
+
 def test_exact_ssn_with_surname_or_home_lets_the_twin_guard_yield() -> None:
     # Same DOB, surname, home and SSN, the first name replaced (a preferred name, or a keying slip).
     m = default_model()

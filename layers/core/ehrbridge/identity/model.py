@@ -260,17 +260,22 @@ def guard_lifted(a: Person, b: Person, levels: list[int], *, twins: bool = False
 
     A personal identifier: the SSN (exact, or one keying error away unless the two numbers are numerically
     adjacent: twins' and siblings' numbers are often issued in sequence), a same-system identifier, or an
-    e-mail address, which does not count for twins (a parent's address on both children's registrations
-    is routine). Something else about the person must agree too (surname, home or phone), so a lone
-    identifier, mistyped or reused, does not carry a pair on its own.
+    e-mail address, which for twins counts only when it names one of the two (a parent's address on both
+    children's registrations is routine). Something else about the person must agree too (surname, home or
+    phone), so a lone identifier, mistyped or reused, does not carry a pair on its own.
     """
     ssn = levels[_SSN]
     personal = ssn == 0 or levels[_ID] == 0 or (ssn == 1 and not _adjacent(a.ssn, b.ssn)) \
-        or (levels[_EMAIL] == 0 and not twins)
+        or (levels[_EMAIL] == 0 and (not twins or _email_names(a, b)))
     if not personal:
         return False
     return 0 <= levels[_FAMILY] < _FAMILY_ELSE or levels[_HOUSE] == 0 or levels[_STREET] in (0, 1) \
         or levels[_POSTCODE] == 0 or levels[_PHONE] in (0, 1)
+
+
+def _email_names(a: Person, b: Person) -> bool:
+    local = (a.email or "").partition("@")[0]
+    return any(g and len(g) >= 3 and g.lower() in local for g in (a.given, b.given))
 
 
 def _adjacent(a: str | None, b: str | None) -> bool:
