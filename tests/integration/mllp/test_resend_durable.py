@@ -259,3 +259,19 @@ def test_a_resend_later_on_a_connection_gets_the_original_ack_from_the_condition
     assert lookups == 1 and b_committed == 2
     # The second copy sent to SQS carried the same deduplication id: still one queue message.
     assert sorted(q["attributes"]["msh10"] for q in drain_queue(twin)) == ["CID1", "CID2"]
+
+
+def test_without_conditional_writes_every_frame_is_looked_up(twin, pki, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    async def run():  # type: ignore[no-untyped-def]
+        async with running(settings_for(pki, ack_store_conditional=False), twin) as a, \
+                running(settings_for(pki, ack_store_conditional=False, ack_store_lookup_first=0), twin) as b:
+            first = await send_raw(a, pki, oru(1))
+            with later(monkeypatch):
+                async with client(b, pki) as c:
+                    await c.send_raw(oru(2))
+                    resent = await c.send_raw(oru(1))  # last-writer-wins must not overwrite: looked up
+            return first, resent, b.metrics.total(m.DUPLICATES, "store"), b.committer.stats.entries
+
+    first, resent, from_store, b_committed = asyncio.run(run())
+    assert resent == first and from_store == 1 and b_committed == 1
+    assert len(state_items(twin)) == 2

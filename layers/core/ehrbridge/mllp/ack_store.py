@@ -9,13 +9,14 @@ the ``state`` table, one item per accepted message::
 
 An ACK holds MSH-3..6, the control ids and MSA only: no PHI goes into the table.
 
-Requests from every connection share DynamoDB calls, like the SQS group commit: lookups of messages
-the in-memory cache does not know go out as ``BatchGetItem`` (up to 100 keys), writes as one
-conditional ``TransactWriteItems`` of up to 25 puts ("only if no unexpired ACK is stored for this
-key"). ``BatchWriteItem`` cannot carry a condition; the condition is what makes two tasks racing on the
-same resend end with ONE stored ACK, and the loser learns the winner's ACK from the cancellation
+Requests from every connection share DynamoDB calls, like the SQS group commit: lookups go out as
+``BatchGetItem`` (up to 100 keys), writes as one conditional ``TransactWriteItems`` of up to 25 puts
+("only if no unexpired ACK is stored for this key"). ``BatchWriteItem`` cannot carry a condition; the
+condition is what makes every copy of a message end with ONE stored ACK: a task racing another on the
+same resend, or committing a resend it did not look up, learns the stored ACK from the cancellation
 reason (``ReturnValuesOnConditionCheckFailure=ALL_OLD``) and answers with it. A transaction costs two
-write units per item; ``conditional=False`` switches to ``BatchWriteItem`` (one unit, last writer wins).
+write units per item; ``conditional=False`` switches to ``BatchWriteItem`` (one unit, last writer wins;
+the bridge then looks every message up first).
 
 Nothing here decides an ACK code: a failed or slow store only means replay falls back to what the
 queue's FIFO deduplication and downstream idempotency give (see ``dedupe``).

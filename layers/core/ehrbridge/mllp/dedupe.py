@@ -7,13 +7,16 @@ Replay has two levels:
 1. ``AckCache`` (this module): the worker's memory. Answers a resend at once, and joins a resend
    that arrives while the first copy is still being committed (one commit, both get its answer).
 2. ``ack_store.DurableAcks`` over the ``state`` table: shared by every worker and Fargate task and
-   kept across restarts and deploys (TTL 7 days by default). A message the memory does not know is
-   looked up there first (batched ``BatchGetItem``); if an ACK is stored, that ACK goes back byte
-   for byte and nothing is committed again. Otherwise the message is committed to SQS, its ACK is
-   written (batched, conditional: if another task stored one first, that one is sent instead), and
-   only then does the AA go out. A failed or slow store never turns an accepted message into an AE:
-   the AA still goes out (``MllpAckStoreFailed`` counts it) and replay falls back to a fresh AA with
-   the same MSH-10 and MSA-2.
+   kept across restarts and deploys (TTL 7 days by default). Every accepted message is committed to
+   SQS, then its ACK is written (batched, conditional: if an ACK is already stored for the message,
+   that one is sent instead), and only then does the AA go out. The first frames of a connection
+   (``ack_store_lookup_first``, 8) are looked up before that (batched ``BatchGetItem``): a sender
+   resends right after reconnecting, maybe to another task, and a stored ACK then goes back byte for
+   byte with nothing committed again. Later frames skip the lookup (a round trip less per message);
+   a resend among them is committed again (the queue deduplicates it) and the conditional write
+   still returns the original ACK. A failed or slow store never turns an accepted message into an
+   AE: the AA still goes out (``MllpAckStoreFailed`` counts it) and replay falls back to a fresh AA
+   with the same MSH-10 and MSA-2.
 
 Below both, the FIFO ``MessageDeduplicationId`` (= the stable message id) keeps the queue to one
 copy for five minutes, and the downstream idempotency table beyond that. The same MSH-10 with

@@ -673,7 +673,8 @@ class MllpBridge:
                 body, group = envelope_json(raw, item, key, batch=batch, collision=collision)
                 self.committer.submit_entry(self.committer.entry(body, group, key), done, timeout)
 
-        if durable is not None and conn.seq <= self.settings.ack_store_lookup_first:
+        if durable is not None and (conn.seq <= self.settings.ack_store_lookup_first
+                                    or not self.settings.ack_store_conditional):  # last-writer-wins needs it
             # Unknown to this task's memory: maybe another task or an earlier run accepted it (batched read).
             durable.lookup(ack_key, guarded(looked_up))
         else:
