@@ -130,16 +130,11 @@ def ingest_results(stage: Hl7Ingest, envelope: Envelope) -> Sequence[ChildResult
 
 def build_hl7_ingest() -> Hl7Ingest:
     """The stage wired to the AWS resources named in the environment (ehrbridge.aws.settings)."""
-    from ehrbridge.aws import settings
-    from ehrbridge.aws.s3 import S3BlobStore
-    from ehrbridge.aws.sqs import SqsPublisher
+    from ehrbridge.pipeline.wiring import stage_io
 
-    archive = S3BlobStore(settings.bucket_name("archive"))
-    claim_check = ClaimCheck(archive)
-    out = SqsPublisher(settings.queue_url("normalize"), claim_check)
-    quarantine = Quarantine(S3BlobStore(settings.bucket_name("quarantine")),
-                            SqsPublisher(settings.queue_url("quarantine"), claim_check))
-    return Hl7Ingest(archive=archive, claim_check=claim_check, out=out, quarantine=quarantine)
+    io = stage_io()
+    return Hl7Ingest(archive=io.archive, claim_check=io.claim_check, out=io.publisher("normalize"),
+                     quarantine=io.quarantine)
 
 
 def build_consumer():  # type: ignore[no-untyped-def]

@@ -14,9 +14,7 @@ import json
 from collections.abc import Callable
 
 from ehrbridge.aws import settings
-from ehrbridge.aws.s3 import S3BlobStore
-from ehrbridge.aws.sqs import Publisher, SqsPublisher
-from ehrbridge.contracts.claim_check import ClaimCheck
+from ehrbridge.aws.sqs import Publisher
 from ehrbridge.contracts.envelope import Envelope, stable_id
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
@@ -25,6 +23,7 @@ from ehrbridge.normalize.engine import NormalizeResult, normalize_hl7
 from ehrbridge.observability import emit_metric, logger
 from ehrbridge.pipeline.consumer import Consumer
 from ehrbridge.pipeline.stages import Quarantine
+from ehrbridge.pipeline.wiring import stage_io
 
 STAGE = "normalizer"
 
@@ -103,15 +102,11 @@ class NormalizerStage:
 
 
 def build_normalizer_stage() -> Consumer:
-    archive = S3BlobStore(settings.bucket_name("archive"))
-    claim_check = ClaimCheck(archive)
-    out = SqsPublisher(settings.queue_url("identity"), claim_check)
-    quarantine = Quarantine(S3BlobStore(settings.bucket_name("quarantine")),
-                            SqsPublisher(settings.queue_url("quarantine"), claim_check))
+    io = stage_io()
     store = DynamoTenantStore(settings.table_name("state"))
-    stage = NormalizerStage(store.get, out, quarantine)
+    stage = NormalizerStage(store.get, io.publisher("identity"), io.quarantine)
 
     def handle(envelope: Envelope) -> None:
-        stage(claim_check.inbound(envelope))
+        stage(io.claim_check.inbound(envelope))
 
     return Consumer(STAGE, handle, consumes="normalize", idempotency_table=settings.table_name("idempotency"))
