@@ -47,6 +47,21 @@ def test_different_names_are_not_typos(a: str, b: str, level: str) -> None:
     assert given_level(a, b) == level
 
 
+def test_names_a_keystroke_apart_with_different_sexes_are_two_names() -> None:
+    # Siblings CAROL (girl) and CARLOS (boy) at one address: not a typo, so the first-name/DOB gate holds even
+    # for a tenant that switched the household guards off.
+    m = default_model()
+    off = Thresholds(twin_guard=False, generation_guard=False, thin_guard=False)
+    carol = person_from_patient(patient("a", given="Carol", birth="2010-08-01", gender="female"))
+    carlos = person_from_patient(patient("b", given="Carlos", birth="2024-11-01", gender="male"))
+    s = m.score(carol, carlos, off)
+    assert m.level_names(s.levels)["given"] == "jw80"
+    assert s.gate == HOUSEHOLD_GATE and s.grade(off) == "certainly-not"
+    # Sex not recorded on one side: no evidence either way, the misspelling reading stands.
+    unknown = person_from_patient(patient("b", given="Carlos", birth="2024-11-01", gender=None))
+    assert m.level_names(m.score(carol, unknown, off).levels)["given"] == "typo"
+
+
 def test_a_typo_in_the_first_name_is_not_a_first_name_disagreement() -> None:
     m = default_model()
     a = person_from_patient(patient("a", given="Clain", birth="1920-12-03", ssn="536-22-1947"))

@@ -37,6 +37,7 @@ INDEX = {name: i for i, name in enumerate(NAMES)}
 # Levels that count as "the first name agrees" / "the DOB agrees" for the household gate.
 GIVEN_AGREES = frozenset({0, 1, 2, 3, 4})
 DOB_AGREES = frozenset({0, 1, 2})
+_TYPO = COMPARISONS[0][1].index("typo")
 
 _jw = JaroWinkler.similarity
 _dl = DamerauLevenshtein.distance
@@ -192,13 +193,17 @@ def compare(a: Person, b: Person) -> tuple[list[int], bool]:
         swapped = True
         given = _given(a.given, b.family, a.given_sdx, b.family_sdx, a.given_mph, b.family_mph)
         family = _family(a.family, b.given, a.family_sdx, b.given_sdx, a.family_mph, b.given_mph)
+    sex = _exact(a.sex, b.sex)
+    if given == _TYPO and sex == 1:
+        # A keying error does not change the recorded sex: CAROL/CARLOS, MARY/MARL(K) are two names.
+        given = _TYPO + 1
     levels = [
         given,
         family,
         _middle(a.middle, b.middle),
         _suffix(a.suffix, b.suffix),
         _dob(a.dob, b.dob),
-        _exact(a.sex, b.sex),
+        sex,
         _exact(a.house, b.house),
         _jw3(a.street, b.street),
         _jw3(a.city, b.city),
