@@ -27,6 +27,15 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
 
 
+def acked_records(twin) -> set[str]:  # type: ignore[no-untyped-def]
+    """MSH-10 of every message with an ACK record in the state table (resend replay across tasks)."""
+    from ehrbridge.local.twin import local_client
+
+    ddb = local_client("dynamodb", twin.endpoint)
+    items = ddb.scan(TableName=twin.tables["state"])["Items"]
+    return {i["sk"]["S"].split("#")[0] for i in items if i["pk"]["S"].startswith("mllp-ack#")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,6 +112,8 @@ def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path) -> None:  # type:
             proc.wait(5)
     queued = [q["attributes"]["msh10"] for q in drain_queue(twin)]
     assert len(acked) >= 100 and set(acked) <= set(queued)  # every AA'd message is in the queue
+    # Write-behind (the default) stored the ACKs after answering; the drain flushed the last ones.
+    assert set(acked) <= acked_records(twin)
     assert refused == []
     lines = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
     assert any(line.get("message") == "mllp bridge draining" for line in lines)
@@ -116,7 +127,7 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(twin, pki) -> None:  # 
         [sys.executable, "-m", "ehrbridge.cli.main", "bridge", "serve", "--cert", str(pki.server.cert),
          "--key", str(pki.server.key), "--tenant", str(REPO / "events" / "tenants" / "demo-health.yaml"),
          "--host", "127.0.0.1", "--port", str(port), "--health-port", str(health), "--workers", "2",
-         "--drain-timeout", "15"],
+         "--drain-timeout", "15", "--ack-store-write-through"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     acked: list[str] = []
     try:
@@ -148,5 +159,6 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(twin, pki) -> None:  # 
             proc.wait(5)
     queued = [q["attributes"]["msh10"] for q in drain_queue(twin)]
     assert set(acked) <= set(queued) and len(queued) == len(set(queued))
+    assert set(acked) <= acked_records(twin)  # write-through: stored before each AA
     stopped = [line for line in proc.stdout.read().splitlines() if '"mllp bridge stopped"' in line]
     assert len(stopped) == 2  # both workers drained

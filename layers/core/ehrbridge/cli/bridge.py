@@ -48,6 +48,11 @@ def serve(
     ack_store_lookup_first: int = typer.Option(
         8, envvar=_ENV + "ACK_STORE_LOOKUP_FIRST", min=0,
         help="Look up this many first messages per connection in the ACK store before committing."),
+    ack_store_write_behind: bool = typer.Option(
+        True, "--ack-store-write-behind/--ack-store-write-through", envvar=_ENV + "ACK_STORE_WRITE_BEHIND",
+        help="Write-behind: AA right after the queue confirmed, the ACK stored in the background (a resend "
+             "that beats the write gets a fresh ACK, same MSH-10/MSA-2). Write-through: stored before the AA "
+             "(one DynamoDB round trip more per ACK)."),
 ) -> None:
     """Run the bridge until SIGTERM/SIGINT (then drain: stop accepting, finish in-flight ACKs, exit)."""
     import asyncio
@@ -84,7 +89,8 @@ def serve(
         read_timeout_s=read_timeout, idle_timeout_s=idle_timeout, ack_timeout_s=ack_timeout,
         linger_s=linger_ms / 1000, max_connections=max_connections, drain_timeout_s=drain_timeout,
         metrics_interval_s=metrics_interval, tenant_refresh_s=tenant_refresh, ack_store_ttl_s=ack_store_ttl,
-        ack_store_timeout_s=ack_store_timeout, ack_store_lookup_first=ack_store_lookup_first)
+        ack_store_timeout_s=ack_store_timeout, ack_store_lookup_first=ack_store_lookup_first,
+        ack_store_write_behind=ack_store_write_behind)
     if workers > 1 and (port == 0 or health_port == 0):
         typer.echo("error: --workers > 1 needs fixed --port and --health-port", err=True)
         raise typer.Exit(2)

@@ -429,6 +429,11 @@ class DurableAcks:
         task.add_done_callback(self._tasks.discard)
 
     @property
+    def backlog(self) -> int:
+        """Requests waiting for their batch plus batches in flight (reported when a drain runs out of time)."""
+        return len(self._reads.pending) + len(self._writes.pending) + len(self._tasks)
+
+    @property
     def idle(self) -> bool:
         return not (self._tasks or self._reads.pending or self._writes.pending)
 

@@ -44,6 +44,12 @@ class AwsTargets:
                    state_table=optional(aws_settings.table_name, "state"))
 
 
+def write_linger_for(settings: BridgeSettings) -> float:
+    """Write-behind writes can wait to fill a batch (no ACK waits on them); write-through ones go out at the
+    end of the current event-loop pass, since every ACK of the batch waits for them."""
+    return settings.ack_store_write_linger_s if settings.ack_store_write_behind else 0.0
+
+
 def build_bridge(settings: BridgeSettings, tenants: list[TenantConfig], targets: AwsTargets, *,
                  metrics: BridgeMetrics | None = None,
                  tenant_loader: Callable[[], list[TenantConfig]] | None = None) -> MllpBridge:
@@ -67,6 +73,7 @@ def build_bridge(settings: BridgeSettings, tenants: list[TenantConfig], targets:
         ack_store = DurableAcks(DynamoAckStore(targets.state_table, ttl_s=settings.ack_store_ttl_s,
                                                conditional=settings.ack_store_conditional),
                                 linger_s=settings.linger_s, timeout_s=settings.ack_store_timeout_s,
+                                write_linger_s=write_linger_for(settings),
                                 on_batch=on_store_batch)
     return MllpBridge(settings, tenants, committer, quarantine=quarantine, metrics=metrics,
                       tenant_loader=tenant_loader, ack_store=ack_store)

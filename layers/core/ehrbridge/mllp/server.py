@@ -85,6 +85,15 @@ class BridgeSettings:
     # round trip less per message); if one is a resend after all, the conditional write finds the stored
     # ACK and that goes back (the queue copy is deduplicated by FIFO id / downstream idempotency).
     ack_store_lookup_first: int = 8
+    # Write-behind (default): after SQS confirmed the message, the AA goes out at once and its ACK is stored
+    # in the background (a write that fails, or comes second to a racing task's, is only counted). The
+    # record is replay fidelity, not data safety: commit-then-ACK already holds, and a resend that beats
+    # the write is still deduplicated, it just gets a fresh ACK (same MSH-10 and MSA-2, another MSH-7).
+    # False = write-through: the ACK is stored (or the stored one learnt) before the AA goes out, one
+    # DynamoDB round trip more on every ACK, and a racing task answers with the ACK stored first.
+    ack_store_write_behind: bool = True
+    # Write-behind only: background writes wait this long to fill a TransactWriteItems batch (up to 25).
+    ack_store_write_linger_s: float = 0.005
 
 
 def quarantine_message_id(tenant_id: str, raw: bytes) -> str:
@@ -328,13 +337,7 @@ class MllpBridge:
             task.cancel()
         await self.committer.close()
         if self.durable is not None:
-            # A lookup answered now may still commit, and a commit still records its ACK: settle the chain.
-            for _ in range(5):
-                await self.durable.close()
-                await self.committer.close()
-                if self.durable.idle:
-                    break
-            self.durable.store.close()
+            await self._settle_ack_store(deadline)
         if self._sweeper:
             self._sweeper.cancel()
         self.metrics.flush()
@@ -344,6 +347,24 @@ class MllpBridge:
             self._stopped.set()
         logger.info("mllp bridge stopped", extra={"processed": self.committer.stats.entries,
                                                   "failed": self.committer.stats.failed_entries})
+
+    async def _settle_ack_store(self, deadline: float) -> None:
+        """Flush pending ACK-store work before exit: a lookup answered now may still commit, a commit still
+        records its ACK, and write-behind records wait in their batch. Bounded by what is left of the drain
+        timeout, but never less than one store call's timeout (those writes were answered AA already)."""
+        assert self.durable is not None
+        budget = max(deadline - time.monotonic(), self.settings.ack_store_timeout_s + 0.5)
+        try:
+            async with asyncio.timeout(budget):
+                for _ in range(5):
+                    await self.durable.close()
+                    await self.committer.close()
+                    if self.durable.idle:
+                        break
+        except TimeoutError:
+            logger.warning("ack store writes still pending at shutdown",
+                           extra={"count": self.durable.backlog})
+        self.durable.store.close()
 
     async def serve_forever(self, *, install_signals: bool = True,
                             reload_tls: Callable[[], None] | None = None) -> None:
@@ -643,12 +664,15 @@ class MllpBridge:
                 # worker or task gets the same control id (only MSH-7, the time, can differ there).
                 ack = build_ack(header, ack_code(header, True), default_charset=source.default_charset,
                                 control_id="A" + key[:19])
-                if durable is not None:
-                    # Committed; store the ACK (batched) before it goes out, so any task can replay it.
+                if durable is not None and not self.settings.ack_store_write_behind:
+                    # Write-through: store the ACK (batched) before it goes out, so any task can replay it.
                     durable.record(AckRecord(ack_key, ack.payload, key), guarded(
                         lambda stored, err: recorded(ack.payload, stored, err)))
                     return
                 reply(ack.payload, ack.code)
+                if durable is not None:
+                    # Write-behind: answered already; the record follows and never touches the connection.
+                    self._record_behind(durable, AckRecord(ack_key, ack.payload, key), tenant)
             else:
                 self.metrics.count(m.COMMIT_FAILED, tenant, error[:64])
                 logger.error("commit failed", extra={"tenant_id": tenant, "message_id": key, "reason": error})
@@ -679,6 +703,31 @@ class MllpBridge:
             durable.lookup(ack_key, guarded(looked_up))
         else:
             submit()
+
+    def _record_behind(self, durable: DurableAcks, record: AckRecord, tenant: str) -> None:
+        """Store an ACK that already went out (write-behind). Its outcome is only counted: the frame was
+        answered, so nothing here may answer the connection again or end the in-flight entry again."""
+        key = record.message_id
+
+        def recorded_late(stored: bytes | None, error: str | None) -> None:
+            if error is not None:
+                # The message IS in the queue and was AA'd: only a later replay from another task is lost.
+                self.metrics.count(m.ACK_STORE_FAILED, tenant, f"write_{error}"[:64])
+                logger.warning("ack store write failed", extra={"tenant_id": tenant, "message_id": key,
+                                                                 "reason": error})
+            elif stored is not None and stored != record.ack:
+                # Another copy (a racing task, or a resend not looked up) stored its ACK first; ours went out
+                # already with the same MSH-10 and MSA-2. From now on this worker replays the stored one too.
+                self.metrics.count(m.DUPLICATES, tenant, "write_late")
+                self.acks.put(key, stored)
+                logger.info("ack already stored for this message; answered before the write",
+                            extra={"tenant_id": tenant, "message_id": key})
+
+        try:
+            durable.record(record, recorded_late)
+        except Exception as err:  # a store bug: the AA stands, the missing record is counted
+            self.metrics.count(m.ACK_STORE_FAILED, tenant, f"write_{type(err).__name__}"[:64])
+            logger.error("ack store write not queued", extra={"error_type": type(err).__name__})
 
     # ---- housekeeping -------------------------------------------------------------------------
     async def refresh_tenants(self) -> bool:
