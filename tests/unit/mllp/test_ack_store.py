@@ -180,12 +180,13 @@ def test_close_flushes_pending_writes() -> None:
     async def run() -> None:
         acks = DurableAcks(store, write_linger_s=10)  # would linger far longer than the test
         acks.record(record(1), lambda stored, error: None)
-        assert not acks.idle
+        acks.record(record(2), lambda stored, error: None)
+        assert not acks.idle and acks.backlog == 2  # both wait in the write lane
         await acks.close()
-        assert acks.idle
+        assert acks.idle and acks.backlog == 0
 
     asyncio.run(run())
-    assert store.put_sizes == [1] and key(1) in store.items
+    assert store.put_sizes == [2] and key(1) in store.items and key(2) in store.items
 
 
 def test_keys_are_tenant_and_source_scoped_and_bounded() -> None:

@@ -14,9 +14,18 @@ Requests from every connection share DynamoDB calls, like the SQS group commit: 
 ("only if no unexpired ACK is stored for this key"). ``BatchWriteItem`` cannot carry a condition; the
 condition is what makes every copy of a message end with ONE stored ACK: a task racing another on the
 same resend, or committing a resend it did not look up, learns the stored ACK from the cancellation
-reason (``ReturnValuesOnConditionCheckFailure=ALL_OLD``) and answers with it. A transaction costs two
-write units per item; ``conditional=False`` switches to ``BatchWriteItem`` (one unit, last writer wins;
-the bridge then looks every message up first).
+reason (``ReturnValuesOnConditionCheckFailure=ALL_OLD``). A transaction costs two write units per item;
+``conditional=False`` switches to ``BatchWriteItem`` (one unit, last writer wins; the bridge then looks
+every message up first).
+
+When the bridge writes (``BridgeSettings.ack_store_write_behind``): write-behind (the default) sends the
+AA right after the SQS commit and records the ACK in the background, with a short linger to fill
+batches; the stored ACK a write learns then only replaces the worker's memory of it (the copy was
+answered already, with the same MSH-10 and MSA-2 and its own MSH-7), and failures are only counted.
+Write-through records first and answers with the stored ACK when one was there: byte-identical
+answers for racing copies, at one DynamoDB round trip on every ACK. Either way the message is in the
+queue before the AA, so the choice trades replay fidelity for latency, never data safety. ``close``
+flushes both lanes, so a graceful drain stores the records still waiting.
 
 Nothing here decides an ACK code: a failed or slow store only means replay falls back to what the
 queue's FIFO deduplication and downstream idempotency give (see ``dedupe``).
@@ -371,7 +380,7 @@ class DurableAcks:
 
     ``lookup(key, done)``: ``done(stored_ack, None)`` when an ACK is stored, ``done(None, None)`` when
     not, ``done(None, code)`` when the store could not say. ``record(record, done)``: ``done(None, None)``
-    stored, ``done(other_ack, None)`` when another task stored one first (answer with that),
+    stored, ``done(other_ack, None)`` when another task stored one first (write-through answers with it),
     ``done(None, code)`` not stored. Each ``done`` runs exactly once, within about ``timeout_s``.
 
     After ``breaker_failures`` whole batches in a row failed, calls are skipped (``CircuitOpen``) for

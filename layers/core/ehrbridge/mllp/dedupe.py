@@ -8,15 +8,28 @@ Replay has two levels:
    that arrives while the first copy is still being committed (one commit, both get its answer).
 2. ``ack_store.DurableAcks`` over the ``state`` table: shared by every worker and Fargate task and
    kept across restarts and deploys (TTL 7 days by default). Every accepted message is committed to
-   SQS, then its ACK is written (batched, conditional: if an ACK is already stored for the message,
-   that one is sent instead), and only then does the AA go out. The first frames of a connection
-   (``ack_store_lookup_first``, 8) are looked up before that (batched ``BatchGetItem``): a sender
-   resends right after reconnecting, maybe to another task, and a stored ACK then goes back byte for
-   byte with nothing committed again. Later frames skip the lookup (a round trip less per message);
-   a resend among them is committed again (the queue deduplicates it) and the conditional write
-   still returns the original ACK. A failed or slow store never turns an accepted message into an
-   AE: the AA still goes out (``MllpAckStoreFailed`` counts it) and replay falls back to a fresh AA
-   with the same MSH-10 and MSA-2.
+   SQS, then its ACK is written (batched, conditional: at most one stored ACK per message). Two
+   modes (``BridgeSettings.ack_store_write_behind``):
+
+   - write-behind (default): the AA goes out right after the commit and the write follows in the
+     background; its outcome is only counted (``MllpAckStoreFailed`` ``write_<code>``, or
+     ``MllpDuplicates`` ``write_late`` when another copy's ACK was stored first). No DynamoDB round
+     trip on the ACK path. A resend that reaches another task before the write lands gets a fresh
+     AA with the same MSH-10 ("A" + message id) and MSA-2, only MSH-7 differs.
+   - write-through: the ACK is written first and only then does the AA go out; if an ACK is already
+     stored for the message, that one is sent instead, so every copy is answered byte for byte.
+     One DynamoDB round trip more on every ACK.
+
+   The record is replay fidelity, not data safety: in both modes the message is in SQS before the
+   AA goes out, and a resend is deduplicated either way (see below). The first frames of a
+   connection (``ack_store_lookup_first``, 8) are looked up before the commit (batched
+   ``BatchGetItem``): a sender resends right after reconnecting, maybe to another task, and a
+   stored ACK then goes back byte for byte with nothing committed again. Later frames skip the
+   lookup (a round trip less per message); a resend among them is committed again (the queue
+   deduplicates it) and gets the original ACK from the conditional write (write-through) or a fresh
+   one (write-behind). A failed or slow store never turns an accepted message into an AE: the AA
+   still goes out (``MllpAckStoreFailed`` counts it) and replay falls back to a fresh AA with the
+   same MSH-10 and MSA-2.
 
 Below both, the FIFO ``MessageDeduplicationId`` (= the stable message id) keeps the queue to one
 copy for five minutes, and the downstream idempotency table beyond that. The same MSH-10 with
