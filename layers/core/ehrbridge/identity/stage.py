@@ -213,35 +213,26 @@ def build_identity_consumer(stage_name: str = "identity_matcher") -> tuple[Any, 
     """Wire the stage to AWS: MPI on DynamoDB, lake on S3, events on EventBridge, quarantine."""
     from ehrbridge.aws import settings
     from ehrbridge.aws.s3 import S3BlobStore
-    from ehrbridge.aws.sqs import SqsPublisher
-    from ehrbridge.contracts.claim_check import ClaimCheck
     from ehrbridge.identity.dynamo_store import DynamoMpiStore
     from ehrbridge.identity.events import EventBridgeLinkEvents
     from ehrbridge.identity.model import default_model
     from ehrbridge.pipeline.consumer import Consumer
-    from ehrbridge.pipeline.stages import LakeWriter, Quarantine
+    from ehrbridge.pipeline.stages import LakeWriter
+    from ehrbridge.pipeline.wiring import stage_io
 
     model = default_model()
     store = DynamoMpiStore(settings.table_name("mpi"))
     resolver = Resolver(store, model, thresholds=TenantThresholds(store, model))
     stage = IdentityStage(resolver, LakeWriter(S3BlobStore(settings.bucket_name("lake"))), EventBridgeLinkEvents())
-    claim_check = ClaimCheck(S3BlobStore(settings.bucket_name("archive")))
-    quarantine: Quarantine | None = None
-
-    def _quarantine() -> Quarantine:
-        nonlocal quarantine
-        if quarantine is None:
-            out = SqsPublisher(settings.queue_url("quarantine"), claim_check)
-            quarantine = Quarantine(S3BlobStore(settings.bucket_name("quarantine")), out)
-        return quarantine
+    io = stage_io()  # the quarantine is built on first use (cached): most batches never need it
 
     def handle(envelope: Envelope) -> None:
-        envelope = claim_check.inbound(envelope)
+        envelope = io.claim_check.inbound(envelope)
         try:
             stage.handle(envelope, parse_bundle(envelope))
         except (BundleError, ResolveError) as err:
             # Unresolvable input is kept with its reason, never dropped and never retried forever.
-            _quarantine().put(envelope, [str(err)], stage_name)
+            io.quarantine.put(envelope, [str(err)], stage_name)
 
     consumer = Consumer(stage_name, handle, consumes="identity", idempotency_table=settings.table_name("idempotency"))
     return consumer, stage
