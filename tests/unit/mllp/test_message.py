@@ -113,3 +113,41 @@ def test_fast_envelope_json_is_the_validated_envelope() -> None:
         slow = build_envelope(raw, item, batch=True, collision=True)
         assert fast.model_dump(exclude={"received_at"}) == slow.model_dump(exclude={"received_at"})
         assert group == slow.group_id and base64.b64decode(fast.body) == raw
+
+
+def test_read_header_matches_read_msh_and_keeps_its_checks() -> None:
+    from ehrbridge.hl7.wire import WireError
+    from ehrbridge.mllp.message import read_header
+
+    def same(raw: bytes) -> None:
+        try:
+            expected = read_msh(msh_head(raw))
+        except WireError as err:
+            with pytest.raises(WireError) as info:
+                read_header(raw)
+            assert (info.value.code, info.value.reason) == (err.code, err.reason)
+            return
+        got = read_header(raw)
+        assert got == expected and got.fields == expected.fields and got.kind == expected.kind
+
+    base = msg("LAB")
+    for control_id, stamp in (("C1", "2024"), ("C2", "20250101"), ("", "2024"), ("Z\xfc9", ""), ("C3", "2\xe924")):
+        raw = base.replace(b"|C1|", f"|{control_id}|".encode("latin-1")).replace(b"|2024|", f"|{stamp}|".encode(
+            "latin-1"))
+        same(raw)  # first sight of the remainder is read in full, later ones reuse it
+        same(raw)
+    same(base.replace(b"\r", b"\n"))  # LF segment ends
+    same(base.replace(b"\r", b"\r\n"))
+    same(b"\x00 " + base)  # leading junk: the general path
+    same(b"FHS|^~\\&\rBHS|^~\\&\r" + base)  # batch header before MSH
+    same(base.replace(b"ADT^A01^ADT_A01", b""))  # empty MSH-9 is refused every time, never cached
+    same(base.replace(b"ADT^A01^ADT_A01", b""))
+    same(base.replace(b"|^~\\&|", b"|^~|"))  # same fields, other encoding characters: another remainder
+    same(b"MSH|^~\\&|LAB|F|EHR\r")  # too few fields for the fast path
+    same(b"MSHX^~\\&|LAB|F|EHR|H|2024||ADT^A01|C9|P|2.5\rPID|1\r")  # alphanumeric separator
+    # MSH-9 differs only in where the separators fall: different remainders, different headers.
+    a = b"MSH|^~\\&|A|B|C|D|1||X|C1|P|2.5\rPID|1\r"
+    b = b"MSH|^~\\&|A|B|C|D|1||X|C2|P||2.5\rPID|1\r"
+    same(a)
+    same(b)
+    same(b.replace(b"|C2|", b"|C3|"))

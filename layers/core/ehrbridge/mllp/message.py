@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from ehrbridge.contracts.envelope import ContractError, Envelope, patient_key_for, stable_id
 from ehrbridge.contracts.tenant import MllpSource, TenantConfig
-from ehrbridge.hl7.wire import MshHeader, WireError, decode_detailed
+from ehrbridge.hl7.wire import MshHeader, WireError, decode_detailed, read_msh
 from ehrbridge.mllp.ack import AckError
 
 
@@ -115,12 +116,13 @@ def pid3(text: str, header: MshHeader) -> tuple[str, str] | None:
         start = text.find("\nPID" + sep)
     if start < 0:
         return None
-    line = text[start + 1:]
-    for end in ("\r", "\n"):
-        cut = line.find(end)
-        if cut >= 0:
-            line = line[:cut]
-    fields = line.split(sep)
+    # Cut the PID line at its end without copying the rest of the message first.
+    begin = start + 1
+    cr = text.find("\r", begin)
+    lf = text.find("\n", begin, cr if cr >= 0 else len(text))
+    end = lf if lf >= 0 else cr
+    line = text[begin:end] if end >= 0 else text[begin:]
+    fields = line.split(sep, 4)  # PID-3 is all we need
     if len(fields) < 4 or not fields[3].strip():
         return None
     first = fields[3].split(rep)[0].split(comp)
@@ -159,9 +161,16 @@ class Inspected:
 
 def _has_body(raw: bytes) -> bool:
     """True when some segment follows MSH (cheaper than splitting the whole message)."""
-    pos = raw.find(b"MSH")
-    cut = min((i for i in (raw.find(b"\r", pos), raw.find(b"\n", pos)) if i >= 0), default=-1)
+    cut = _segment_end(raw, raw.find(b"MSH"))
     return cut >= 0 and bool(raw[cut:].strip(b"\r\n \t\x00"))
+
+
+def _segment_end(raw: bytes, pos: int) -> int:
+    """Index of the first CR or LF at or after ``pos`` (-1: none). The LF search stops at the first CR, so
+    a CR-only message (the norm) is not scanned to its end a second time looking for an LF."""
+    cr = raw.find(b"\r", pos)
+    lf = raw.find(b"\n", pos, cr if cr >= 0 else len(raw))
+    return lf if lf >= 0 else cr
 
 
 def msh_head(raw: bytes) -> bytes:
@@ -169,8 +178,51 @@ def msh_head(raw: bytes) -> bytes:
     pos = raw.find(b"MSH")
     if pos < 0:
         return raw
-    ends = [i for i in (raw.find(b"\r", pos), raw.find(b"\n", pos)) if i >= 0]
-    return raw[:min(ends)] if ends else raw
+    end = _segment_end(raw, pos)
+    return raw[:end] if end >= 0 else raw
+
+
+# MSH segment with MSH-7 and MSH-10 cut out -> the header read_msh made of the first message with it.
+_HEADERS: dict[bytes, MshHeader] = {}
+_EMPTY_CONTROL_ID = "MSH-10 message control id is empty"
+
+
+def read_header(raw: bytes) -> MshHeader:
+    """``read_msh(msh_head(raw))``, same result and same errors, without re-parsing a feed's constant MSH.
+
+    A feed repeats its MSH except MSH-7 (time) and MSH-10 (control id), and neither takes part in
+    ``read_msh``'s checks except "MSH-10 not empty". So the first message of each distinct remainder is
+    read (and checked) in full; later ones reuse that header with their own MSH-7/MSH-10. Only messages
+    that start with ``MSH`` take this path (batch headers, BOMs, leading junk go through ``read_msh``).
+    """
+    if raw[:3] != b"MSH" or len(raw) < 8:
+        return read_msh(msh_head(raw))
+    end = _segment_end(raw, 3)
+    segment = raw[:end] if end >= 0 else raw
+    separator = segment[3:4]
+    parts = segment.split(separator)
+    if len(parts) < 10:
+        return read_msh(segment)
+    # Joined by the separator itself, which no part contains: two different remainders never share a key.
+    key = separator.join((*parts[:6], *parts[7:9], *parts[10:]))
+    template = _HEADERS.get(key)
+    if template is None:
+        header = read_msh(segment)  # raises WireError for a bad header: nothing cached
+        if len(_HEADERS) >= 4096:
+            _HEADERS.clear()
+        _HEADERS[key] = header
+        return header
+    # Per byte, latin-1 decodes ASCII exactly as read_msh's ASCII-then-latin-1 decode does.
+    control_id = parts[9].decode("latin-1")
+    if not control_id:
+        raise WireError(_EMPTY_CONTROL_ID, "101")
+    stamp = parts[6].decode("latin-1")
+    fields = template.fields
+    # A frozen dataclass copy with two fields changed, without dataclasses.replace's re-validation cost.
+    header = object.__new__(MshHeader)
+    header.__dict__.update(template.__dict__, message_datetime=stamp, control_id=control_id,
+                           fields=(*fields[:6], stamp, *fields[7:9], control_id, *fields[10:]))
+    return header
 
 
 def starts_batch(raw: bytes) -> bool:
@@ -206,8 +258,28 @@ def _js(value: str) -> str:
     return out
 
 
+_received_second: list[object] = [-1, ""]
+
+
+def _received_at() -> str:
+    """ISO-8601 UTC time with microseconds (as ``datetime.isoformat``); the date-time part is formatted
+    once per second, since thousands of envelopes a second share it."""
+    now = time.time()
+    second = int(now)
+    if _received_second[0] != second:
+        _received_second[:] = [second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")]
+    return f"{_received_second[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def _json_str(value: str) -> str:
+    """JSON string literal of a per-message value (MSH-10): plain printable ASCII needs no escaping."""
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return f'"{value}"'
+    return json.dumps(value)
+
+
 def envelope_json(raw: bytes, item: Inspected, message_id: str, *, batch: bool = False,
-                  collision: bool = False) -> tuple[str, str]:
+                  collision: bool = False, kind: str | None = None) -> tuple[str, str]:
     """(JSON, FIFO group id) of the same envelope ``build_envelope`` makes, without the model round trip.
 
     The bridge's hot path: every field is valid by construction (tenant and source from validated
@@ -216,7 +288,7 @@ def envelope_json(raw: bytes, item: Inspected, message_id: str, *, batch: bool =
     """
     header, source, tenant = item.header, item.route.source, item.route.tenant
     key = patient_key(tenant.tenant_id, source.source_id, item.text, header)
-    attributes = (f'"source_id":{_js(source.source_id)},"msh10":{json.dumps(header.control_id[:64])},'
+    attributes = (f'"source_id":{_js(source.source_id)},"msh10":{_json_str(header.control_id[:64])},'
                   f'"charset":{_js(item.charset)},"version":{_js(header.version[:16])}')
     if source.timezone:
         attributes += f',"timezone":{_js(source.timezone)}'
@@ -224,11 +296,11 @@ def envelope_json(raw: bytes, item: Inspected, message_id: str, *, batch: bool =
         attributes += ',"batch":"true"'
     if collision:
         attributes += ',"msh10_collision":"true"'
-    received = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    received = _received_at()
     # The base64 alphabet needs no JSON escaping.
     body = base64.b64encode(raw).decode("ascii")
     text = (f'{{"schema_version":1,"tenant_id":"{tenant.tenant_id}","message_id":"{message_id}",'
-            f'"correlation_id":"{message_id}","source":"hl7v2","kind":{_js(header.kind[:64] or "UNKNOWN")},'
+            f'"correlation_id":"{message_id}","source":"hl7v2","kind":{_js((kind or header.kind)[:64] or "UNKNOWN")},'
             f'"received_at":"{received}","patient_key":"{key}","body_encoding":"base64",'
             f'"attributes":{{{attributes}}},"body":"{body}"}}')
     return text, f"{tenant.tenant_id}:{key}"[:128]

@@ -24,7 +24,7 @@ from typing import Any
 
 from ehrbridge.contracts.envelope import Envelope, new_envelope, stable_id
 from ehrbridge.contracts.tenant import TenantConfig
-from ehrbridge.hl7.wire import MshHeader, WireError, read_msh
+from ehrbridge.hl7.wire import MshHeader, WireError
 from ehrbridge.mllp import metrics as m
 from ehrbridge.mllp.ack import AckError, ack_code, build_ack, fallback_header, should_send
 from ehrbridge.mllp.ack_store import DEFAULT_TTL_S, AckKey, AckRecord, DurableAcks
@@ -39,7 +39,7 @@ from ehrbridge.mllp.message import (
     envelope_json,
     inspect,
     message_id_for,
-    msh_head,
+    read_header,
     starts_batch,
 )
 from ehrbridge.mllp.tls import cert_days_left, classify_handshake_error, fingerprint, server_context
@@ -572,7 +572,7 @@ class MllpBridge:
     def handle(self, raw: bytes, conn: MllpConnection) -> None:
         """Handle one frame; ``conn.finish`` is called exactly once, now or when its batch returns."""
         try:
-            header = read_msh(msh_head(raw))
+            header = read_header(raw)
         except WireError as err:
             header = fallback_header(raw)
             tenant = self.fallback_tenant(conn)
