@@ -116,3 +116,26 @@ def test_sqs_sink_maps_a_call_failure_to_every_entry() -> None:
     failed = asyncio.run(sink.send_batch([Entry("a", "x", "g", "d"), Entry("b", "y", "g", "e")]))
     sink.close()
     assert failed == {"a": "ConnectionError", "b": "ConnectionError"}
+
+
+def test_answered_waiters_release_their_callbacks_and_leave_the_deadline_sweep() -> None:
+    """A finished message's callback (and what it holds) is dropped at once, not at the next sweep."""
+    sink = RecordingSink(delay=0.05)
+    calls: list[str | None] = []
+
+    async def run() -> None:
+        committer = GroupCommitter(sink, linger_s=0.001)
+        committer.deadline_tick_s = 0.01
+        for n in range(3):
+            committer.submit(env(n), calls.append, timeout=5.0)  # answered by the batch
+        committer.submit(env(9), calls.append, timeout=0.02)  # expires first
+        assert len(committer._timed) == 4
+        waiters = list(committer._timed)
+        await asyncio.sleep(0.03)
+        assert calls == ["Timeout"] and len(committer._timed) == 3
+        await committer.close()
+        assert not committer._timed
+        assert all(w.done is None and w.finished for w in waiters)
+
+    asyncio.run(run())
+    assert sorted(calls, key=str) == [None, None, None, "Timeout"]  # each exactly once, the late one not again

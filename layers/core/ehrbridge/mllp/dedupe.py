@@ -48,8 +48,10 @@ class AckCache:
         self.max_entries = max_entries
         self._acks: OrderedDict[str, bytes] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
-        # (tenant, source, MSH-10) -> sha256 of the bytes last seen: detects reused control ids.
-        self._last_hash: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        # (tenant, source, MSH-10) -> sha256 of the bytes last seen: detects reused control ids. Keyed by
+        # a string, not a tuple: strings are not tracked by the garbage collector, and up to
+        # ``max_entries`` long-lived tuples would be scanned by every full collection.
+        self._last_hash: OrderedDict[str, str] = OrderedDict()
 
     def get(self, key: str) -> bytes | None:
         ack = self._acks.get(key)
@@ -81,7 +83,7 @@ class AckCache:
 
     def collision(self, tenant: str, source: str, control_id: str, sha256: str) -> bool:
         """True when this MSH-10 was seen before from this source with different bytes."""
-        key = (tenant, source, control_id)
+        key = f"{len(tenant)}:{tenant}{len(source)}:{source}{control_id}"  # length-prefixed: unambiguous
         previous = self._last_hash.get(key)
         self._last_hash[key] = sha256
         self._last_hash.move_to_end(key)
