@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from ehrbridge.contracts.envelope import patient_key_for
+from ehrbridge.contracts.envelope import patient_key_for, stable_id
 from ehrbridge.contracts.tenant import MllpSource, TenantConfig
 from ehrbridge.hl7.wire import read_msh
 from ehrbridge.mllp.message import Rejected, SourceDirectory, build_envelope, inspect, msh_head, pid3
@@ -108,6 +108,9 @@ def test_fast_envelope_json_is_the_validated_envelope() -> None:
         h = read_msh(msh_head(raw))
         item = inspect(raw, h, d.resolve(h, None))
         mid = message_id_for(item.route.tenant.tenant_id, item.route.source.source_id, h.control_id, item.sha256)
+        # The cached-prefix derivation is stable_id's, so every worker and task computes the same id.
+        assert mid == stable_id(item.route.tenant.tenant_id, "hl7v2", item.route.source.source_id, h.control_id,
+                                item.sha256)
         body, group = envelope_json(raw, item, mid, batch=True, collision=True)
         fast = Envelope.parse_json(body)
         slow = build_envelope(raw, item, batch=True, collision=True)

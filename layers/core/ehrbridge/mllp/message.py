@@ -14,10 +14,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from ehrbridge.contracts.envelope import ContractError, Envelope, patient_key_for, stable_id
+from ehrbridge.contracts.envelope import ContractError, Envelope, patient_key_for
 from ehrbridge.contracts.tenant import MllpSource, TenantConfig
 from ehrbridge.hl7.wire import MshHeader, WireError, decode_detailed, read_msh
 from ehrbridge.mllp.ack import AckError
@@ -150,8 +151,7 @@ def patient_key(tenant_id: str, source_id: str, text: str, header: MshHeader) ->
     return key
 
 
-@dataclass(frozen=True)
-class Inspected:
+class Inspected(NamedTuple):  # one per message: a tuple is cheaper to make than a frozen dataclass
     header: MshHeader
     route: Route
     text: str
@@ -239,10 +239,23 @@ def inspect(raw: bytes, header: MshHeader, route: Route) -> Inspected:
         unsupported = err.reason.startswith("unsupported")
         raise Rejected(AckError(err.code if unsupported else "102", err.reason, ("MSH", 1, 18)),
                        reject=unsupported) from None
-    if not _has_body(raw) and not header.kind.startswith("ACK"):
+    if not _has_body(raw) and not message_kind(header).startswith("ACK"):
         raise Rejected(AckError("100", "message has no segment after MSH", ("MSH", 1, 0)), reject=True)
-    return Inspected(header=header, route=route, text=text, charset=charset,
-                     sha256=hashlib.sha256(raw).hexdigest())
+    return Inspected(header, route, text, charset, hashlib.sha256(raw).hexdigest())
+
+
+_KINDS: dict[tuple[str, str], str] = {}
+
+
+def message_kind(header: MshHeader) -> str:
+    """``header.kind``, cached per MSH-9 value (a feed sends a handful of message types)."""
+    key = (header.message_type, header.encoding_characters)
+    kind = _KINDS.get(key)
+    if kind is None:
+        if len(_KINDS) >= 4096:
+            _KINDS.clear()
+        kind = _KINDS[key] = header.kind
+    return kind
 
 
 _JSON_CACHE: dict[str, str] = {}
@@ -299,16 +312,39 @@ def envelope_json(raw: bytes, item: Inspected, message_id: str, *, batch: bool =
     received = _received_at()
     # The base64 alphabet needs no JSON escaping.
     body = base64.b64encode(raw).decode("ascii")
+    kind_json = _js((kind or message_kind(header))[:64] or "UNKNOWN")
     text = (f'{{"schema_version":1,"tenant_id":"{tenant.tenant_id}","message_id":"{message_id}",'
-            f'"correlation_id":"{message_id}","source":"hl7v2","kind":{_js((kind or header.kind)[:64] or "UNKNOWN")},'
+            f'"correlation_id":"{message_id}","source":"hl7v2","kind":{kind_json},'
             f'"received_at":"{received}","patient_key":"{key}","body_encoding":"base64",'
             f'"attributes":{{{attributes}}},"body":"{body}"}}')
     return text, f"{tenant.tenant_id}:{key}"[:128]
 
 
+_ID_PREFIXES: dict[tuple[str, str], Any] = {}
+
+
 def message_id_for(tenant_id: str, source_id: str, control_id: str, sha256: str) -> str:
-    """The envelope's stable id (same derivation as new_envelope's natural key); also the resend key."""
-    return stable_id(tenant_id, "hl7v2", source_id, control_id, sha256)
+    """The envelope's stable id (same derivation as new_envelope's natural key); also the resend key.
+
+    ``stable_id(tenant_id, "hl7v2", source_id, control_id, sha256)``, with the hash state of the
+    per-source prefix computed once and copied (a unit test checks both agree).
+    """
+    prefix = _ID_PREFIXES.get((tenant_id, source_id))
+    if prefix is None:
+        prefix = hashlib.sha256()
+        for part in (tenant_id, "hl7v2", source_id):
+            data = part.encode("utf-8")
+            prefix.update(len(data).to_bytes(8, "big"))
+            prefix.update(data)
+        if len(_ID_PREFIXES) >= 4096:
+            _ID_PREFIXES.clear()
+        _ID_PREFIXES[(tenant_id, source_id)] = prefix
+    h = prefix.copy()
+    for part in (control_id, sha256):
+        data = part.encode("utf-8")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()[:40]
 
 
 def build_envelope(raw: bytes, item: Inspected, *, batch: bool = False, collision: bool = False,

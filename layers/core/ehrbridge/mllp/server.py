@@ -39,6 +39,7 @@ from ehrbridge.mllp.message import (
     envelope_json,
     inspect,
     message_id_for,
+    message_kind,
     read_header,
     starts_batch,
 )
@@ -592,7 +593,8 @@ class MllpBridge:
             return
         tenant = route.tenant.tenant_id
         source = route.source
-        self.metrics.count(m.MESSAGES, tenant, header.kind)
+        kind = message_kind(header)
+        self.metrics.count(m.MESSAGES, tenant, kind)
         key = message_id_for(tenant, source.source_id, header.control_id, item.sha256)
         replay = self.acks.get(key)
         if replay is not None:
@@ -694,7 +696,7 @@ class MllpBridge:
                 envelope = build_envelope(raw, item, batch=batch, collision=collision, message_id=key)
                 self._spawn(self._prepare_then_submit(envelope, done, timeout), conn, raw)
             else:
-                body, group = envelope_json(raw, item, key, batch=batch, collision=collision)
+                body, group = envelope_json(raw, item, key, batch=batch, collision=collision, kind=kind)
                 self.committer.submit_entry(self.committer.entry(body, group, key), done, timeout)
 
         if durable is not None and (conn.seq <= self.settings.ack_store_lookup_first
