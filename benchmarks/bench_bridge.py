@@ -86,7 +86,6 @@ def run_echo(certfile: str, keyfile: str, port: int, ready: mp.Queue, stop: mp.E
 
 def run_bridge(certfile: str, keyfile: str, mode: str, lookup_first: int, port: int,
                ready: mp.Queue, stop: mp.Event, result: mp.Queue) -> None:  # type: ignore[type-arg]
-    import gc
     import io
     import logging
 
@@ -95,7 +94,7 @@ def run_bridge(certfile: str, keyfile: str, mode: str, lookup_first: int, port: 
     from ehrbridge.mllp.app import write_linger_for
     from ehrbridge.mllp.commit import GroupCommitter
     from ehrbridge.mllp.metrics import BridgeMetrics
-    from ehrbridge.mllp.server import BridgeSettings, MllpBridge
+    from ehrbridge.mllp.server import BridgeSettings, MllpBridge, settle_gc
 
     logging.getLogger("ehrbridge").setLevel(logging.WARNING)
 
@@ -139,8 +138,7 @@ def run_bridge(certfile: str, keyfile: str, mode: str, lookup_first: int, port: 
         bridge = MllpBridge(settings, [tenant], GroupCommitter(sink, linger_s=settings.linger_s),
                             metrics=BridgeMetrics(interval=3600, stream=io.StringIO()), ack_store=durable)
         await bridge.start()
-        gc.collect()
-        gc.freeze()  # as MllpBridge.serve_forever does
+        settle_gc()  # as MllpBridge.serve_forever does
         ready.put(bridge.port)
         cpu0 = time.process_time()
         while not stop.is_set():

@@ -97,6 +97,25 @@ class BridgeSettings:
     ack_store_write_linger_s: float = 0.005
 
 
+# Young-generation size for the cyclic GC (CPython's default is 700 allocations). Each message makes a
+# few dozen short-lived container objects (callbacks, futures, tuples); at the default a collection runs
+# every dozen messages and rescans the in-flight state of every connection each time. Almost all of those
+# objects are freed by reference counting, so collecting 30x less often costs little memory.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_gc() -> None:
+    """Tune the cyclic GC once the bridge is up (``serve_forever``; the benchmark does the same).
+
+    Everything built so far lives until exit: ``freeze`` keeps it out of the full collections, which
+    otherwise scan it again and again and show up as ACK latency spikes.
+    """
+    gc.collect()
+    gc.freeze()
+    _young, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def quarantine_message_id(tenant_id: str, raw: bytes) -> str:
     """Message (and correlation) id of the quarantine envelope for refused bytes: stable per tenant and bytes."""
     return stable_id(tenant_id, "hl7v2", "quarantine", stable_id(raw))
@@ -370,10 +389,7 @@ class MllpBridge:
     async def serve_forever(self, *, install_signals: bool = True,
                             reload_tls: Callable[[], None] | None = None) -> None:
         await self.start()
-        # Everything built so far lives until exit: keep it out of the cyclic GC's full collections,
-        # which otherwise scan it again and again and show up as ACK latency spikes.
-        gc.collect()
-        gc.freeze()
+        settle_gc()
         loop = asyncio.get_running_loop()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
