@@ -139,3 +139,18 @@ def test_answered_waiters_release_their_callbacks_and_leave_the_deadline_sweep()
 
     asyncio.run(run())
     assert sorted(calls, key=str) == [None, None, None, "Timeout"]  # each exactly once, the late one not again
+
+
+def test_settle_gc_freezes_startup_objects_and_raises_the_young_threshold() -> None:
+    import gc
+
+    from ehrbridge.mllp.server import GC_YOUNG_THRESHOLD, settle_gc
+
+    before = gc.get_threshold()
+    try:
+        settle_gc()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, before[1], before[2])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
