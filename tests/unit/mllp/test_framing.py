@@ -56,3 +56,19 @@ def test_too_large_raises_with_head_and_resets() -> None:
     with pytest.raises(FrameTooLarge):
         MllpDecoder(max_message_bytes=10).feed(frame(MSG))
     assert MllpDecoder(max_message_bytes=len(MSG)).feed(frame(MSG)) == [MSG]
+
+
+def test_whole_frame_reads_match_the_buffered_path() -> None:
+    """One-whole-frame reads (sliced without the buffer) give what byte-by-byte feeding gives."""
+    reads = [frame(MSG), frame(b""), frame(MSG + b"\x0bVT inside"), b"\x0b" + MSG + b"\x1c", frame(MSG) + b"\r",
+             b"\r" + frame(MSG), frame(MSG) + frame(MSG), b"junk" + frame(MSG)]
+    whole, bytewise = MllpDecoder(), MllpDecoder()
+    for data in reads:
+        got = whole.feed(data)
+        expected = [f for i in range(len(data)) for f in bytewise.feed(data[i:i + 1])]
+        assert got == expected, data
+        assert (whole.in_frame, whole.junk_bytes) == (bytewise.in_frame, bytewise.junk_bytes)
+    with pytest.raises(FrameTooLarge):  # the size cap holds on the fast path's boundary too
+        MllpDecoder(max_message_bytes=len(MSG) - 1).feed(frame(MSG))
+    split = MllpDecoder()
+    assert split.feed(b"\x0b" + MSG[:5]) == [] and split.feed(MSG[5:] + b"\x1c\r") == [MSG]  # mid-frame: buffered

@@ -57,6 +57,12 @@ class MllpDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return the payloads of the frames they completed. Raises FrameTooLarge."""
         buf = self._buffer
+        if not buf and not self._in_frame and data[:1] == START:
+            # The common read: exactly one whole frame (a sender waits for each ACK). Sliced straight
+            # from ``data``, without copying it through the buffer.
+            end = data.find(FS, 1)
+            if end == len(data) - 2 and data[end + 1] == CR and end - 1 <= self.max_message_bytes:
+                return [data[1:end]]
         buf += data
         frames: list[bytes] = []
         while buf:

@@ -83,8 +83,8 @@ class BridgeMetrics:
     def __init__(self, *, interval: float = 60.0, stream: IO[str] | None = None) -> None:
         self.interval = interval
         self.stream = stream
-        self.counters: Counter[tuple[str, str, str]] = Counter()
-        self.totals: Counter[tuple[str, str, str]] = Counter()  # since start, for /metrics
+        self.counters: Counter[tuple[str, str, str]] = Counter()  # this interval (the next flush)
+        self._flushed: Counter[tuple[str, str, str]] = Counter()  # earlier intervals; + counters = since start
         self.latency: dict[tuple[str, str], Histogram] = {}
         self.latency_all: dict[str, Histogram] = {}  # flushed intervals, since start
         self.open_connections = 0
@@ -92,9 +92,15 @@ class BridgeMetrics:
         self._last_flush = time.monotonic()
 
     def count(self, name: str, tenant: str = "none", detail: str = "", value: int = 1) -> None:
-        key = (name, tenant, detail)
-        self.counters[key] += value
-        self.totals[key] += value
+        # Several calls per message: one counter update here; totals are folded in at flush time.
+        self.counters[(name, tenant, detail)] += value
+
+    @property
+    def totals(self) -> Counter[tuple[str, str, str]]:
+        """Counters since start (for /metrics and tests)."""
+        totals = self._flushed.copy()
+        totals.update(self.counters)
+        return totals
 
     def observe(self, name: str, tenant: str, ms: float) -> None:
         hist = self.latency.get((name, tenant))
@@ -155,6 +161,7 @@ class BridgeMetrics:
                 name: {"Values": values, "Counts": [hist.buckets[v] for v in values]}}
             out.write(json.dumps(doc, separators=(",", ":")) + "\n")
         out.flush()
+        self._flushed.update(self.counters)
         self.counters.clear()
         for (name, _tenant), hist in self.latency.items():
             self.latency_all.setdefault(name, Histogram()).merge(hist)

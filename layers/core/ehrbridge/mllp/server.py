@@ -622,7 +622,7 @@ class MllpBridge:
         if waiting is not None:
             self._spawn(self._join_inflight(conn, waiting, raw, header, tenant), conn, raw)
             return
-        future = self.acks.begin(key)
+        self.acks.begin(key)
         collision = self.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
         batch = starts_batch(raw)
         durable = self.durable
@@ -636,18 +636,18 @@ class MllpBridge:
                 try:
                     step(*args)
                 except Exception as err:
-                    self.acks.end(key, future, None)  # a resend waiting on this copy is handled afresh
+                    self.acks.end(key, None)  # a resend waiting on this copy is handled afresh
                     self._unanswered(conn, seq, raw, err)
             return run
 
         def reply(payload: bytes, code: str) -> None:
-            self.acks.end(key, future, payload)
+            self.acks.end(key, payload)
             self.metrics.count(m.ACKS, tenant, code)
             conn.finish(tenant, payload if should_send(header, code) else None)
 
         def replayed(stored: bytes, how: str) -> None:
             """A copy was accepted before (this task's memory missed it): the original ACK, byte for byte."""
-            self.acks.end(key, future, stored)
+            self.acks.end(key, stored)
             code = ack_code(header, True)
             self.metrics.count(m.DUPLICATES, tenant, how)
             self.metrics.count(m.ACKS, tenant, code)
@@ -696,7 +696,7 @@ class MllpBridge:
                 logger.error("commit failed", extra={"tenant_id": tenant, "message_id": key, "reason": error})
                 ack = build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend"),
                                 default_charset=source.default_charset)
-                self.acks.end(key, future, None)
+                self.acks.end(key, None)
                 self.metrics.count(m.ACKS, tenant, ack.code)
                 conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
 
