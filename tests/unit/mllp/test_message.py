@@ -147,6 +147,8 @@ def test_read_header_matches_read_msh_and_keeps_its_checks() -> None:
     same(base.replace(b"ADT^A01^ADT_A01", b""))
     same(base.replace(b"|^~\\&|", b"|^~|"))  # same fields, other encoding characters: another remainder
     same(b"MSH|^~\\&|LAB|F|EHR\r")  # too few fields for the fast path
+    same(b"MSH\rPID|1||X\r")  # MSH then a segment end: a WireError (an AR), never another exception
+    same(b"MSH|\r|||||||||||\r")
     same(b"MSHX^~\\&|LAB|F|EHR|H|2024||ADT^A01|C9|P|2.5\rPID|1\r")  # alphanumeric separator
     # MSH-9 differs only in where the separators fall: different remainders, different headers.
     a = b"MSH|^~\\&|A|B|C|D|1||X|C1|P|2.5\rPID|1\r"

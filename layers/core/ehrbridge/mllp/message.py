@@ -199,6 +199,8 @@ def read_header(raw: bytes) -> MshHeader:
         return read_msh(msh_head(raw))
     end = _segment_end(raw, 3)
     segment = raw[:end] if end >= 0 else raw
+    if len(segment) < 8:  # "MSH" then a segment end: read_msh names the problem
+        return read_msh(segment)
     separator = segment[3:4]
     parts = segment.split(separator)
     if len(parts) < 10:
