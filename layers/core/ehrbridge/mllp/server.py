@@ -32,6 +32,7 @@ from ehrbridge.mllp.commit import GroupCommitter
 from ehrbridge.mllp.dedupe import AckCache
 from ehrbridge.mllp.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameTooLarge, MllpDecoder, frame
 from ehrbridge.mllp.message import (
+    Inspected,
     Rejected,
     Route,
     SourceDirectory,
@@ -258,6 +259,136 @@ class MllpConnection(asyncio.Protocol):
     def close_if_idle(self) -> None:
         if not self.busy and not self.queue and not self.decoder.in_frame and self.transport is not None:
             self.transport.close()
+
+
+class _Frame:
+    """One accepted frame on its way: store lookup -> commit -> ACK (and the ACK-store write).
+
+    One object per message whose bound methods are the callbacks, in place of the seven closures
+    (and their cells) ``handle`` used to make for every frame. Every callback that may run later is
+    guarded: a bug answers the sender AE (``_unanswered``) and releases the in-flight entry, so a
+    resend waiting on this copy is handled afresh.
+    """
+
+    __slots__ = ("ack", "ack_key", "batch", "bridge", "collision", "conn", "header", "item", "key", "kind",
+                 "raw", "seq", "source", "started", "tenant")
+
+    def __init__(self, bridge: MllpBridge, conn: MllpConnection, raw: bytes, header: MshHeader, item: Inspected,
+                 tenant: str, kind: str, key: str) -> None:
+        self.bridge = bridge
+        self.conn = conn
+        self.seq = conn.seq
+        self.started = conn.started
+        self.raw = raw
+        self.header = header
+        self.item = item
+        self.tenant = tenant
+        self.kind = kind
+        self.key = key
+        source = item.route.source
+        self.source = source
+        self.collision = bridge.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
+        self.batch = starts_batch(raw)
+        self.ack_key = AckKey(tenant, source.source_id, header.control_id, item.sha256)
+        self.ack = b""
+
+    def _failed(self, err: Exception) -> None:
+        self.bridge.acks.end(self.key, None)  # a resend waiting on this copy is handled afresh
+        self.bridge._unanswered(self.conn, self.seq, self.raw, err)
+
+    def _reply(self, payload: bytes, code: str) -> None:
+        bridge = self.bridge
+        bridge.acks.end(self.key, payload)
+        bridge.metrics.count(m.ACKS, self.tenant, code)
+        self.conn.finish(self.tenant, payload if should_send(self.header, code) else None)
+
+    def _replayed(self, stored: bytes, how: str) -> None:
+        """A copy was accepted before (this task's memory missed it): the original ACK, byte for byte."""
+        bridge = self.bridge
+        bridge.acks.end(self.key, stored)
+        code = ack_code(self.header, True)
+        bridge.metrics.count(m.DUPLICATES, self.tenant, how)
+        bridge.metrics.count(m.ACKS, self.tenant, code)
+        self.conn.finish(self.tenant, stored if should_send(self.header, code) else None)  # as silent as the first
+
+    def looked_up(self, stored: bytes | None, error: str | None) -> None:
+        try:
+            if error is not None:  # cannot tell: commit; the FIFO dedup id still keeps one queue copy
+                self.bridge.metrics.count(m.ACK_STORE_FAILED, self.tenant, f"read_{error}"[:64])
+            if stored is not None:
+                self._replayed(stored, "store")
+            else:
+                self.submit()
+        except Exception as err:
+            self._failed(err)
+
+    def recorded(self, stored: bytes | None, error: str | None) -> None:
+        """Write-through: the ACK store answered; the AA (ours or the one stored first) goes out now."""
+        try:
+            tenant, key = self.tenant, self.key
+            if error is not None:
+                # The message IS in the queue: AA regardless; only a later replay from another task is lost.
+                self.bridge.metrics.count(m.ACK_STORE_FAILED, tenant, f"write_{error}"[:64])
+                logger.warning("ack store write failed", extra={"tenant_id": tenant, "message_id": key,
+                                                                 "reason": error})
+            if stored is not None and stored != self.ack:
+                # A copy was accepted before (a resend not looked up, or another task racing on it): the
+                # ACK stored first is the one every copy gets.
+                logger.info("ack already stored for this message; answering with it",
+                            extra={"tenant_id": tenant, "message_id": key})
+                self._replayed(stored, "write")
+            else:
+                self._reply(self.ack, ack_code(self.header, True))
+        except Exception as err:
+            self._failed(err)
+
+    def answer(self, error: str | None) -> None:
+        """The commit's outcome (the committer's ``done``): AA after the queue confirmed, else AE 207."""
+        try:
+            bridge, header, key = self.bridge, self.header, self.key
+            if error is None:
+                # The accept ACK's MSH-10 derives from the message id: a resend answered by another
+                # worker or task gets the same control id (only MSH-7, the time, can differ there).
+                ack = build_ack(header, ack_code(header, True), default_charset=self.source.default_charset,
+                                control_id="A" + key[:19])
+                durable = bridge.durable
+                if durable is not None and not bridge.settings.ack_store_write_behind:
+                    # Write-through: store the ACK (batched) before it goes out, so any task can replay it.
+                    self.ack = ack.payload
+                    durable.record(AckRecord(self.ack_key, ack.payload, key), self.recorded)
+                    return
+                self._reply(ack.payload, ack.code)
+                if durable is not None:
+                    # Write-behind: answered already; the record follows and never touches the connection.
+                    bridge._record_behind(durable, AckRecord(self.ack_key, ack.payload, key), self.tenant)
+            else:
+                tenant = self.tenant
+                bridge.metrics.count(m.COMMIT_FAILED, tenant, error[:64])
+                logger.error("commit failed", extra={"tenant_id": tenant, "message_id": key, "reason": error})
+                ack = build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend"),
+                                default_charset=self.source.default_charset)
+                bridge.acks.end(key, None)
+                bridge.metrics.count(m.ACKS, tenant, ack.code)
+                self.conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
+        except Exception as err:
+            self._failed(err)
+
+    def submit(self) -> None:
+        bridge = self.bridge
+        # The ACK deadline covers the store lookup too (the committer's sweep may honour a shortened
+        # deadline late, but never later than a full one counted from here).
+        timeout = max(0.05, bridge.settings.ack_timeout_s - (time.perf_counter() - self.started))
+        committer = bridge.committer
+        raw, item = self.raw, self.item
+        claim_check = committer.claim_check
+        if claim_check is not None and len(raw) * 4 // 3 + 4096 > claim_check.threshold:
+            # Big body: the validated model, S3 first (claim check), then the queue.
+            envelope = build_envelope(raw, item, batch=self.batch, collision=self.collision, message_id=self.key)
+            bridge._spawn(bridge._prepare_then_submit(envelope, self.answer, timeout), self.conn, raw)
+        else:
+            body, group = envelope_json(raw, item, self.key, batch=self.batch, collision=self.collision,
+                                        kind=self.kind)
+            committer.submit_entry(committer.entry(body, group, self.key), self.answer, timeout)
 
 
 class MllpBridge:
@@ -623,104 +754,13 @@ class MllpBridge:
             self._spawn(self._join_inflight(conn, waiting, raw, header, tenant), conn, raw)
             return
         self.acks.begin(key)
-        collision = self.acks.collision(tenant, source.source_id, header.control_id, item.sha256)
-        batch = starts_batch(raw)
-        durable = self.durable
-        ack_key = AckKey(tenant, source.source_id, header.control_id, item.sha256)
-
-        seq = conn.seq
-        started = conn.started
-
-        def guarded(step: Callable[..., None]) -> Callable[..., None]:
-            def run(*args: Any) -> None:
-                try:
-                    step(*args)
-                except Exception as err:
-                    self.acks.end(key, None)  # a resend waiting on this copy is handled afresh
-                    self._unanswered(conn, seq, raw, err)
-            return run
-
-        def reply(payload: bytes, code: str) -> None:
-            self.acks.end(key, payload)
-            self.metrics.count(m.ACKS, tenant, code)
-            conn.finish(tenant, payload if should_send(header, code) else None)
-
-        def replayed(stored: bytes, how: str) -> None:
-            """A copy was accepted before (this task's memory missed it): the original ACK, byte for byte."""
-            self.acks.end(key, stored)
-            code = ack_code(header, True)
-            self.metrics.count(m.DUPLICATES, tenant, how)
-            self.metrics.count(m.ACKS, tenant, code)
-            conn.finish(tenant, stored if should_send(header, code) else None)  # as silent as the first answer
-
-        def looked_up(stored: bytes | None, error: str | None) -> None:
-            if error is not None:  # cannot tell: commit; the FIFO dedup id still keeps one queue copy
-                self.metrics.count(m.ACK_STORE_FAILED, tenant, f"read_{error}"[:64])
-            if stored is not None:
-                replayed(stored, "store")
-            else:
-                submit()
-
-        def recorded(ack: bytes, stored: bytes | None, error: str | None) -> None:
-            if error is not None:
-                # The message IS in the queue: AA regardless; only a later replay from another task is lost.
-                self.metrics.count(m.ACK_STORE_FAILED, tenant, f"write_{error}"[:64])
-                logger.warning("ack store write failed", extra={"tenant_id": tenant, "message_id": key,
-                                                                 "reason": error})
-            if stored is not None and stored != ack:
-                # A copy was accepted before (a resend not looked up, or another task racing on it): the
-                # ACK stored first is the one every copy gets.
-                logger.info("ack already stored for this message; answering with it",
-                            extra={"tenant_id": tenant, "message_id": key})
-                replayed(stored, "write")
-            else:
-                reply(ack, ack_code(header, True))
-
-        def answer(error: str | None) -> None:
-            if error is None:
-                # The accept ACK's MSH-10 derives from the message id: a resend answered by another
-                # worker or task gets the same control id (only MSH-7, the time, can differ there).
-                ack = build_ack(header, ack_code(header, True), default_charset=source.default_charset,
-                                control_id="A" + key[:19])
-                if durable is not None and not self.settings.ack_store_write_behind:
-                    # Write-through: store the ACK (batched) before it goes out, so any task can replay it.
-                    durable.record(AckRecord(ack_key, ack.payload, key), guarded(
-                        lambda stored, err: recorded(ack.payload, stored, err)))
-                    return
-                reply(ack.payload, ack.code)
-                if durable is not None:
-                    # Write-behind: answered already; the record follows and never touches the connection.
-                    self._record_behind(durable, AckRecord(ack_key, ack.payload, key), tenant)
-            else:
-                self.metrics.count(m.COMMIT_FAILED, tenant, error[:64])
-                logger.error("commit failed", extra={"tenant_id": tenant, "message_id": key, "reason": error})
-                ack = build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend"),
-                                default_charset=source.default_charset)
-                self.acks.end(key, None)
-                self.metrics.count(m.ACKS, tenant, ack.code)
-                conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
-
-        done = guarded(answer)
-
-        def submit() -> None:
-            # The ACK deadline covers the store lookup too (the committer's sweep may honour a shortened
-            # deadline late, but never later than a full one counted from here).
-            timeout = max(0.05, self.settings.ack_timeout_s - (time.perf_counter() - started))
-            claim_check = self.committer.claim_check
-            if claim_check is not None and len(raw) * 4 // 3 + 4096 > claim_check.threshold:
-                # Big body: the validated model, S3 first (claim check), then the queue.
-                envelope = build_envelope(raw, item, batch=batch, collision=collision, message_id=key)
-                self._spawn(self._prepare_then_submit(envelope, done, timeout), conn, raw)
-            else:
-                body, group = envelope_json(raw, item, key, batch=batch, collision=collision, kind=kind)
-                self.committer.submit_entry(self.committer.entry(body, group, key), done, timeout)
-
-        if durable is not None and (conn.seq <= self.settings.ack_store_lookup_first
-                                    or not self.settings.ack_store_conditional):  # last-writer-wins needs it
+        step = _Frame(self, conn, raw, header, item, tenant, kind, key)
+        if self.durable is not None and (conn.seq <= self.settings.ack_store_lookup_first
+                                         or not self.settings.ack_store_conditional):  # last-writer-wins needs it
             # Unknown to this task's memory: maybe another task or an earlier run accepted it (batched read).
-            durable.lookup(ack_key, guarded(looked_up))
+            self.durable.lookup(step.ack_key, step.looked_up)
         else:
-            submit()
+            step.submit()
 
     def _record_behind(self, durable: DurableAcks, record: AckRecord, tenant: str) -> None:
         """Store an ACK that already went out (write-behind). Its outcome is only counted: the frame was
