@@ -1,0 +1,32 @@
+"""Helpers shared by tests of several capabilities."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def handler_import_modules(function: str) -> set[str]:
+    """Import functions/<function>/handler.py in a clean interpreter, as Lambda would; return sys.modules.
+
+    Cold-start budgets are enforced by what a handler imports, not by timing (the machine is shared).
+    """
+    handler = str(REPO / "functions" / function / "handler.py")
+    code = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('handler', {handler!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "assert callable(module.lambda_handler)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "POWERTOOLS_TRACE_DISABLED": "1", "AWS_DEFAULT_REGION": "us-east-1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                         cwd=REPO, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def heavy_modules(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
