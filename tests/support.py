@@ -30,3 +30,21 @@ def handler_import_modules(function: str) -> set[str]:
 
 def heavy_modules(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
     return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+def drain_queue(twin, name: str, limit: int = 200) -> list[dict]:  # type: ignore[no-untyped-def]
+    """Every message currently in a twin queue, as parsed JSON bodies (deleted as read: a FIFO queue holds
+    a group back while one of its messages is in flight)."""
+    from ehrbridge.local.twin import local_client
+
+    sqs = local_client("sqs", twin.endpoint)
+    out: list[dict] = []
+    for _ in range(limit):
+        got = sqs.receive_message(QueueUrl=twin.queues[name], MaxNumberOfMessages=10, VisibilityTimeout=300,
+                                  WaitTimeSeconds=0).get("Messages", [])
+        if not got:
+            break
+        out.extend(json.loads(msg["Body"]) for msg in got)
+        sqs.delete_message_batch(QueueUrl=twin.queues[name], Entries=[
+            {"Id": str(i), "ReceiptHandle": msg["ReceiptHandle"]} for i, msg in enumerate(got)])
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from ehrbridge.contracts.tenant import MllpSource, TenantConfig
 from ehrbridge.mllp.app import AwsTargets, build_bridge
 from ehrbridge.mllp.certs import LocalPki, make_test_pki
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge
+from tests import support
 
 ORU = (b"MSH|^~\\&|DEMOLAB|LABFAC|EHRBRIDGE|HOSP|20240102030405||ORU^R01^ORU_R01|{cid}|P|2.5.1\r"
        b"PID|1||MRN{n}^^^MRN^MR||DOE^JANE||19800101|F\r"
@@ -70,20 +70,7 @@ async def running(settings: BridgeSettings, twin, tenants: list[TenantConfig] | 
 
 
 def drain_queue(twin, name: str = "hl7-inbound") -> list[dict]:  # type: ignore[no-untyped-def]
-    """Every message currently in a queue (deleted as read: FIFO holds a group back while one is in flight)."""
-    from ehrbridge.local.twin import local_client
-
-    sqs = local_client("sqs", twin.endpoint)
-    out: list[dict] = []
-    for _ in range(200):
-        got = sqs.receive_message(QueueUrl=twin.queues[name], MaxNumberOfMessages=10, VisibilityTimeout=300,
-                                  WaitTimeSeconds=0).get("Messages", [])
-        if not got:
-            break
-        out.extend(json.loads(msg["Body"]) for msg in got)
-        sqs.delete_message_batch(QueueUrl=twin.queues[name], Entries=[
-            {"Id": str(i), "ReceiptHandle": msg["ReceiptHandle"]} for i, msg in enumerate(got)])
-    return out
+    return support.drain_queue(twin, name)
 
 
 def sample(path: str) -> bytes:

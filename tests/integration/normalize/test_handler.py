@@ -12,24 +12,11 @@ from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.contracts.tenant_store import DynamoTenantStore
 from ehrbridge.local.runner import EventSourceMapping, load_handler
 from ehrbridge.local.twin import local_client
+from tests.support import drain_queue
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[3]
 HANDLER = REPO / "functions" / "normalizer" / "handler.py"
-
-
-def _drain(twin, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    sqs = local_client("sqs", twin.endpoint)
-    out: list[dict] = []
-    for _ in range(50):
-        got = sqs.receive_message(QueueUrl=twin.queues[name], MaxNumberOfMessages=10, VisibilityTimeout=300,
-                                  WaitTimeSeconds=0).get("Messages", [])
-        if not got:
-            break
-        out.extend(json.loads(m["Body"]) for m in got)
-        sqs.delete_message_batch(QueueUrl=twin.queues[name], Entries=[
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)])
-    return out
 
 
 def test_normalize_to_identity_and_quarantine(twin, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -53,10 +40,10 @@ def test_normalize_to_identity_and_quarantine(twin, monkeypatch) -> None:  # typ
         if not esm.poll_once():
             break
     assert esm.stats.failed == 0
-    out = _drain(twin, "identity")
+    out = drain_queue(twin, "identity")
     assert len(out) == 1  # idempotent: the redelivered message produced nothing new
     bundle = json.loads(out[0]["body"])
     assert out[0]["body_encoding"] == "json" and out[0]["patient_key"] == "src-demo-lab"
     assert bundle["resourceType"] == "Bundle" and len(bundle["entry"]) == 15
-    quarantined = _drain(twin, "quarantine")
+    quarantined = drain_queue(twin, "quarantine")
     assert len(quarantined) == 1 and "PID-3" in json.loads(quarantined[0]["body"])["reasons"][0]
