@@ -57,6 +57,37 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30) -> None: 
     raise AssertionError("bridge never became ready")
 
 
+def sigterm_under_load(proc: subprocess.Popen, port: int, pki, *, senders: int, until: int,  # type: ignore[no-untyped-def,type-arg]
+                       prefix: str) -> tuple[list[str], list[str]]:
+    """Drive `senders` TLS connections until `until` messages are AA'd, SIGTERM the bridge, wait for it.
+
+    Returns the control ids that got AA and those that got anything else.
+    """
+    acked: list[str] = []
+    refused: list[str] = []
+
+    async def sender(worker: int) -> None:
+        try:
+            async with MllpClient("127.0.0.1", port, ssl_context=client_context(pki.ca.cert),
+                                  server_hostname="localhost", timeout=20) as c:
+                for n in range(100000):
+                    ack = await c.send(oru(n, f"{prefix}{worker}N{n}"))
+                    (acked if ack.code == "AA" else refused).append(ack.control_id)
+        except (MllpClientError, ConnectionError, ssl.SSLError, OSError):
+            return  # closed by the draining bridge
+
+    async def load() -> None:
+        tasks = [asyncio.create_task(sender(w)) for w in range(senders)]
+        while len(acked) < until:
+            await asyncio.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    asyncio.run(load())
+    assert proc.wait(timeout=30) == 0
+    return acked, refused
+
+
 def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
     port, health = free_port(), free_port()
     env = {**os.environ, **twin.env, "PYTHONUNBUFFERED": "1"}
@@ -84,28 +115,7 @@ def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path) -> None:  # type:
                                            "--ca", str(pki.ca.cert), "--server-name", "localhost"])
         assert refused.exit_code == 1 and "MSA-2=SEND4\tAR" in refused.output
 
-        acked: list[str] = []
-        refused: list[str] = []
-
-        async def sender(worker: int) -> None:
-            try:
-                async with MllpClient("127.0.0.1", port, ssl_context=client_context(pki.ca.cert),
-                                      server_hostname="localhost", timeout=20) as c:
-                    for n in range(100000):
-                        ack = await c.send(oru(n, f"T{worker}N{n}"))
-                        (acked if ack.code == "AA" else refused).append(ack.control_id)
-            except (MllpClientError, ConnectionError, ssl.SSLError, OSError):
-                return  # closed by the draining bridge
-
-        async def load() -> None:
-            tasks = [asyncio.create_task(sender(w)) for w in range(10)]
-            while len(acked) < 100:
-                await asyncio.sleep(0.01)
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(asyncio.gather(*tasks), 30)
-
-        asyncio.run(load())
-        assert proc.wait(timeout=30) == 0
+        acked, refused = sigterm_under_load(proc, port, pki, senders=10, until=100, prefix="T")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -129,35 +139,15 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(twin, pki) -> None:  # 
          "--host", "127.0.0.1", "--port", str(port), "--health-port", str(health), "--workers", "2",
          "--drain-timeout", "15", "--ack-store-write-through"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    acked: list[str] = []
     try:
         wait_ready(health, proc)
-
-        async def sender(worker: int) -> None:
-            try:
-                async with MllpClient("127.0.0.1", port, ssl_context=client_context(pki.ca.cert),
-                                      server_hostname="localhost", timeout=20) as c:
-                    for n in range(100000):
-                        ack = await c.send(oru(n, f"W{worker}N{n}"))
-                        assert ack.code == "AA"
-                        acked.append(ack.control_id)
-            except (MllpClientError, ConnectionError, ssl.SSLError, OSError):
-                return
-
-        async def load() -> None:
-            tasks = [asyncio.create_task(sender(w)) for w in range(12)]
-            while len(acked) < 120:
-                await asyncio.sleep(0.01)
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(asyncio.gather(*tasks), 30)
-
-        asyncio.run(load())
-        assert proc.wait(timeout=30) == 0
+        acked, refused = sigterm_under_load(proc, port, pki, senders=12, until=120, prefix="W")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
     queued = [q["attributes"]["msh10"] for q in drain_queue(twin)]
+    assert refused == []
     assert set(acked) <= set(queued) and len(queued) == len(set(queued))
     assert set(acked) <= acked_records(twin)  # write-through: stored before each AA
     stopped = [line for line in proc.stdout.read().splitlines() if '"mllp bridge stopped"' in line]
