@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ehrbridge.contracts.tenant import MllpSource, TenantConfig
+from ehrbridge.mllp import loops
 from ehrbridge.mllp.app import AwsTargets, build_bridge
 from ehrbridge.mllp.certs import LocalPki, make_test_pki
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge
@@ -22,6 +23,21 @@ ORU = (b"MSH|^~\\&|DEMOLAB|LABFAC|EHRBRIDGE|HOSP|20240102030405||ORU^R01^ORU_R01
 
 def oru(n: int, cid: str | None = None) -> bytes:
     return ORU.replace(b"{cid}", (cid or f"CID{n}").encode()).replace(b"{n}", str(n).encode())
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every bridge test runs on both event loops: asyncio's own and uvloop (the image's default).
+
+    In-process tests call ``asyncio.run``: it runs on the chosen loop here; a ``bridge serve``
+    subprocess gets it through ``EHRBRIDGE_MLLP_LOOP``.
+    """
+    name = str(request.param)
+    if name == "uvloop" and not loops.uvloop_installed():
+        pytest.skip("uvloop not installed")
+    monkeypatch.setattr("asyncio.run", lambda main, **_: loops.run(main, name))
+    monkeypatch.setenv("EHRBRIDGE_MLLP_LOOP", name)
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from ehrbridge.mllp import metrics as m
 from ehrbridge.mllp.app import build_bridge
 from ehrbridge.mllp.client import MllpClient, MllpClientError, parse_ack
 from ehrbridge.mllp.commit import Entry, SqsSink
+from ehrbridge.mllp.loops import running_loop_name
 from ehrbridge.mllp.tls import client_context
 
 from .conftest import drain_queue, oru, running, settings_for, targets, tenant
@@ -46,8 +47,9 @@ class GatedSink:
         self.inner.close()
 
 
-def test_aa_only_after_the_message_is_in_the_queue(twin, pki) -> None:  # type: ignore[no-untyped-def]
+def test_aa_only_after_the_message_is_in_the_queue(twin, pki, event_loop_impl) -> None:  # type: ignore[no-untyped-def]
     async def run() -> None:
+        assert running_loop_name() == event_loop_impl  # the bridge below runs on the loop under test
         async with running(settings_for(pki), twin) as bridge:
             gated = GatedSink(bridge.committer.sink)  # type: ignore[arg-type]
             bridge.committer.sink = gated

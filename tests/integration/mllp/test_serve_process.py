@@ -88,7 +88,7 @@ def sigterm_under_load(proc: subprocess.Popen, port: int, pki, *, senders: int, 
     return acked, refused
 
 
-def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path, event_loop_impl) -> None:  # type: ignore[no-untyped-def]
     port, health = free_port(), free_port()
     env = {**os.environ, **twin.env, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -126,6 +126,8 @@ def test_send_cli_then_sigterm_under_load(twin, pki, tmp_path) -> None:  # type:
     assert set(acked) <= acked_records(twin)
     assert refused == []
     lines = [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("{")]
+    assert any(line.get("message") == "mllp bridge listening" and line.get("event_loop") == event_loop_impl
+               for line in lines)  # EHRBRIDGE_MLLP_LOOP chose the loop
     assert any(line.get("message") == "mllp bridge draining" for line in lines)
     assert any(line.get("message") == "mllp bridge stopped" for line in lines)
 
@@ -152,3 +154,14 @@ def test_two_workers_share_the_port_and_drain_on_sigterm(twin, pki) -> None:  # 
     assert set(acked) <= acked_records(twin)  # write-through: stored before each AA
     stopped = [line for line in proc.stdout.read().splitlines() if '"mllp bridge stopped"' in line]
     assert len(stopped) == 2  # both workers drained
+
+
+def test_an_unavailable_event_loop_is_a_one_line_error(twin, pki, monkeypatch, event_loop_impl) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("ehrbridge.mllp.loops.uvloop_installed", lambda: False)
+    for name, var in twin.env.items():
+        monkeypatch.setenv(name, var)
+    result = CliRunner().invoke(app, ["bridge", "serve", "--cert", str(pki.server.cert), "--key",
+                                      str(pki.server.key), "--tenant",
+                                      str(REPO / "events" / "tenants" / "demo-health.yaml"), "--loop", "uvloop"])
+    assert result.exit_code == 2
+    assert "uvloop is not installed" in result.output and "Traceback" not in result.output

@@ -41,6 +41,8 @@ def serve(
                                          help="Re-read tenants this often; new senders need no restart."),
     workers: int = typer.Option(1, envvar=_ENV + "WORKERS", min=1, max=64,
                                 help="Worker processes sharing the ports (one per vCPU)."),
+    loop: str = typer.Option("auto", envvar=_ENV + "LOOP",
+                             help="Event loop: auto (uvloop when installed, else asyncio), uvloop, asyncio."),
     ack_store_ttl: int = typer.Option(7 * 24 * 3600, envvar=_ENV + "ACK_STORE_TTL_S", min=60,
                                       help="Keep ACKs for resend replay (state table) this long."),
     ack_store_timeout: float = typer.Option(1.0, envvar=_ENV + "ACK_STORE_TIMEOUT_S",
@@ -55,11 +57,10 @@ def serve(
              "(one DynamoDB round trip more per ACK)."),
 ) -> None:
     """Run the bridge until SIGTERM/SIGINT (then drain: stop accepting, finish in-flight ACKs, exit)."""
-    import asyncio
-
     from ehrbridge.aws.settings import MissingSetting
     from ehrbridge.contracts.envelope import ContractError
     from ehrbridge.contracts.tenant import TenantConfig
+    from ehrbridge.mllp import loops
     from ehrbridge.mllp.app import AwsTargets, build_bridge
     from ehrbridge.mllp.server import BridgeSettings
     from ehrbridge.mllp.tls import server_context
@@ -99,7 +100,8 @@ def serve(
         # Fail fast, before any fork: unreadable certificate/key, missing queue settings.
         targets = AwsTargets.from_env()
         server_context(cert, key, client_ca=client_ca, require_client_cert=require_client_cert)
-    except (OSError, ValueError, MissingSetting) as err:
+        loops.resolve(loop)
+    except (OSError, ValueError, MissingSetting, loops.LoopUnavailable) as err:
         typer.echo(f"error: {type(err).__name__}: {err}", err=True)
         raise typer.Exit(2) from None
 
@@ -112,7 +114,7 @@ def serve(
             if client_ca:
                 bridge.ssl_context.load_verify_locations(cafile=str(client_ca))
 
-        asyncio.run(bridge.serve_forever(reload_tls=reload_tls))
+        loops.run(bridge.serve_forever(reload_tls=reload_tls), loop)
         bridge.committer.sink.close()  # type: ignore[attr-defined]
         return 0
 

@@ -31,6 +31,7 @@ from ehrbridge.mllp.ack_store import DEFAULT_TTL_S, AckKey, AckRecord, DurableAc
 from ehrbridge.mllp.commit import GroupCommitter
 from ehrbridge.mllp.dedupe import AckCache
 from ehrbridge.mllp.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameTooLarge, MllpDecoder, frame
+from ehrbridge.mllp.loops import running_loop_name
 from ehrbridge.mllp.message import (
     Inspected,
     Rejected,
@@ -445,7 +446,8 @@ class MllpBridge:
         self.started = True
         self.note_certificate()
         logger.info("mllp bridge listening", extra={"port": self.port, "count": len(self.directory.tenants),
-                                                    "status": "mtls" if self.settings.client_ca else "tls"})
+                                                    "status": "mtls" if self.settings.client_ca else "tls",
+                                                    "event_loop": running_loop_name()})
 
     def note_certificate(self) -> None:
         """Days until the server certificate expires, as a metric (alarmed well before the date)."""

@@ -24,7 +24,7 @@ ALLOWED_EXTRA_KEYS = frozenset({
     "denied", "expires_in", "retry_after", "http_method", "phase", "connection_id", "peer",
     "tls_version", "cipher", "message_control_id", "version", "charset", "segments", "unmapped",
     "repairs", "model_version", "elapsed_s", "port", "host", "event", "function", "outcome",
-    "resource_count", "job", "delay_s", "bytes",
+    "resource_count", "job", "delay_s", "bytes", "event_loop",
     # Powertools' own record attributes.
     "xray_trace_id", "cold_start", "function_name", "function_memory_size", "function_arn",
     "function_request_id", "sampling_rate",
