@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import resource
 import socket
 import ssl
 import sys
@@ -312,6 +313,18 @@ def little_ceiling(connections: int, echo_msgs_per_s: float) -> float:
     return min(1.0, connections / SQS_ROUND_TRIP_S / echo_msgs_per_s)
 
 
+def raise_fd_limit(connections: int) -> None:
+    """Each process of the run holds up to ``connections`` sockets: lift a 1,024 soft limit (common default)."""
+    needed = connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise SystemExit(f"--connections {connections} needs {needed} open files; the hard limit is {hard} "
+                         "(raise it, e.g. `ulimit -Hn`, or measure fewer connections)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))  # inherited by the forked servers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", default="200,500,1000",
@@ -336,6 +349,7 @@ def main() -> None:
     if not counts or min(counts) < 1:
         parser.error("--connections: give one or more positive counts, e.g. 200,500,1000")
     variants_at = args.variants_at if args.variants_at is not None else counts[0]
+    raise_fd_limit(max(counts))
 
     from ehrbridge.mllp import loops
     from ehrbridge.mllp.certs import make_test_pki
