@@ -51,6 +51,10 @@ def test_alarms_autoscaling_and_secret(synth: Synth) -> None:
     alarms = [a["Properties"] for a in synth.resources("AWS::CloudWatch::Alarm").values()]
     text = json.dumps(alarms)
     assert "MllpAcks" in text and "MllpAckLatency" in text and "HealthyHostCount" in text
+    # ACK-store failures: every code in one Metrics Insights series of the bridge's fleet-wide dimension set.
+    [store] = [a for a in alarms if "MllpAckStoreFailed" in json.dumps(a)]
+    [query] = [q["Expression"] for q in store["Metrics"] if "Expression" in q]
+    assert 'FROM SCHEMA("ehrbridge", service, message_type)' in query and "service = 'mllp-bridge'" in query
     assert all("runbook" in a.get("AlarmDescription", "") for a in alarms if "Mllp" in json.dumps(a)
                or "HealthyHostCount" in json.dumps(a))
     one(synth, "AWS::ApplicationAutoScaling::ScalableTarget", lambda p: p.get("ServiceNamespace") == "ecs")

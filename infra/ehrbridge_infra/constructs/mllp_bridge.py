@@ -27,6 +27,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from ehrbridge import resources as spec
+from ehrbridge.mllp import metrics as m
 from ehrbridge_infra.constants import REPO_ROOT
 from ehrbridge_infra.constructs.core import CoreResources
 
@@ -38,6 +39,7 @@ DRAIN_TIMEOUT_S = 30
 NACK_RATE_ALARM = 0.05  # share of ACKs that are AE/AR/CE/CR over 5 minutes
 ACK_P99_ALARM_MS = 1000
 CERT_DAYS_ALARM = 21
+ACK_STORE_FAILED_ALARM = 20  # failed ACK-store lookups/writes per 5 minutes, fleet-wide
 
 
 class MllpBridgeService(Construct):
@@ -259,6 +261,16 @@ class MllpBridgeService(Construct):
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             alarm_description="The MLLP server certificate expires in less than 21 days "
                               "(runbook: docs/runbooks/mllp-bridge.md#certificate-rotation)"))
+        # Every failure code (read_*/write_*) in one series: a Metrics Insights query needs no code list.
+        store_failed = cw.MathExpression(
+            expression=f'SELECT SUM({m.ACK_STORE_FAILED}) FROM SCHEMA("ehrbridge", service, message_type) '  # noqa: S608
+                       f"WHERE service = '{SERVICE_NAME}'",  # constants only; a CloudWatch query, not a database
+            using_metrics={}, period=period, label="ACK store failures")
+        self.alarms.append(store_failed.create_alarm(
+            self, "AckStoreFailing", threshold=ACK_STORE_FAILED_ALARM, evaluation_periods=3, datapoints_to_alarm=2,
+            treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            alarm_description="The MLLP ACK store (state table) keeps failing: resends get fresh ACKs, lookups are "
+                              "skipped (runbook: docs/runbooks/mllp-bridge.md#ack-store-failing)"))
         for alarm in self.alarms:
             alarm.add_alarm_action(action)
             alarm.add_ok_action(action)

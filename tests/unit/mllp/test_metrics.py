@@ -24,6 +24,9 @@ def test_flush_writes_emf_and_resets_interval_but_keeps_totals() -> None:
     assert sum(lat[ACK_LATENCY]["Counts"]) == 4 and len(lat[ACK_LATENCY]["Values"]) == 3
     assert lat["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"] == "Milliseconds"
     assert docs[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ehrbridge"
+    # Per tenant, and fleet-wide by code: the series the CDK alarms (and their Metrics Insights queries) read.
+    assert docs[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service", "tenant", "message_type"],
+                                                                      ["service", "message_type"]]
     out.truncate(0)
     out.seek(0)
     metrics.flush()
