@@ -96,6 +96,12 @@ def test_strict_charset_and_structure_checks() -> None:
     h = read_msh(only_msh)
     with pytest.raises(Rejected, match="no segment after MSH"):
         inspect(only_msh, h, d.resolve(h, None))
+    # Blank bytes after MSH (more than the first window looked at) are still no body; a segment after them is.
+    padded = only_msh + b"\r\n" * 40 + b" \t\x00" * 20
+    with pytest.raises(Rejected, match="no segment after MSH"):
+        inspect(padded, h, d.resolve(h, None))
+    late = padded + b"PID|1||MRN1\r"
+    assert inspect(late, h, d.resolve(h, None)).sha256
 
 
 def test_fast_envelope_json_is_the_validated_envelope() -> None:

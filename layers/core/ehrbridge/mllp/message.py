@@ -159,10 +159,19 @@ class Inspected(NamedTuple):  # one per message: a tuple is cheaper to make than
     sha256: str
 
 
+_BLANK = b"\r\n \t\x00"
+
+
 def _has_body(raw: bytes) -> bool:
-    """True when some segment follows MSH (cheaper than splitting the whole message)."""
+    """True when some segment follows MSH (cheaper than splitting the whole message).
+
+    Looks at a short window after the MSH segment first: the next segment normally starts right there,
+    and slicing the whole rest of a large message just to find one byte would copy all of it.
+    """
     cut = _segment_end(raw, raw.find(b"MSH"))
-    return cut >= 0 and bool(raw[cut:].strip(b"\r\n \t\x00"))
+    if cut < 0:
+        return False
+    return bool(raw[cut:cut + 64].strip(_BLANK)) or bool(raw[cut + 64:].strip(_BLANK))
 
 
 def _segment_end(raw: bytes, pos: int) -> int:
