@@ -194,6 +194,30 @@ def test_plaintext_and_tls11_are_refused_and_counted(twin, pki) -> None:  # type
     assert [q["attributes"]["msh10"] for q in drain_queue(twin)] == ["CID2", "CID3"]
 
 
+def test_silent_and_stalled_handshakes_are_closed_at_the_deadline(twin, pki) -> None:  # type: ignore[no-untyped-def]
+    """A peer that sends nothing, or starts a TLS record and stalls, is closed after the handshake deadline
+    and counted; the listener keeps serving (on both event loops: their handshake timers differ)."""
+    async def run() -> None:
+        async with running(settings_for(pki, handshake_timeout_s=0.5), twin) as bridge:
+            silent = await asyncio.open_connection("127.0.0.1", bridge.port)
+            stalled = await asyncio.open_connection("127.0.0.1", bridge.port)
+            stalled[1].write(b"\x16\x03\x01\x00")  # the start of a ClientHello record, then nothing
+            await stalled[1].drain()
+            for reader, writer in (silent, stalled):
+                with contextlib.suppress(ConnectionResetError):
+                    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the bridge
+                writer.close()
+            for _ in range(100):
+                if bridge.metrics.total(m.TLS_HANDSHAKE_FAILED, "timeout") >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert bridge.metrics.total(m.TLS_HANDSHAKE_FAILED, "timeout") == 2
+            async with client(bridge, pki) as c:
+                assert (await c.send(oru(1))).code == "AA"
+    asyncio.run(run())
+    assert [q["attributes"]["msh10"] for q in drain_queue(twin)] == ["CID1"]
+
+
 def test_mutual_tls_refuses_wrong_or_missing_client_cert(twin, pki, other_pki) -> None:  # type: ignore[no-untyped-def]
     settings = settings_for(pki, client_ca=pki.ca.cert, require_client_cert=True)
 
