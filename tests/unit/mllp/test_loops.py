@@ -35,3 +35,14 @@ def test_run_uses_the_chosen_loop(name: str) -> None:
         return loops.running_loop_name()
 
     assert loops.run(which(), name) == name
+
+
+def test_the_bridge_image_installs_uvloop() -> None:
+    """`auto` only means uvloop in production if the image installs the extra that brings it."""
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[3]
+    extras = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("uvloop") for dep in extras["bridge"])
+    assert "'.[bridge]'" in (repo / "bridge" / "Dockerfile").read_text()
