@@ -427,10 +427,9 @@ def main() -> None:
         echo_s, bridge_s, bridge_p = best(echo_step), best((n, "bridge", "saturated", w_n, loop)), \
             best((n, "bridge", "paced", w_n, loop))
         ratio = bridge_s["msgs_per_s"] / echo_s["msgs_per_s"]
-        others = "".join(f"; on {lp}: {best(step)['msgs_per_s']:.0f} msg/s, ratio "
+        others = "".join(f"; on {step[4]}: {best(step)['msgs_per_s']:.0f} msg/s, ratio "
                          f"{best(step)['msgs_per_s'] / echo_s['msgs_per_s']:.2f}, CPU/msg {cpu(step):.0f} us"
-                         for step in runs if step[:3] == (n, "bridge", "saturated") and step[4] != loop
-                         for lp in [step[4]])
+                         for step in runs if step[:3] == (n, "bridge", "saturated") and step[4] != loop)
         print(f"  result N={n} (* = best round): bridge paced {bridge_p['msgs_per_s']:.0f} msg/s, ACK p50 "
               f"{bridge_p['p50_ms']:.1f} ms, p99 {bridge_p['p99_ms']:.1f} ms; bridge saturated "
               f"{bridge_s['msgs_per_s']:.0f} msg/s vs TLS echo {echo_s['msgs_per_s']:.0f} msg/s "

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-LoopName = Literal["auto", "uvloop", "asyncio"]
 LOOP_NAMES: tuple[str, ...] = ("auto", "uvloop", "asyncio")
 T = TypeVar("T")
 
