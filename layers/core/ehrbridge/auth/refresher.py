@@ -32,9 +32,12 @@ from ehrbridge.observability import MetricUnit, emit_metric, logger
 
 
 class RefreshFailed(RuntimeError):
-    def __init__(self, tenant_id: str, reason: str, *, retry_after: float | None = None) -> None:
-        super().__init__(f"token refresh failed for tenant {tenant_id}: {reason}")
+    def __init__(self, tenant_id: str, reason: str, *, retry_after: float | None = None,
+                 detail: str | None = None) -> None:
+        super().__init__(f"token refresh failed for tenant {tenant_id}: {detail or reason}")
         self.tenant_id, self.reason, self.retry_after = tenant_id, reason, retry_after
+        # For a person: the server's error_description and the URL called (reason is the short code).
+        self.detail = detail or reason
 
 
 class RefreshThrottled(RefreshFailed):
@@ -177,10 +180,10 @@ class TokenRefresher:
         except TokenEndpointThrottled as err:
             retry_after = err.retry_after or 60.0
             self._failed(tenant_id, "throttled", not_before=self.clock() + retry_after)
-            raise RefreshThrottled(tenant_id, "throttled", retry_after=retry_after) from None
+            raise RefreshThrottled(tenant_id, "throttled", retry_after=retry_after, detail=err.detail) from None
         except TokenEndpointError as err:
-            self._failed(tenant_id, err.reason)
-            raise RefreshFailed(tenant_id, err.reason) from None
+            self._failed(tenant_id, err.detail)
+            raise RefreshFailed(tenant_id, err.reason, detail=err.detail) from None
         except (CredentialsError, KeyMaterialError, ScopeError) as err:
             self._failed(tenant_id, type(err).__name__)
             raise RefreshFailed(tenant_id, str(err)) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from ehrbridge.cli import bridge as bridge_cli
+from ehrbridge.cli import common
 from ehrbridge.cli import identity as identity_cli
 from ehrbridge.cli import local as local_cli
 from ehrbridge.cli import normalize as normalize_cli
@@ -15,6 +16,14 @@ from ehrbridge.cli import tenants as tenants_cli
 
 app = typer.Typer(help="ehrbridge: EHR integration that stays live.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="also show the library's metric (EMF) and "
+                                       "log lines, on stderr (default: only the command's own output)")) -> None:
+    common.set_verbose(verbose)
+
+
 app.add_typer(local_cli.app, name="local")
 app.add_typer(identity_cli.app, name="identity")
 app.add_typer(bridge_cli.app, name="bridge")
