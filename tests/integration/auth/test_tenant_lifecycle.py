@@ -150,3 +150,16 @@ def test_interactive_commands_keep_metric_and_log_lines_off_the_terminal(tmp_pat
     assert loud.exit_code == 0
     assert '"_aws"' in loud.stderr  # the EMF lines are still there for those who ask
     json.loads(loud.stdout)  # and stdout stays one JSON object
+
+
+def test_check_warns_when_the_token_lifetime_is_below_the_refresh_schedule(tmp_path: Path, make_sandbox: Any) -> None:
+    short = make_sandbox(token_lifetime_s=30)
+    register(short)
+    result = CliRunner().invoke(app, ["tenants", "check", str(_yaml(tmp_path, short)), "--json"])
+    report = json.loads(result.stdout)
+    assert report["token_obtained"] and report["expires_in"] == 30
+    assert any("30 s is too short for the 60 s refresh schedule" in w for w in report["warnings"])
+    normal = make_sandbox()
+    register(normal)
+    assert json.loads(CliRunner().invoke(app, ["tenants", "check", str(_yaml(tmp_path, normal)),
+                                               "--json"]).stdout)["warnings"] == []

@@ -120,7 +120,7 @@ def tenants_show(tenant_id: str, state_table: StateTable = None, as_json: AsJson
         from ehrbridge.auth.credentials import CredentialsError, SecretsManagerCredentialStore
         from ehrbridge.auth.scopes import scopes_for
         from ehrbridge.auth.state import DynamoRefreshState
-        from ehrbridge.auth.tokens import SecretsManagerTokenStore
+        from ehrbridge.auth.tokens import SecretsManagerTokenStore, kept_warm
 
         store = _store(state_table)
         tenant = store.get(tenant_id)
@@ -135,7 +135,9 @@ def tenants_show(tenant_id: str, state_table: StateTable = None, as_json: AsJson
                "token": None if token is None else {
                    "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at)),
                    "seconds_remaining": round(token.remaining()), "granted_scope": token.granted_scope,
-                   "key_id": token.kid},
+                   "key_id": token.kid, "lifetime_s": round(token.lifetime_s),
+                   "remaining_ratio": round(token.remaining_ratio(), 3),
+                   "refresh": "scheduled" if kept_warm(token.lifetime_s) else "on demand (FHIR client)"},
                "refresh": {"consecutive_failures": status.consecutive_failures,
                            "last_failure_reason": status.last_failure_reason,
                            "denied_types": status.denied_types, "server_denied_types": status.server_denied_types},
@@ -370,8 +372,9 @@ def _print_show(out: dict[str, Any]) -> None:
     _echo(f"  requested scopes: {' '.join(out['scopes']) or '-'}")
     token = out["token"]
     if token:
-        _echo(f"  token: expires {token['expires_at']} ({token['seconds_remaining']} s left), "
-                   f"granted: {token['granted_scope'] or '(nothing)'}")
+        _echo(f"  token: expires {token['expires_at']} ({token['seconds_remaining']} s left of "
+              f"{token['lifetime_s']} s; refreshed {token['refresh']}), "
+              f"granted: {token['granted_scope'] or '(nothing)'}")
     else:
         _echo("  token: none yet")
     refresh = out["refresh"]
