@@ -106,6 +106,11 @@ def _fail(err: BaseException, as_json: bool, stdout: TextIO, *, internal: bool =
     raise typer.Exit(1) from None
 
 
+def stdout() -> TextIO:
+    """The command's own stdout (sys.stdout is the library-noise sink while a command runs)."""
+    return _stdout.get() or sys.stdout
+
+
 def echo(text: str = "") -> None:
     typer.echo(text, file=_stdout.get() or sys.stdout)
 

@@ -12,6 +12,7 @@ from ehrbridge.cli import common
 from ehrbridge.cli import identity as identity_cli
 from ehrbridge.cli import local as local_cli
 from ehrbridge.cli import normalize as normalize_cli
+from ehrbridge.cli import ops as ops_cli
 from ehrbridge.cli import tenants as tenants_cli
 
 app = typer.Typer(help="ehrbridge: EHR integration that stays live.", no_args_is_help=True,
@@ -31,6 +32,10 @@ app.command("send")(bridge_cli.send)
 app.command("normalize")(normalize_cli.normalize)
 app.command("preflight")(normalize_cli.preflight)
 app.add_typer(tenants_cli.tenants_app, name="tenants")
+app.command("status")(ops_cli.status)
+app.command("redrive")(ops_cli.redrive)
+app.command("replay")(ops_cli.replay)
+app.add_typer(ops_cli.quarantine_app, name="quarantine")
 app.add_typer(tenants_cli.keys_app, name="keys")
 app.add_typer(tenants_cli.sandbox_app, name="sandbox")
 
