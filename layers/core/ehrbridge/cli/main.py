@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from ehrbridge.cli import bridge as bridge_cli
+from ehrbridge.cli import chaos as chaos_cli
 from ehrbridge.cli import common
 from ehrbridge.cli import identity as identity_cli
 from ehrbridge.cli import local as local_cli
@@ -26,6 +27,7 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="also show
 
 
 app.add_typer(local_cli.app, name="local")
+local_cli.app.command("chaos")(chaos_cli.chaos)
 app.add_typer(identity_cli.app, name="identity")
 app.add_typer(bridge_cli.app, name="bridge")
 app.command("send")(bridge_cli.send)
