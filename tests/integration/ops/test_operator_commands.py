@@ -130,3 +130,39 @@ def test_operator_commands_fail_clearly_without_resources(monkeypatch: Any) -> N
     assert unknown["_exit"] == 1 and "unknown queue" in unknown["error"]["message"]
     bad = _cli("replay", "--tenant", "t", "--from", "yesterday", "--to", "2026-01-01")
     assert bad["_exit"] == 1 and "ISO 8601" in bad["error"]["message"]
+
+
+def test_a_message_that_fails_back_into_the_dlq_is_redriven_again_within_the_dedup_window(twin: Any) -> None:
+    """SQS FIFO drops a send whose deduplication id it saw in the last 5 minutes: a redrive that reused
+    the message's own id would silently lose a message redriven twice in that window. (moto dedupes only
+    against messages still queued, so the ids sent are checked too, not only the queue depth.)"""
+    from ehrbridge.ops.redrive import redrive
+
+    sqs = local_client("sqs", twin.endpoint)
+    dedup_ids: list[str] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(sqs, name)
+
+        def send_message_batch(self, **kwargs: Any) -> Any:
+            dedup_ids.extend(e["MessageDeduplicationId"] for e in kwargs["Entries"])
+            return sqs.send_message_batch(**kwargs)
+
+    env = new_envelope(tenant_id=TENANT, source="fhir", kind="Observation", body="{}", natural_key=["twice"],
+                       patient_key="pk-twice")
+    sqs.send_message(QueueUrl=twin.queues["normalize"], MessageBody=env.to_json(), MessageGroupId=env.group_id,
+                     MessageDeduplicationId=env.message_id)  # the original send: its id is now "seen"
+    for attempt in range(2):
+        first = sqs.receive_message(QueueUrl=twin.queues["normalize"], MaxNumberOfMessages=1)["Messages"][0]
+        sqs.delete_message(QueueUrl=twin.queues["normalize"], ReceiptHandle=first["ReceiptHandle"])
+        # It failed maxReceiveCount times: SQS moved it to the DLQ (same body, same group).
+        sqs.send_message(QueueUrl=twin.dlqs["normalize"], MessageBody=first["Body"], MessageGroupId=env.group_id,
+                         MessageDeduplicationId=f"dlq-{attempt}")
+        moved = redrive(Recording(), queue="normalize", dlq_url=twin.dlqs["normalize"],
+                        source_url=twin.queues["normalize"])
+        assert moved.moved == 1 and moved.in_dlq_after == 0
+        depth = sqs.get_queue_attributes(QueueUrl=twin.queues["normalize"],
+                                         AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+        assert depth["ApproximateNumberOfMessages"] == "1", f"redrive {attempt + 1} was swallowed"
+    assert len(set(dedup_ids)) == 2 and env.message_id not in dedup_ids
