@@ -98,6 +98,10 @@ def test_remove_revokes_and_deletes_a_live_token_and_add_again_needs_a_decision(
     assert tokens.get("acme-health") is None
     with pytest.raises(SecretPendingDeletion):
         onboard(tenant(), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"))
+    with pytest.raises(CredentialsError, match="needs new ones"):
+        onboard(tenant(), tenants=tenants, credentials=creds, pending="replace")
+    with pytest.raises(SecretPendingDeletion):  # the refused replace deleted nothing
+        creds.get("acme-health")
     assert onboard(tenant(), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"),
                    pending="restore").credentials_action == "restored"
     assert creds.get("acme-health").active_key() is not None

@@ -106,8 +106,9 @@ def onboard(config: TenantConfig, *, tenants: TenantStore, credentials: Credenti
                 from None
     kid = config.key_id
     creds: TenantCredentials | None = None
-    action = _resolve_pending(config.tenant_id, credentials, pending)
-    if private_key_pem is not None or client_secret is not None or refresh_token is not None:
+    material = private_key_pem is not None or client_secret is not None or refresh_token is not None
+    action = _resolve_pending(config.tenant_id, credentials, pending, has_new_material=material)
+    if material:
         try:
             creds = credentials.get(config.tenant_id)
         except SecretPendingDeletion:
@@ -135,7 +136,8 @@ def onboard(config: TenantConfig, *, tenants: TenantStore, credentials: Credenti
                      kid=kid, credentials_action=action)
 
 
-def _resolve_pending(tenant_id: str, credentials: CredentialStore, pending: PendingSecretAction) -> str | None:
+def _resolve_pending(tenant_id: str, credentials: CredentialStore, pending: PendingSecretAction, *,
+                     has_new_material: bool) -> str | None:
     try:
         credentials.get(tenant_id)
         return None
@@ -144,6 +146,9 @@ def _resolve_pending(tenant_id: str, credentials: CredentialStore, pending: Pend
             credentials.restore(tenant_id)
             return "restored"
         if pending == "replace":
+            if not has_new_material:  # checked before deleting anything: never leave a tenant keyless
+                raise CredentialsError(f"tenant {tenant_id}: replacing the credentials needs new ones (a private "
+                                       f"key, a client secret or a refresh token)") from None
             credentials.purge(tenant_id)
             return "replaced"
         raise SecretPendingDeletion(tenant_id, err.name, err.deletion_date) from None
