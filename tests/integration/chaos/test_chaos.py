@@ -12,7 +12,8 @@ import pytest
 from ehrbridge.local import chaos
 from ehrbridge.local.chaos import SCENARIOS, run_scenarios, scenario
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("chaos")]
+# The demo group: both run whole pipelines on a twin, one at a time.
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("demo")]
 
 
 def test_every_scenario_loses_and_duplicates_nothing(tmp_path: Path) -> None:
