@@ -11,6 +11,7 @@ from ehrbridge.cli import bridge as bridge_cli
 from ehrbridge.cli import identity as identity_cli
 from ehrbridge.cli import local as local_cli
 from ehrbridge.cli import normalize as normalize_cli
+from ehrbridge.cli import poll as poll_cli
 from ehrbridge.cli import tenants as tenants_cli
 
 app = typer.Typer(help="ehrbridge: EHR integration that stays live.", no_args_is_help=True,
@@ -22,6 +23,7 @@ app.command("send")(bridge_cli.send)
 app.command("normalize")(normalize_cli.normalize)
 app.command("preflight")(normalize_cli.preflight)
 app.add_typer(tenants_cli.tenants_app, name="tenants")
+app.command("poll")(poll_cli.poll)
 app.add_typer(tenants_cli.keys_app, name="keys")
 app.add_typer(tenants_cli.sandbox_app, name="sandbox")
 
