@@ -1,0 +1,40 @@
+"""The two polling functions (handlers as Lambda runs them) on the local twin, against the sandbox EHR.
+
+The dispatcher enqueues due pairs on poll-jobs; the poller crawls them onto normalize through SQS;
+every current version on the server arrives as exactly one envelope id; a second dispatch within the
+interval enqueues nothing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.local.polling import dispatch_once, expected_correlation_ids, onboard_sandbox_tenant, poller_mapping
+from ehrbridge.local.runner import PipelineRunner
+from ehrbridge.sandbox.faults import Faults
+from ehrbridge.sandbox.server import SandboxEHR
+from tests.support import drain_queue
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("moto")]
+
+
+def test_dispatcher_and_poller_functions_put_every_version_on_normalize(twin) -> None:  # type: ignore[no-untyped-def]
+    faults = Faults(throttle_rate=0.1, retry_after_s=0, retry_after_forms=("delta",), error_rate=0.05,
+                    truncate_rate=0.05, expire_tokens_every=7, seed=21)
+    with SandboxEHR("generic", patients=8, faults=faults, paging_style="offset") as sandbox:
+        base = TenantConfig.model_validate({"tenant_id": "twin-health", "vendor": "generic",
+                                            "rate_limits": {"requests_per_second": 100}})
+        tenant = onboard_sandbox_tenant(sandbox, base, workflows=("labs",))
+        counts = dispatch_once()
+        assert counts["enqueued"] == 3  # Patient, Observation, DiagnosticReport (not granted: skipped by the poller)
+        mapping = poller_mapping(twin, timeout_s=60)
+        assert PipelineRunner([mapping]).run_until_drained(timeout_s=90)
+        assert mapping.stats.batch_errors == 0
+        bodies = drain_queue(twin, "normalize", limit=500)
+        delivered = {b["message_id"] for b in bodies}
+        expected = expected_correlation_ids(tenant.tenant_id, sandbox.current_versions(["Patient", "Observation"]))
+        assert delivered == set(expected)
+        assert len(bodies) == len(delivered)  # FIFO deduplication absorbed any repeat
+        assert {b["source"] for b in bodies} == {"fhir"} and all(b.get("patient_key") for b in bodies)
+        assert dispatch_once()["enqueued"] == 0  # every pair polled, none due again yet
