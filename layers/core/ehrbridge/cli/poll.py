@@ -31,6 +31,10 @@ def poll(
                                                               "the saved cursors")] = None,
     count: Annotated[int | None, typer.Option("--count", min=1, help="_count per page (default: the vendor's "
                                                                      "maximum)")] = None,
+    bulk: Annotated[bool, typer.Option("--bulk", help="backfill with Bulk Data $export first (with _since and "
+                                                      "_type), then poll from its transactionTime")] = False,
+    group: Annotated[str | None, typer.Option("--group", help="Group id for a Group-level $export (Epic, "
+                                                              "Oracle, athena)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one summary line as JSON")] = False,
     state_table: Annotated[str | None, typer.Option("--state-table", help="tenant store table (for a tenant "
                                                                           "id)")] = None,
@@ -69,7 +73,7 @@ def poll(
         from ehrbridge.poll.poller import PollSettings
 
         summary = run_once(config, refresher, out, resource_types=types, since=since, progress=progress,
-                           settings=PollSettings(page_size=count))
+                           settings=PollSettings(page_size=count), bulk=bulk, group_id=group)
         if terminal:
             sys.stderr.write("\n")
         data = summary.to_dict()
@@ -81,6 +85,9 @@ def poll(
         for resource_type, count in summary.resources.items():
             _echo(f"  {resource_type:<24} {count:>8} received {summary.new.get(resource_type, 0):>8} new  "
                   f"watermark {summary.watermark.get(resource_type) or '-'}  ({summary.modes.get(resource_type)})")
+        if summary.bulk:
+            _echo(f"  bulk export: {sum(summary.bulk['resources'].values())} resources up to "
+                  f"{summary.bulk['transaction_time']}")
         if summary.denied or summary.not_granted:
             _echo(f"  denied: {', '.join(summary.denied + summary.not_granted)}")
         _echo(f"  written to {out}")

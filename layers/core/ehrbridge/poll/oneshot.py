@@ -39,6 +39,7 @@ class OneShotSummary:
     watermark: dict[str, str | None] = field(default_factory=dict)
     modes: dict[str, str] = field(default_factory=dict)
     p99_latency_ms: float | None = None
+    bulk: dict[str, Any] | None = None
     elapsed_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,7 +49,8 @@ class OneShotSummary:
 def run_once(tenant: TenantConfig, refresher: TokenRefresher, out_dir: Path, *,
              resource_types: Iterable[str] | None = None, since: str | None = None,
              progress: Callable[[str, int, int], None] | None = None, settings: PollSettings | None = None,
-             calls_options: dict[str, Any] | None = None) -> OneShotSummary:
+             calls_options: dict[str, Any] | None = None, bulk: bool = False,
+             group_id: str | None = None) -> OneShotSummary:
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     cursors = InMemoryCursorStore()
@@ -62,6 +64,10 @@ def run_once(tenant: TenantConfig, refresher: TokenRefresher, out_dir: Path, *,
     types = list(resource_types) if resource_types else [e.resource_type for e in poll_plan(tenant)]
     overlaps = {e.resource_type: e.overlap_s for e in poll_plan(tenant)}
     summary = OneShotSummary(tenant.tenant_id)
+    if bulk:
+        summary.bulk = _backfill(tenant, refresher, sink, cursors, types, since, group_id)
+        _save(state_path, cursors)
+        since = None  # the incremental pass below continues from the export's transactionTime
     try:
         for resource_type in types:
             job = PollJob(tenant_id=tenant.tenant_id, resource_type=resource_type, job_id=f"cli-{resource_type}",
@@ -91,6 +97,29 @@ def run_once(tenant: TenantConfig, refresher: TokenRefresher, out_dir: Path, *,
     summary.p99_latency_ms = round(metrics.p99_ms(), 1) if metrics.p99_ms() is not None else None
     summary.elapsed_s = round(time.monotonic() - started, 3)
     return summary
+
+
+def _backfill(tenant: TenantConfig, refresher: TokenRefresher, sink: NdjsonSink, cursors: InMemoryCursorStore,
+              types: list[str], since: str | None, group_id: str | None) -> dict[str, Any]:
+    """Bulk $export first; each exported type's watermark becomes the manifest's transactionTime."""
+    from dataclasses import replace
+
+    from ehrbridge.poll.bulk import BulkExporter
+
+    if since is None:
+        marks = [cursors.get(tenant.tenant_id, rt).watermark for rt in types]
+        since = min(marks) if marks and all(marks) else None  # type: ignore[type-var]
+    exporter = BulkExporter(tenant, refresher, sink)
+    try:
+        result = exporter.export(types, since=since, group_id=group_id)
+    finally:
+        exporter.close()
+    for resource_type in types:
+        cursor = cursors.get(tenant.tenant_id, resource_type)
+        if cursor.window is None:
+            cursors.put(replace(cursor, watermark=result.transaction_time))
+    return {"transaction_time": result.transaction_time, "resources": result.resources, "errors": result.errors,
+            "requests": result.requests, "since": since}
 
 
 def _save(path: Path, cursors: InMemoryCursorStore) -> None:

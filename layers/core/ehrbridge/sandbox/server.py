@@ -40,6 +40,7 @@ from joserfc.jws import extract_compact
 
 from ehrbridge.auth.scopes import WORKFLOW_RESOURCES, parse_scope
 from ehrbridge.contracts.vendors import PagingStyle, Vendor, VendorProfile, profile_for
+from ehrbridge.sandbox.bulk import BulkExports
 from ehrbridge.sandbox.data import generate
 from ehrbridge.sandbox.faults import FaultInjector, Faults, Injected
 
@@ -104,7 +105,8 @@ class SandboxEHR:
                  seed: int = 7, unsupported_types: Iterable[str] = (), clock: Callable[[], float] = time.time,
                  host: str = "127.0.0.1", port: int = 0, paging_session_ttl_s: float = 600.0,
                  jwks_cache_s: float = 0.0, token_delay_s: float = 0.0, paging_style: PagingStyle | None = None,
-                 faults: Faults | None = None, observations_per_patient: tuple[int, int] = (3, 8)) -> None:
+                 faults: Faults | None = None, observations_per_patient: tuple[int, int] = (3, 8),
+                 bulk_redirect_files: bool | None = None, bulk_status_polls: int = 2) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the sandbox binds to loopback only")
         self.profile: VendorProfile = profile_for(vendor)
@@ -126,6 +128,9 @@ class SandboxEHR:
         self.history: set[tuple[str, str, str]] = {(r["resourceType"], r["id"], r["meta"]["versionId"])
                                                    for items in self.resources.values() for r in items}
         self._last_stamp = ""
+        # Oracle Health answers a bulk-file GET with a 307 to storage that must not see our token.
+        redirect = self.profile.vendor == "oracle_health" if bulk_redirect_files is None else bulk_redirect_files
+        self.bulk = BulkExports(self, status_polls=bulk_status_polls, redirect_files=redirect)
         self.clients: dict[str, SandboxClient] = {}
         self.tokens: dict[str, IssuedToken] = {}
         self.requests: list[RequestRecord] = []
@@ -601,6 +606,9 @@ class _Handler(BaseHTTPRequestHandler):
             sandbox.record(RequestRecord("discovery", "GET", path, 200))
             self._send(200, sandbox.smart_configuration(), content_type="application/json")
             return
+        if path.startswith("/bulk/"):
+            self._bulk(path, query)
+            return
         if path == f"{FHIR_PATH}/metadata":
             sandbox.record(RequestRecord("discovery", "GET", path, 200))
             self._send(200, sandbox.capability_statement())
@@ -616,6 +624,12 @@ class _Handler(BaseHTTPRequestHandler):
             sandbox.record(RequestRecord("fhir", "GET", path, 401, None, resource_type, why))
             challenge = f'Bearer realm="sandbox", error="invalid_token", error_description="{why}"'
             self._send(401, _outcome("login", why), {"WWW-Authenticate": challenge})
+            return
+        if segments and segments[-1] == "$export":
+            group = segments[1] if len(segments) == 3 and segments[0] == "Group" else None
+            status, body, headers = sandbox.bulk.kickoff(token, query, self.headers.get("Prefer"), group)
+            sandbox.record(RequestRecord("bulk", "GET", path, status, token.client_id))
+            self._send(status, body, headers)
             return
         injected = sandbox.injector.before_answer()
         if injected is not None:
@@ -644,9 +658,35 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox.record(RequestRecord("fhir", "GET", path, status, token.client_id, resource_type))
         self._send(status, body)
 
-    def _send_raw(self, injected: Injected) -> None:
+    def _bulk(self, path: str, query: dict[str, list[str]]) -> None:
+        sandbox = self.sandbox
+        parts = [p for p in path.split("/") if p]  # bulk, status|files|store, job, [file]
+        if parts[1] == "store" and len(parts) == 4:
+            status, data, headers = sandbox.bulk.stored(parts[2], parts[3], (query.get("sig") or [None])[0],
+                                                        self.headers.get("Authorization"))
+            sandbox.record(RequestRecord("bulk", "GET", "/bulk/store", status))
+            self._send_raw(Injected(status, data, headers), content_type="application/fhir+ndjson")
+            return
+        token, why = sandbox.authorize(self.headers.get("Authorization"))
+        if token is None:
+            sandbox.record(RequestRecord("bulk", "GET", path, 401, None, None, why))
+            self._send(401, _outcome("login", why))
+            return
+        if parts[1] == "status" and len(parts) == 3:
+            status, body, headers = sandbox.bulk.status(token, parts[2])
+            sandbox.record(RequestRecord("bulk", "GET", "/bulk/status", status, token.client_id))
+            self._send(status, body, headers, content_type="application/json")
+            return
+        if parts[1] == "files" and len(parts) == 4:
+            status, data, headers = sandbox.bulk.file(token, parts[2], parts[3])
+            sandbox.record(RequestRecord("bulk", "GET", "/bulk/files", status, token.client_id))
+            self._send_raw(Injected(status, data, headers), content_type="application/fhir+ndjson")
+            return
+        self._send(404, _outcome("not-found", "no such endpoint"))
+
+    def _send_raw(self, injected: Injected, content_type: str = "application/fhir+json") -> None:
         self.send_response(injected.status)
-        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(injected.body)))
         for name, value in injected.headers.items():
             self.send_header(name, value)
