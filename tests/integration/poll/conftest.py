@@ -28,8 +28,8 @@ pytestmark = pytest.mark.integration
 
 
 @cache
-def pem() -> str:
-    return generate_private_key("ES384")
+def pem(alg: str = "ES384") -> str:
+    return generate_private_key(alg, 2048)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -73,14 +73,16 @@ def make_rig() -> Iterator[Callable[..., Rig]]:
              tenant_overrides: dict[str, Any] | None = None, **sandbox_kwargs: Any) -> Rig:
         sandbox = SandboxEHR(vendor, token_lifetime_s=token_lifetime_s, **sandbox_kwargs).start()  # type: ignore[arg-type]
         started.append(sandbox)
-        sandbox.register_client("poll-client", jwks=jwks([public_jwk_from_pem(pem(), "ES384", "k1")]))
+        # Epic takes EC keys only from a JWKS URL; a statically registered key must be RSA there.
+        alg = "RS384" if sandbox.profile.ec_keys_require_jwks_url else "ES384"
+        sandbox.register_client("poll-client", jwks=jwks([public_jwk_from_pem(pem(alg), alg, "k1")]))
         tenant = TenantConfig.model_validate({
             "tenant_id": "poll-health", "vendor": vendor, "fhir_base_url": sandbox.fhir_base_url,
-            "client_id": "poll-client", "key_id": "k1", "algorithm": "ES384", "workflows": list(workflows),
+            "client_id": "poll-client", "key_id": "k1", "algorithm": alg, "workflows": list(workflows),
             "vendor_context": {"practice_context": "Organization/a-1.Practice-1"}, **(tenant_overrides or {})})
         store = InMemoryCredentialStore()
-        store.put(tenant.tenant_id, TenantCredentials(keys=[KeyMaterial(kid="k1", algorithm="ES384",
-                                                                         private_key_pem=SecretStr(pem()))]))
+        store.put(tenant.tenant_id, TenantCredentials(keys=[KeyMaterial(kid="k1", algorithm=alg,
+                                                                         private_key_pem=SecretStr(pem(alg)))]))
         refresher = TokenRefresher(credentials=store, tokens=InMemoryTokenStore(), state=InMemoryRefreshState())
         return Rig(sandbox, tenant, refresher, InMemoryCursorStore(), RecordingSink(),
                    PollMetrics(tenant.tenant_id, stream=None), settings or PollSettings(safety_margin_s=120))
