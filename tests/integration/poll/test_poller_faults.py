@@ -48,12 +48,14 @@ def latest(keys: set[tuple[str, str, str]] | list[tuple[str, str, str]]) -> set[
 def test_every_fault_at_once_delivers_exactly_the_servers_set(make_rig: Callable[..., Rig], paging_style: str
                                                                 ) -> None:
     rig = make_rig(patients=25, paging_style=paging_style, token_lifetime_s=10,
-                   faults=Faults.everything(seed=5, rate=0.1), settings=PollSettings(page_size=7))
+                   faults=Faults.everything(seed=5, rate=0.15), settings=PollSettings(page_size=5))
     for resource_type in TYPES:
         assert crawl(rig, resource_type)[-1] == "done"
     # Records changed during the crawl are newer than the window's server time: the next window gets them.
     rig.sandbox.faults.mutate_per_page = 0
     for resource_type in TYPES:
+        assert crawl(rig, resource_type)[-1] == "done"
+    for resource_type in TYPES:  # a third window: its overlap re-reads what the second delivered
         assert crawl(rig, resource_type)[-1] == "done"
     server = rig.sandbox.current_versions(TYPES)
     delivered = set(rig.sink.delivered)
@@ -66,9 +68,11 @@ def test_every_fault_at_once_delivers_exactly_the_servers_set(make_rig: Callable
         assert injected.get(kind, 0) > 0, (kind, injected)
     assert any(injected.get(str(s), 0) for s in (500, 502, 503, 504))
     assert rig.metrics.retries > 0 and rig.metrics.throttled > 0
-    # The overlap returned already-delivered versions; the run dropped them (absorbed), and every
-    # delivery that did repeat a version is absorbed downstream by its stable envelope id.
-    assert rig.metrics.duplicates["Patient"] + rig.metrics.duplicates["Observation"] > 0
+    # The overlap and the keyset re-query return versions already delivered: within a run they are
+    # dropped; across runs they are sent again with the same stable envelope id, which downstream
+    # deduplication absorbs (tests/integration/poll/test_functions.py counts that on the queue).
+    repeats = len(rig.sink.delivered) - len(delivered)
+    assert repeats > 0 or rig.metrics.duplicates["Patient"] + rig.metrics.duplicates["Observation"] > 0
 
 
 def test_offset_paging_with_updates_mid_crawl_misses_nothing(make_rig: Callable[..., Rig]) -> None:

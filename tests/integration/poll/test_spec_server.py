@@ -81,11 +81,11 @@ class RateLimitingProxy:
 
 def test_discovery_rate_limiting_proxy_and_short_tokens(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig("generic", patients=12, token_lifetime_s=10, paging_style="offset")
-    proxy = RateLimitingProxy(rig.sandbox.base_url, per_second=8)
+    proxy = RateLimitingProxy(rig.sandbox.base_url, per_second=2)
     try:
         rig.tenant = TenantConfig.model_validate({**rig.tenant.model_dump(), "fhir_base_url": proxy.origin + "/fhir",
                                                   "token_url": None})
-        rig.settings = PollSettings(page_size=10)
+        rig.settings = PollSettings(page_size=5)
         poller = rig.poller(max_retry_after_s=1.5)
         for resource_type in ("Patient", "Observation"):
             assert poller.run(job(resource_type)).status == "done"

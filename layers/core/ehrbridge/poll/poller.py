@@ -45,7 +45,7 @@ from ehrbridge.poll.sink import ResourceSink, patient_id_of, resource_key
 Mode = Literal["incremental", "per_patient", "full"]
 Status = Literal["done", "continue", "denied", "not_granted", "unsupported"]
 # Query parameters that mark a next link as paging by position in a result set that can shift.
-_OFFSET_PARAMS = frozenset({"_offset", "offset", "_getpagesoffset", "page", "_page", "start", "_skip"})
+_OFFSET_PARAMS = frozenset({"_offset", "offset", "page", "_page", "start", "_skip"})
 MAX_SESSION_RESTARTS = 3
 
 
@@ -234,18 +234,22 @@ class Poller:
 
     def _advance(self, window: Window, page: Page, resources: list[dict[str, Any]], use_last_updated: bool) -> Window:
         server_time = window.server_time or _normal(page.server_time)
-        stamps = [s for r in resources if (s := _normal((r.get("meta") or {}).get("lastUpdated")))]
-        newest = max([*stamps, *([window.newest_seen] if window.newest_seen else [])], default=None, key=_parse)
+        moments = [m for r in resources if (m := _moment((r.get("meta") or {}).get("lastUpdated"))) is not None]
+        newest_moment = max(moments, default=None)
+        if window.newest_seen and (newest_moment is None or _parse(window.newest_seen) > newest_moment):
+            newest = window.newest_seen
+        else:
+            newest = _iso(newest_moment) if newest_moment is not None else None
         next_url = next((link.get("url") for link in page.bundle.get("link") or []
                          if isinstance(link, dict) and link.get("relation") == "next"), None)
         window = replace(window, server_time=server_time, newest_seen=newest, pages=window.pages + 1)
         if not next_url:
             return replace(window, resume_url=None, keyset_from=None)
-        sorted_page = all(_parse(a) <= _parse(b) for a, b in pairwise(stamps))
-        if use_last_updated and stamps and sorted_page and _pages_by_offset(next_url):
-            last = stamps[-1]
-            if window.keyset_from is None or _parse(last) > _parse(window.keyset_from):
-                return replace(window, resume_url=None, keyset_from=last)
+        sorted_page = all(a <= b for a, b in pairwise(moments))
+        if use_last_updated and moments and sorted_page and _pages_by_offset(next_url):
+            last = moments[-1]
+            if window.keyset_from is None or last > _parse(window.keyset_from):
+                return replace(window, resume_url=None, keyset_from=_iso(last))
             # A whole page shares one timestamp: keyset cannot move past it; follow the link this once.
         return replace(window, resume_url=next_url, keyset_from=None)
 
@@ -277,6 +281,15 @@ def _parse(value: str) -> datetime:
         text += "T00:00:00+00:00"
     parsed = datetime.fromisoformat(text)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return _parse(value)
+    except ValueError:
+        return None
 
 
 def _normal(value: Any) -> str | None:

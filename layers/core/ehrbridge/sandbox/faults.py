@@ -45,7 +45,7 @@ class Faults:
     @classmethod
     def everything(cls, *, seed: int = 11, rate: float = 0.08) -> Faults:
         return cls(seed=seed, throttle_rate=rate, throttle_burst=2, error_rate=rate, slow_rate=rate / 2,
-                   slow_s=0.05, truncate_rate=rate, outcome_rate=rate, mutate_per_page=2, expire_tokens_every=13)
+                   slow_s=0.05, truncate_rate=rate, outcome_rate=rate, mutate_per_page=1, expire_tokens_every=13)
 
 
 @dataclass
