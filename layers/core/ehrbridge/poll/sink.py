@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,11 +46,16 @@ def resource_envelope(tenant: TenantConfig, resource: dict[str, Any], *, receive
     resource_type, resource_id, version = resource_key(resource)
     patient = patient_id_of(resource)
     # Same key as the normalizer computes for a vendor Patient, so one patient's events share a group.
-    patient_key = patient_key_for(tenant.tenant_id, tenant.vendor, patient) if patient else None
+    patient_key = _patient_key(tenant.tenant_id, tenant.vendor, patient) if patient else None
     return new_envelope(tenant_id=tenant.tenant_id, source="fhir", kind=resource_type,
                         body=json.dumps(resource, separators=(",", ":")),
                         natural_key=["resource", resource_type, resource_id, version], patient_key=patient_key,
                         received_at=received_at or datetime.now(UTC), attributes={"origin": "poll"})
+
+
+@lru_cache(maxsize=8192)
+def _patient_key(tenant_id: str, vendor: str, patient_id: str) -> str:
+    return patient_key_for(tenant_id, vendor, patient_id)  # a hash: many resources share one patient
 
 
 class ResourceSink(Protocol):
