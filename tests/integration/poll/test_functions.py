@@ -38,3 +38,20 @@ def test_dispatcher_and_poller_functions_put_every_version_on_normalize(twin) ->
         assert len(bodies) == len(delivered)  # FIFO deduplication absorbed any repeat
         assert {b["source"] for b in bodies} == {"fhir"} and all(b.get("patient_key") for b in bodies)
         assert dispatch_once()["enqueued"] == 0  # every pair polled, none due again yet
+
+
+def test_dynamo_cursor_writes_are_conditional_and_roster_pages(twin) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from ehrbridge.poll.cursor import Cursor, CursorConflict, DynamoCursorStore, Window
+
+    store = DynamoCursorStore(twin.tables["state"])
+    first = store.put(Cursor("twin-health", "Observation", window=Window(since="2026-01-01T00:00:00.000Z")))
+    second = store.put(replace(first, watermark="2026-01-02T00:00:00.000Z", window=None))
+    with pytest.raises(CursorConflict):
+        store.put(replace(first, watermark="2030-01-01T00:00:00.000Z"))  # stale: never past the other writer
+    with pytest.raises(CursorConflict):
+        store.put(Cursor("twin-health", "Observation"))  # a second "first write" loses too
+    assert store.get("twin-health", "Observation") == second
+    store.add_to_roster("twin-health", {f"p{i:03d}" for i in range(60)})
+    assert store.roster("twin-health") == [f"p{i:03d}" for i in range(60)]

@@ -6,8 +6,9 @@ cursors in DIR, so a second run continues from the watermark the first one print
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -61,7 +62,6 @@ def poll(
                 raise ContractError("poll options", [f"--resources: {resource_type!r} is not a resource type"])
         refresher = TokenRefresher(credentials=_credentials_for(config), tokens=InMemoryTokenStore(),
                                    state=InMemoryRefreshState())
-        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # the summary carries the figures
         logger.setLevel("WARNING")
         terminal = sys.stderr.isatty() and not as_json
 
@@ -72,8 +72,10 @@ def poll(
 
         from ehrbridge.poll.poller import PollSettings
 
-        summary = run_once(config, refresher, out, resource_types=types, since=since, progress=progress,
-                           settings=PollSettings(page_size=count), bulk=bulk, group_id=group)
+        # The SMART client writes EMF metric lines to stdout for CloudWatch; a one-shot run reports in its summary.
+        with contextlib.redirect_stdout(io.StringIO()):
+            summary = run_once(config, refresher, out, resource_types=types, since=since, progress=progress,
+                               settings=PollSettings(page_size=count), bulk=bulk, group_id=group)
         if terminal:
             sys.stderr.write("\n")
         data = summary.to_dict()
