@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ehrbridge import lean_imports  # noqa: F401 - first: no httpx CLI in the cold start
 from ehrbridge.observability import logger, metrics, tracer
 from ehrbridge.poll.runtime import run_dispatcher
 
