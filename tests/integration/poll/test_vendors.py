@@ -56,3 +56,27 @@ def test_athena_sends_ah_practice_on_every_search(make_rig: Callable[..., Rig]) 
     assert crawl(rig, "Observation") == ["done"]  # per patient (athena needs patient=), with _lastUpdated
     assert set(rig.sink.delivered) == rig.sandbox.current_versions(["Patient", "Observation"])
     assert not [r for r in rig.sandbox.fhir_requests() if r.status == 400]
+
+
+def test_epic_with_a_bulk_group_exports_instead_of_crawling(make_rig: Callable[..., Rig]) -> None:
+    """No _lastUpdated, Group-level Bulk Data: each window is one $export spread over job steps."""
+    import random
+
+    rig = make_rig("epic", patients=5, bulk_status_polls=2,
+                   tenant_overrides={"vendor_context": {"bulk_group_id": "ehrbridge-cohort"}})
+    poller = rig.poller()
+    assert poller.mode_for("Observation") == "bulk" and poller.mode_for("Patient") == "bulk"
+    first = poller.run(job("Observation"))
+    assert first.status == "continue" and first.delay_s >= 0  # kicked off; the server said wait
+    assert rig.cursors.get("poll-health", "Observation").watermark is None  # never past an open window
+    statuses = crawl(rig, "Observation")
+    assert statuses[-1] == "done" and len(statuses) == 2  # one more 202, then the manifest
+    assert set(rig.sink.delivered) == rig.sandbox.current_versions(["Observation"])
+    cursor = rig.cursors.get("poll-health", "Observation")
+    exports = [r for r in rig.sandbox.requests if r.path.endswith("/Group/ehrbridge-cohort/$export")]
+    assert len(exports) == 1 and cursor.watermark is not None
+    # The next window exports with _since = transactionTime - overlap: only what changed.
+    changed = rig.sandbox.mutate("Observation", 2, random.Random(5))
+    rig.sink.delivered.clear()
+    assert crawl(rig, "Observation")[-1] == "done"
+    assert {rid for _, rid, v in rig.sink.delivered if v == "2"} == set(changed)

@@ -66,45 +66,61 @@ class BulkExporter:
     # ---- the three phases -----------------------------------------------------------------
     def export(self, types: Iterable[str], *, since: str | None = None, group_id: str | None = None,
                deadline: Deadline | None = None) -> BulkResult:
+        """The whole export in one call, waiting through the status polls (the CLI)."""
         deadline = deadline or Deadline(None)
-        params = {"_type": ",".join(types), "_outputFormat": "application/fhir+ndjson"}
-        if since:
-            params["_since"] = since
-        path = f"Group/{group_id}/$export" if group_id else "$export"
-        kickoff = self._call(f"{self.base_url}/{path}", params=params, headers={"Prefer": "respond-async"},
-                             ok=(202,), deadline=deadline)
-        location = kickoff.headers.get("Content-Location")
-        if not location:
-            raise BulkExportError("kick-off answered 202 without Content-Location", status=202)
-        manifest, polls = self._wait(urljoin(self.base_url + "/", location), deadline)
-        transaction_time = manifest.get("transactionTime")
-        if not isinstance(transaction_time, str):
-            raise BulkExportError("manifest has no transactionTime")
-        result = BulkResult(transaction_time, status_polls=polls)
+        status_url = self.kickoff(types, since=since, group_id=group_id, deadline=deadline)
+        polls = 0
+        while True:
+            manifest, wait = self.check(status_url, deadline=deadline)
+            polls += 1
+            if manifest is not None:
+                break
+            if not deadline.allows(wait):
+                raise BulkExportError("export not ready before the deadline")
+            self.sleep(wait)
+        result = BulkResult(transaction_time_of(manifest), status_polls=polls)
+        for index in range(len(manifest.get("output") or [])):
+            resource_type, count = self.download_output(manifest, index, deadline=deadline)
+            result.resources[resource_type] = result.resources.get(resource_type, 0) + count
         token_needed = bool(manifest.get("requiresAccessToken", True))
-        for item in manifest.get("output") or []:
-            count = self._download(str(item["url"]), token_needed, deadline)
-            result.resources[str(item.get("type"))] = result.resources.get(str(item.get("type")), 0) + count
         for item in manifest.get("error") or []:
             result.errors += self._count_lines(str(item["url"]), token_needed, deadline)
         result.requests = self._requests
         return result
 
-    def _wait(self, status_url: str, deadline: Deadline) -> tuple[dict[str, Any], int]:
-        polls = 0
-        while True:
-            response = self._call(status_url, ok=(200, 202), deadline=deadline)
-            polls += 1
-            if response.status_code == 200:
-                try:
-                    return response.json(), polls
-                except ValueError:
-                    raise BulkExportError("manifest is not JSON", status=200) from None
-            wait = parse_retry_after(response.headers.get("Retry-After"), self.clock(), self.max_retry_after_s)
-            wait = wait if wait is not None else min(self.max_retry_after_s, 2.0 * polls)
-            if not deadline.allows(wait):
-                raise BulkExportError("export not ready before the deadline")
-            self.sleep(wait)
+    # ---- step by step (the poller spreads these over invocations) ------------------------------
+    def kickoff(self, types: Iterable[str], *, since: str | None = None, group_id: str | None = None,
+                deadline: Deadline | None = None) -> str:
+        """Start an export; returns the status URL (Content-Location)."""
+        params = {"_type": ",".join(types), "_outputFormat": "application/fhir+ndjson"}
+        if since:
+            params["_since"] = since
+        path = f"Group/{group_id}/$export" if group_id else "$export"
+        response = self._call(f"{self.base_url}/{path}", params=params, headers={"Prefer": "respond-async"},
+                              ok=(202,), deadline=deadline or Deadline(None))
+        location = response.headers.get("Content-Location")
+        if not location:
+            raise BulkExportError("kick-off answered 202 without Content-Location", status=202)
+        return urljoin(self.base_url + "/", location)
+
+    def check(self, status_url: str, *, deadline: Deadline | None = None) -> tuple[dict[str, Any] | None, float]:
+        """(manifest, 0) when complete, else (None, seconds to wait: Retry-After, capped)."""
+        response = self._call(status_url, ok=(200, 202), deadline=deadline or Deadline(None))
+        if response.status_code == 200:
+            try:
+                manifest = response.json()
+            except ValueError:
+                raise BulkExportError("manifest is not JSON", status=200) from None
+            transaction_time_of(manifest)
+            return manifest, 0.0
+        wait = parse_retry_after(response.headers.get("Retry-After"), self.clock(), self.max_retry_after_s)
+        return None, wait if wait is not None else 10.0
+
+    def download_output(self, manifest: dict[str, Any], index: int, *, deadline: Deadline | None = None
+                        ) -> tuple[str, int]:
+        item = (manifest.get("output") or [])[index]
+        token_needed = bool(manifest.get("requiresAccessToken", True))
+        return str(item.get("type")), self._download(str(item["url"]), token_needed, deadline or Deadline(None))
 
     def _download(self, url: str, token_needed: bool, deadline: Deadline) -> int:
         """Stream one NDJSON file into the sink, BATCH resources at a time."""
@@ -196,6 +212,13 @@ class BulkExporter:
 
     def close(self) -> None:
         self.http.close()
+
+
+def transaction_time_of(manifest: dict[str, Any]) -> str:
+    value = manifest.get("transactionTime")
+    if not isinstance(value, str) or not value:
+        raise BulkExportError("manifest has no transactionTime")
+    return value
 
 
 def _origin(url: str) -> tuple[str, str]:

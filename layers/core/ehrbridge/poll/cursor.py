@@ -39,6 +39,10 @@ class Window:
     pages: int = 0
     patient_after: str | None = None  # per-patient mode: the last roster patient finished (ids sorted)
     restarts: int = 0
+    # bulk mode: the export's status URL, how many output files are delivered, its transactionTime
+    bulk_status_url: str | None = None
+    bulk_done: int = 0
+    bulk_transaction_time: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,13 @@ Modes (vendor profile + CapabilityStatement):
 - ``incremental``: ``_lastUpdated`` supported (the general case).
 - ``per_patient``: the vendor needs ``patient=`` on this type's searches (Epic, athena): the window
   walks the tenant's roster (fed by Patient polls and ADT), with ``_lastUpdated`` when supported.
-- ``full``: no ``_lastUpdated`` and no patient requirement: every window reads everything again
-  (duplicates absorbed downstream). Costly; Bulk ``$export`` with ``_since`` is the alternative.
+- ``bulk``: no ``_lastUpdated`` but the vendor offers Bulk Data (a Group id in the tenant's
+  ``vendor_context.bulk_group_id`` where the vendor exports per Group): each window is one ``$export``
+  with ``_since`` and ``_type``, spread over invocations (kick-off, status polls honouring
+  Retry-After through re-enqueued jobs, one output file per step); the watermark becomes the
+  manifest's ``transactionTime``. Covers edits and new patients; costs an export per interval.
+- ``full``: no ``_lastUpdated``, no bulk and no patient requirement: every window reads everything again
+  (duplicates absorbed downstream). Costly.
   Without ``_lastUpdated`` per-patient windows re-read each patient's records too: edits are caught,
   patients not (yet) on the roster are not.
 """
@@ -42,7 +47,7 @@ from ehrbridge.poll.jobs import PollJob
 from ehrbridge.poll.limits import Deadline
 from ehrbridge.poll.sink import ResourceSink, patient_id_of, resource_key
 
-Mode = Literal["incremental", "per_patient", "full"]
+Mode = Literal["incremental", "per_patient", "full", "bulk"]
 Status = Literal["done", "continue", "denied", "not_granted", "unsupported"]
 # Query parameters that mark a next link as paging by position in a result set that can shift.
 _OFFSET_PARAMS = frozenset({"_offset", "offset", "page", "_page", "start", "_skip"})
@@ -83,6 +88,28 @@ class _Run:
     duplicates: int = 0
 
 
+class _CountingSink:
+    """Bulk files go to the same sink; counts and roster updates as for searched pages."""
+
+    def __init__(self, sink: ResourceSink, run: _Run, on_patients: Callable[[set[str]], None]) -> None:
+        self.sink, self.run, self.on_patients = sink, run, on_patients
+
+    def deliver(self, tenant: TenantConfig, resources: Any) -> None:
+        fresh = []
+        for resource in resources:
+            key = resource_key(resource)
+            if key in self.run.seen:
+                self.run.duplicates += 1
+                continue
+            self.run.seen.add(key)
+            fresh.append(resource)
+        self.sink.deliver(tenant, fresh)
+        self.run.resources += len(fresh)
+        patients = {p for r in fresh if r.get("resourceType") == "Patient" and (p := patient_id_of(r))}
+        if patients:
+            self.on_patients(patients)
+
+
 class Poller:
     def __init__(self, tenant: TenantConfig, calls: PollCalls, cursors: CursorStore, sink: ResourceSink, *,
                  settings: PollSettings | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -111,7 +138,14 @@ class Poller:
         declared = self.search_params(resource_type)
         return declared is None or "_lastUpdated" in declared
 
+    def bulk_group(self) -> str | None:
+        return self.tenant.vendor_context.get("bulk_group_id")
+
     def mode_for(self, resource_type: str) -> Mode:
+        profile = self.tenant.profile
+        if not self.supports_last_updated(resource_type) and profile.supports_bulk_export and (
+                profile.bulk_export_level == "system" or self.bulk_group()):
+            return "bulk"
         if "patient" in self.tenant.profile.required_search_params.get(resource_type, ()):
             return "per_patient"
         return "incremental" if self.supports_last_updated(resource_type) else "full"
@@ -128,7 +162,10 @@ class Poller:
         run = _Run(cursor)
         outcome = PollOutcome("continue", rt, mode)
         try:
-            self._crawl(run, mode, deadline)
+            if mode == "bulk":
+                self._crawl_bulk(run, deadline)
+            else:
+                self._crawl(run, mode, deadline)
         except OutOfTime as signal:
             outcome.delay_s = signal.wait_s
             run.cursor = self.cursors.put(replace(run.cursor, not_before=self.clock() + signal.wait_s,
@@ -154,6 +191,10 @@ class Poller:
 
     def _open_window(self, cursor: Cursor, job: PollJob, mode: Mode, since: str | None) -> Window:
         base = since or cursor.watermark
+        if mode == "bulk":
+            # transactionTime is exact (the IG: files include everything modified up to it); the
+            # overlap still covers a server whose clock moved between export and query.
+            return Window(since=_iso(_parse(base) - timedelta(seconds=job.overlap_s)) if base else None)
         if base is None or mode == "full" or (mode == "per_patient" and not self.supports_last_updated(
                 job.resource_type)):
             return Window(since=None)
@@ -196,6 +237,34 @@ class Poller:
             run.pages += 1
             if mode != "per_patient" and finished:
                 return
+
+    def _crawl_bulk(self, run: _Run, deadline: Deadline) -> None:
+        """One export per window, a step per invocation where the server makes us wait."""
+        from ehrbridge.poll.bulk import BulkExporter, transaction_time_of
+
+        rt = run.cursor.resource_type
+        window = run.cursor.window
+        assert window is not None
+        counted = _CountingSink(self.sink, run, lambda ids: self.cursors.add_to_roster(self.tenant.tenant_id, ids))
+        exporter = BulkExporter(self.tenant, self.calls.client.refresher, counted, http=self.calls.http)
+        if window.bulk_status_url is None:
+            url = exporter.kickoff([rt], since=window.since, group_id=self.bulk_group(), deadline=deadline)
+            window = replace(window, bulk_status_url=url)
+            run.cursor = self.cursors.put(run.cursor.with_window(window))
+        manifest, wait = exporter.check(window.bulk_status_url or "", deadline=deadline)
+        if manifest is None:
+            raise OutOfTime(wait)  # the job comes back after Retry-After instead of sleeping here
+        transaction_time = transaction_time_of(manifest)
+        outputs = manifest.get("output") or []
+        for index in range(window.bulk_done, len(outputs)):
+            if not deadline.allows(self.settings.reserve_s):
+                raise OutOfTime(0.0)
+            exporter.download_output(manifest, index, deadline=deadline)
+            window = replace(window, bulk_done=index + 1, pages=window.pages + 1)
+            run.cursor = self.cursors.put(run.cursor.with_window(window))
+            run.pages += 1
+        window = replace(window, bulk_transaction_time=transaction_time, server_time=transaction_time)
+        run.cursor = self.cursors.put(run.cursor.with_window(window))
 
     def _fetch(self, rt: str, window: Window, patient: str, use_last_updated: bool, deadline: Deadline) -> Page:
         if window.resume_url:
@@ -257,7 +326,9 @@ class Poller:
         window = cursor.window
         assert window is not None
         candidates = []
-        if window.server_time:
+        if window.bulk_transaction_time:
+            candidates.append(_parse(window.bulk_transaction_time))
+        elif window.server_time:
             candidates.append(_parse(window.server_time) - timedelta(seconds=self.settings.safety_margin_s))
         elif window.newest_seen:  # no server time at all: the newest record the server gave us
             candidates.append(_parse(window.newest_seen))
