@@ -159,3 +159,30 @@ def test_envelope_per_resource_version_is_stable() -> None:
     assert patient.patient_key == one.patient_key  # one patient's events share a FIFO group
     newer = resource_envelope(tenant(), {**obs, "meta": {"versionId": "4"}})
     assert newer.message_id != one.message_id
+
+
+def test_dispatcher_reports_staleness_even_for_a_pair_that_never_completed() -> None:
+    cursors, sent, out = InMemoryCursorStore(), [], io.StringIO()
+    t = tenant(poll_plan=[{"resource_type": "Observation", "interval_s": 60}])
+    clock = iter([1000.0, 1000.0, 1000.0, 1400.0, 1400.0, 1400.0])
+    dispatch([t], cursors, sent.extend, now=lambda: next(clock), skipped_for=lambda _t: {"DiagnosticReport"})
+    dispatch([t], cursors, sent.extend, now=lambda: next(clock), skipped_for=lambda _t: {"DiagnosticReport"},
+             metrics_for=lambda tid: PollMetrics(tid, stream=out))
+    ratios = {line["resource_type"]: line["PollStalenessRatio"] for line in map(json.loads, out.getvalue().split())}
+    assert ratios["Observation"] == pytest.approx(400 / 60)  # > 3 intervals: the stale alarm fires
+
+
+def test_sandbox_fault_switches() -> None:
+    from ehrbridge.sandbox.faults import parse_faults, retry_after
+
+    faults = parse_faults(["throttle_rate=0.2", "mutate_per_page=2"])
+    assert faults.throttle_rate == 0.2 and faults.mutate_per_page == 2 and faults.error_rate == 0
+    assert parse_faults(["all"]).truncate_rate > 0
+    for bad in (["nope=1"], ["slow_s=fast"], ["retry_after_forms=delta"]):
+        with pytest.raises(ValueError):
+            parse_faults(bad)
+    now = 1767225600.0
+    assert {retry_after(form, 1, now) for form in ("delta", "date", "epoch")} == \
+        {"1", "Thu, 01 Jan 2026 00:00:02 GMT", "1767225602"}
+    for form in ("delta", "date", "epoch"):
+        assert parse_retry_after(retry_after(form, 1, now), now, 60) >= 1

@@ -53,6 +53,7 @@ class Cursor:
     version: int = 0
     window: Window | None = None
     dispatched_at: float | None = None
+    first_dispatched_at: float | None = None  # staleness of a pair that never completed counts from here
     completed_at: float | None = None
     not_before: float | None = None
 

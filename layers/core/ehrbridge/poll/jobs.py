@@ -121,15 +121,17 @@ def dispatch(tenants: Iterable[TenantConfig], cursors: CursorStore, enqueue: Cal
         for entry in poll_plan(tenant, skipped):
             cursor = cursors.get(tenant.tenant_id, entry.resource_type)
             moment = now()
-            if metrics is not None and cursor.completed_at is not None:
-                metrics.staleness(entry.resource_type, (moment - cursor.completed_at) / entry.interval_s)
+            since = cursor.completed_at or cursor.first_dispatched_at
+            if metrics is not None and since is not None:
+                metrics.staleness(entry.resource_type, (moment - since) / entry.interval_s)
             state = is_due(cursor, entry, moment, redispatch_after_s)
             if state != "due":
                 summary.in_flight += state == "in_flight"
                 summary.not_due += state == "not_due"
                 continue
             try:
-                cursors.put(replace(cursor, dispatched_at=moment))
+                cursors.put(replace(cursor, dispatched_at=moment,
+                                    first_dispatched_at=cursor.first_dispatched_at or moment))
             except CursorConflict:
                 summary.in_flight += 1  # a poller is writing it right now
                 continue

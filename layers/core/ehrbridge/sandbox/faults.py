@@ -48,6 +48,27 @@ class Faults:
                    slow_s=0.05, truncate_rate=rate, outcome_rate=rate, mutate_per_page=1, expire_tokens_every=13)
 
 
+def parse_faults(settings: list[str]) -> Faults:
+    """``NAME=VALUE`` pairs (the CLI's ``--fault``) -> Faults; ``all`` switches every fault on."""
+    from dataclasses import fields
+
+    faults = Faults.everything() if "all" in settings else Faults()
+    types = {f.name: f.type for f in fields(Faults)}
+    for item in settings:
+        if item == "all":
+            continue
+        name, _, value = item.partition("=")
+        kind = str(types.get(name.strip(), ""))
+        if not kind or kind.startswith("tuple"):
+            known = ", ".join(n for n, t in types.items() if "tuple" not in str(t))
+            raise ValueError(f"unknown fault {name!r}; one of {known}")
+        try:
+            setattr(faults, name.strip(), int(value) if kind == "int" else float(value))
+        except ValueError:
+            raise ValueError(f"fault {name}: {value!r} is not a number") from None
+    return faults
+
+
 @dataclass
 class Injected:
     status: int
