@@ -55,3 +55,17 @@ def test_dynamo_cursor_writes_are_conditional_and_roster_pages(twin) -> None:  #
     assert store.get("twin-health", "Observation") == second
     store.add_to_roster("twin-health", {f"p{i:03d}" for i in range(60)})
     assert store.roster("twin-health") == [f"p{i:03d}" for i in range(60)]
+
+
+def test_invalid_poll_job_goes_straight_to_the_dlq(twin) -> None:  # type: ignore[no-untyped-def]
+    from ehrbridge.local.runner import PipelineRunner
+    from ehrbridge.local.twin import local_client
+
+    sqs = local_client("sqs", twin.endpoint)
+    sqs.send_message(QueueUrl=twin.queues["poll-jobs"], MessageBody='{"tenant_id": "x", "resource_type": 5}',
+                     MessageGroupId="g", MessageDeduplicationId="bad-1")
+    mapping = poller_mapping(twin, timeout_s=30)
+    assert PipelineRunner([mapping]).run_until_drained(timeout_s=30)
+    dead = sqs.receive_message(QueueUrl=twin.dlqs["poll-jobs"], MessageAttributeNames=["All"]).get("Messages", [])
+    assert len(dead) == 1 and "poll job" in dead[0]["MessageAttributes"]["reason"]["StringValue"]
+    assert mapping.stats.invocations == 1  # not retried five times first

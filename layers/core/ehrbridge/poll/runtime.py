@@ -127,8 +127,13 @@ def process_poll_event(event: dict[str, Any], remaining_ms: int) -> dict[str, An
         try:
             result = poll_one(record["body"], remaining_ms / 1000)
         except ContractError as err:
-            logger.error("invalid poll job; to the DLQ after retries", extra={"reason": str(err)[:200]})
-            failures.append({"itemIdentifier": message_id})
+            # Retrying cannot fix a malformed job: straight to the DLQ with the reason, as the consumers do.
+            reason = str(err)[:250]
+            logger.error("invalid poll job; sent to the DLQ", extra={"reason": reason})
+            client("sqs").send_message(
+                QueueUrl=settings.dlq_url("poll-jobs"), MessageBody=record["body"], MessageGroupId="invalid",
+                MessageDeduplicationId=message_id[:128],
+                MessageAttributes={"reason": {"DataType": "String", "StringValue": reason}})
             continue
         except TenantNotFound:
             logger.warning("poll job for a removed tenant; dropped", extra={"reason": "tenant is not configured"})
