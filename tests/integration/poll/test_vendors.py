@@ -75,6 +75,7 @@ def test_epic_with_a_bulk_group_exports_instead_of_crawling(make_rig: Callable[.
     cursor = rig.cursors.get("poll-health", "Observation")
     exports = [r for r in rig.sandbox.requests if r.path.endswith("/Group/ehrbridge-cohort/$export")]
     assert len(exports) == 1 and cursor.watermark is not None
+    assert rig.metrics.requests >= 4  # kick-off, 3 status polls, the file: counted like searches
     # The next window exports with _since = transactionTime - overlap: only what changed.
     changed = rig.sandbox.mutate("Observation", 2, random.Random(5))
     rig.sink.delivered.clear()

@@ -97,6 +97,10 @@ class PollCalls:
         self._last = response
         self.metrics.call(*self._label, response.status_code, (time.perf_counter() - started) * 1000)
 
+    def label(self, endpoint: str, resource_type: str) -> None:
+        """Metric dimensions for calls made through ``self.http`` by someone else (the bulk exporter)."""
+        self._label = (endpoint, resource_type)
+
     # ---- the one operation --------------------------------------------------------------
     def get_page(self, path_or_url: str, params: dict[str, str] | None, resource_type: str, *,
                  endpoint: str = "search", deadline: Deadline | None = None) -> Page:

@@ -245,6 +245,7 @@ class Poller:
         rt = run.cursor.resource_type
         window = run.cursor.window
         assert window is not None
+        self.calls.label("bulk", rt)  # the exporter shares the HTTP client: its calls are counted and timed too
         counted = _CountingSink(self.sink, run, lambda ids: self.cursors.add_to_roster(self.tenant.tenant_id, ids))
         exporter = BulkExporter(self.tenant, self.calls.client.refresher, counted, http=self.calls.http)
         if window.bulk_status_url is None:
