@@ -226,7 +226,8 @@ def _start_polling(twin: TwinResources, tenant: TenantConfig, stack: contextlib.
     from ehrbridge.sandbox.faults import Faults
     from ehrbridge.sandbox.server import SandboxEHR
 
-    faults = Faults(throttle_rate=0.1, retry_after_s=0, retry_after_forms=("delta",), error_rate=0.05, seed=3)
+    # Every 2nd FHIR request is refused with a 429 (deterministic, so the demo always shows a retry).
+    faults = Faults(throttle_every=2, retry_after_s=0, retry_after_forms=("delta",), error_rate=0.05, seed=3)
     sandbox = stack.enter_context(SandboxEHR("generic", patients=4, observations_per_patient=(2, 4), faults=faults,
                                              paging_style="offset"))
     polled_tenant = onboard_sandbox_tenant(sandbox, tenant, workflows=("labs",))
