@@ -127,3 +127,24 @@ def test_out_of_time_saves_cursor_and_continues(make_rig: Callable[..., Rig]) ->
     assert rig.cursors.get("poll-health", "Patient").watermark is None
     assert crawl(rig, "Patient")[-1] == "done"
     assert rig.sandbox.current_versions(["Patient"]) <= set(rig.sink.delivered)
+
+
+def test_no_phi_in_poller_logs_or_metrics(make_rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture) -> None:
+    import io
+    import logging
+
+    from ehrbridge.poll.metrics import PollMetrics
+
+    rig = make_rig(patients=6, faults=Faults(throttle_rate=0.3, retry_after_s=0, retry_after_forms=("delta",),
+                                             truncate_rate=0.2, seed=8), settings=PollSettings(page_size=3))
+    emf = io.StringIO()
+    rig.metrics = PollMetrics("poll-health", stream=emf)
+    caplog.set_level(logging.DEBUG)
+    for resource_type in TYPES:
+        assert crawl(rig, resource_type)[-1] == "done"
+    output = emf.getvalue() + "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert "PollCalls" in output and "poll window step" in output  # the check reads real output
+    for patient in rig.sandbox.resources["Patient"]:
+        for value in (patient["name"][0]["family"], patient["birthDate"], patient["identifier"][0]["value"],
+                      patient["id"]):
+            assert value not in output, "PHI or an id in the poller's logs/metrics"
