@@ -69,3 +69,23 @@ def test_invalid_poll_job_goes_straight_to_the_dlq(twin) -> None:  # type: ignor
     dead = sqs.receive_message(QueueUrl=twin.dlqs["poll-jobs"], MessageAttributeNames=["All"]).get("Messages", [])
     assert len(dead) == 1 and "poll job" in dead[0]["MessageAttributes"]["reason"]["StringValue"]
     assert mapping.stats.invocations == 1  # not retried five times first
+
+
+def test_shared_rate_limiter_holds_a_tenant_to_its_rate_across_instances(twin) -> None:  # type: ignore[no-untyped-def]
+    from ehrbridge.poll.limits import SharedRateLimiter
+
+    now = [1000.2]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    # Two "Lambda instances" of one tenant, 3 requests/s between them.
+    one, two = (SharedRateLimiter(twin.tables["state"], "twin-health", 3, clock=lambda: now[0], sleep=sleep)
+                for _ in range(2))
+    for limiter in (one, two, one):
+        assert limiter.acquire() == 0.0
+    assert two.acquire() > 0 and int(now[0]) == 1001  # the 4th waits for the next second
+    other = SharedRateLimiter(twin.tables["state"], "other-tenant", 3, clock=lambda: now[0], sleep=sleep)
+    assert other.acquire() == 0.0  # tenants do not share a budget

@@ -29,7 +29,7 @@ from ehrbridge.auth.fhir_client import FhirCallError, FhirClient
 from ehrbridge.auth.refresher import TokenRefresher
 from ehrbridge.auth.token_endpoint import parse_retry_after
 from ehrbridge.contracts.tenant import TenantConfig
-from ehrbridge.poll.limits import Deadline, TokenBucket, full_jitter
+from ehrbridge.poll.limits import Deadline, SharedRateLimiter, TokenBucket, full_jitter
 from ehrbridge.poll.metrics import PollMetrics
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -67,7 +67,7 @@ def effective_rate(tenant: TenantConfig) -> float:
 
 class PollCalls:
     def __init__(self, tenant: TenantConfig, refresher: TokenRefresher, metrics: PollMetrics, *,
-                 bucket: TokenBucket | None = None, http: httpx.Client | None = None,
+                 bucket: TokenBucket | SharedRateLimiter | None = None, http: httpx.Client | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
                  rng: random.Random | None = None, max_attempts: int = 6, base_delay_s: float = 0.5,
                  max_delay_s: float = 30.0, max_retry_after_s: float = 120.0, timeout_s: float = 30.0,

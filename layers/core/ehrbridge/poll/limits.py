@@ -70,3 +70,58 @@ class Deadline:
 
     def allows(self, seconds: float) -> bool:
         return self.remaining() > seconds
+
+
+class SharedRateLimiter:
+    """One tenant's request rate shared by every poller instance: a counter per one-second slot in the
+    state table (``pk=tenant#<id>``, ``sk=poll#rate#<slot>``), taken with a conditional ADD.
+
+    Lambda runs one crawl per (tenant, type) at a time, so a tenant's types crawl in parallel in separate
+    execution environments; an in-process bucket cannot keep their sum under the vendor's limit, this can.
+    Cost: one conditional write per request. Same interface as TokenBucket.
+    """
+
+    def __init__(self, table_name: str, tenant_id: str, rate: float, *, ddb: object = None,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        self.table_name, self.tenant_id = table_name, tenant_id
+        self.per_slot = max(1, int(rate))  # whole requests per second; rates below 1/s round up to 1
+        self._ddb, self.clock, self.sleep = ddb, clock, sleep
+        self._full_until = 0.0
+
+    @property
+    def ddb(self) -> object:
+        from ehrbridge.aws.clients import client
+
+        return self._ddb or client("dynamodb")
+
+    def wait_time(self) -> float:
+        return max(0.0, self._full_until - self.clock())
+
+    def acquire(self) -> float:
+        waited = 0.0
+        while True:
+            now = self.clock()
+            slot = int(now)
+            if self._take(slot):
+                return waited
+            self._full_until = slot + 1.0
+            delay = max(0.001, slot + 1.0 - now)
+            self.sleep(delay)
+            waited += delay
+
+    def _take(self, slot: int) -> bool:
+        ddb = self.ddb
+        try:
+            ddb.update_item(  # type: ignore[attr-defined]
+                TableName=self.table_name,
+                Key={"pk": {"S": f"tenant#{self.tenant_id}"}, "sk": {"S": f"poll#rate#{slot}"}},
+                UpdateExpression="ADD #c :one SET expires_at = :ttl",
+                ConditionExpression="attribute_not_exists(#c) OR #c < :limit",
+                ExpressionAttributeNames={"#c": "count"},
+                ExpressionAttributeValues={":one": {"N": "1"}, ":limit": {"N": str(self.per_slot)},
+                                           ":ttl": {"N": str(slot + 3600)}})
+            return True
+        except ddb.exceptions.ConditionalCheckFailedException:  # type: ignore[attr-defined]
+            return False

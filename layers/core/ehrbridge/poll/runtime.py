@@ -22,8 +22,8 @@ from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
 from ehrbridge.observability import logger
 from ehrbridge.poll.calls import PollCalls, effective_rate
 from ehrbridge.poll.cursor import DynamoCursorStore
-from ehrbridge.poll.jobs import DispatchSummary, PollJob, dispatch, poll_plan
-from ehrbridge.poll.limits import Deadline, TokenBucket
+from ehrbridge.poll.jobs import DispatchSummary, PollJob, dispatch
+from ehrbridge.poll.limits import Deadline, SharedRateLimiter
 from ehrbridge.poll.metrics import PollMetrics
 from ehrbridge.poll.poller import Poller
 from ehrbridge.poll.sink import QueueSink
@@ -80,19 +80,16 @@ _wired: dict[str, _Wired] = {}
 
 
 def _calls_for(tenant: TenantConfig) -> PollCalls:
-    """One HTTP client + token bucket per tenant per execution environment (connections stay pooled).
-
-    Types of one tenant crawl in parallel (one FIFO group each), so each environment takes an equal
-    share of the tenant's rate.
-    """
+    """One HTTP client per tenant per execution environment (connections stay pooled); the tenant's
+    rate is one budget in the state table, shared by the environments crawling its types in parallel."""
     cached = _wired.get(tenant.tenant_id)
     if cached is not None and cached.tenant == tenant:
         cached.calls.metrics = PollMetrics(tenant.tenant_id)
         return cached.calls
     if cached is not None:
         cached.calls.close()
-    share = effective_rate(tenant) / max(1, len(poll_plan(tenant)))
-    calls = PollCalls(tenant, refresher(), PollMetrics(tenant.tenant_id), bucket=TokenBucket(share, burst=2))
+    limiter = SharedRateLimiter(settings.table_name("state"), tenant.tenant_id, effective_rate(tenant))
+    calls = PollCalls(tenant, refresher(), PollMetrics(tenant.tenant_id), bucket=limiter)
     _wired[tenant.tenant_id] = _Wired(tenant, calls)
     return calls
 
