@@ -82,6 +82,7 @@ class PollCalls:
         self.retryable = RETRYABLE_STATUSES | tenant.profile.retryable_statuses
         self._label = ("search", "-")
         self._last: httpx.Response | None = None
+        self._metadata: dict[str, Any] | None = None
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0), follow_redirects=False)
         self.http.event_hooks["request"].append(self._on_request)
         self.http.event_hooks["response"].append(self._on_response)
@@ -172,12 +173,20 @@ class PollCalls:
         return Page(body, _server_time(body, response))
 
     def metadata(self) -> dict[str, Any] | None:
-        """The CapabilityStatement (no auth needed by spec), or None if the server will not say."""
-        try:
-            response = self.http.get(f"{self.base_url}/metadata", headers={"Accept": "application/fhir+json"})
-            return response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return None
+        """The CapabilityStatement (no auth needed by spec), or None if the server will not say.
+
+        Fetched once per client (the client lives as long as the execution environment and the tenant's
+        config), not once per job.
+        """
+        if self._metadata is None:
+            self._label = ("metadata", "-")
+            try:
+                response = self.http.get(f"{self.base_url}/metadata", headers={"Accept": "application/fhir+json"})
+                body = response.json() if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                body = None
+            self._metadata = body if isinstance(body, dict) else {}
+        return self._metadata or None
 
     def close(self) -> None:
         self.http.close()
