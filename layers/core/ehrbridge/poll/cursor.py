@@ -32,6 +32,7 @@ class Window:
     """One incremental window: everything with lastUpdated > ``since`` as of ``server_time``."""
 
     since: str | None  # the _lastUpdated lower bound (None: from the beginning)
+    mode: str = ""  # the poller mode the window was opened in; kept until it closes
     server_time: str | None = None  # server time at the window's first page
     resume_url: str | None = None  # opaque next link to continue from
     keyset_from: str | None = None  # keyset position: re-query with _lastUpdated=ge{this}

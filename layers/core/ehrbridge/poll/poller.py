@@ -155,10 +155,13 @@ class Poller:
         """Crawl (the rest of) the pair's window. ``since`` overrides the watermark for a new window."""
         deadline = deadline or Deadline(None)
         rt = job.resource_type
-        mode = self.mode_for(rt)
         cursor = self.cursors.get(self.tenant.tenant_id, rt)
         if cursor.window is None:
-            cursor = self.cursors.put(cursor.with_window(self._open_window(cursor, job, mode, since)))
+            mode = self.mode_for(rt)
+            window = replace(self._open_window(cursor, job, mode, since), mode=mode)
+            cursor = self.cursors.put(cursor.with_window(window))
+        else:  # a window is finished in the mode it was opened in, whatever discovery says today
+            mode = cursor.window.mode or self.mode_for(rt)  # type: ignore[assignment]
         run = _Run(cursor)
         outcome = PollOutcome("continue", rt, mode)
         try:
