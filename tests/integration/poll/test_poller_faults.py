@@ -148,3 +148,12 @@ def test_no_phi_in_poller_logs_or_metrics(make_rig: Callable[..., Rig], caplog: 
         for value in (patient["name"][0]["family"], patient["birthDate"], patient["identifier"][0]["value"],
                       patient["id"]):
             assert value not in output, "PHI or an id in the poller's logs/metrics"
+
+
+def test_unsupported_type_is_reported_not_retried_forever(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(patients=3, unsupported_types=["Observation"])
+    outcome = rig.poller().run(job("Observation"))
+    assert outcome.status == "unsupported"
+    cursor = rig.cursors.get("poll-health", "Observation")
+    assert cursor.window is None and cursor.watermark is None and cursor.completed_at is not None
+    assert crawl(rig, "Patient") == ["done"]  # the other types go on

@@ -38,7 +38,7 @@ from itertools import pairwise
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from ehrbridge.auth.fhir_client import ResourceDenied, ScopeNotGranted
+from ehrbridge.auth.fhir_client import FhirCallError, ResourceDenied, ScopeNotGranted
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.observability import logger
 from ehrbridge.poll.calls import OutOfTime, Page, PollCalls, SessionExpired
@@ -178,6 +178,13 @@ class Poller:
             outcome.status, outcome.detail = "denied", "server answered 403; type denied for the tenant"
         except ScopeNotGranted:
             outcome.status, outcome.detail = "not_granted", "the token does not cover this type"
+        except FhirCallError as err:
+            if err.status != 404 or (run.cursor.window and run.cursor.window.pages):
+                raise  # the job fails; SQS retries it, the cursor stays at the last delivered page
+            # The server does not know this type: not a failure to retry every minute. The window is
+            # dropped (watermark unchanged) and the pair comes back at its next interval.
+            run.cursor = self.cursors.put(replace(run.cursor, window=None, completed_at=self.clock()))
+            outcome.status, outcome.detail = "unsupported", "the server answered 404 for this type"
         else:
             run.cursor = self._close_window(run.cursor)
             outcome.status, outcome.window_closed = "done", True
