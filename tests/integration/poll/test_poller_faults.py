@@ -157,3 +157,24 @@ def test_unsupported_type_is_reported_not_retried_forever(make_rig: Callable[...
     cursor = rig.cursors.get("poll-health", "Observation")
     assert cursor.window is None and cursor.watermark is None and cursor.completed_at is not None
     assert crawl(rig, "Patient") == ["done"]  # the other types go on
+
+
+def test_403_marks_the_type_denied_and_the_others_go_on(make_rig: Callable[..., Rig]) -> None:
+    import io
+
+    from ehrbridge.poll.metrics import PollMetrics
+
+    rig = make_rig(patients=3)
+    rig.sandbox.clients["poll-client"].policy_denied_types = {"Observation"}  # granted, yet the site says 403
+    emf = io.StringIO()
+    rig.metrics = PollMetrics("poll-health", stream=emf)
+    outcome = rig.poller().run(job("Observation"))
+    assert outcome.status == "denied"
+    assert "Observation" in rig.refresher.state.status("poll-health").server_denied_types  # `tenants show`
+    assert '"PollTypeDenied":1.0' in emf.getvalue()  # the alarm's metric
+    assert rig.cursors.get("poll-health", "Observation").watermark is None
+    assert crawl(rig, "Patient") == ["done"]
+    # The SMART client skips the denied type from now on without a request.
+    before = len(rig.sandbox.fhir_requests("Observation"))
+    assert rig.poller().run(job("Observation", 1)).status == "not_granted"
+    assert len(rig.sandbox.fhir_requests("Observation")) == before
