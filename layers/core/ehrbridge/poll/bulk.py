@@ -53,7 +53,7 @@ class BulkExporter:
     def __init__(self, tenant: TenantConfig, refresher: TokenRefresher, sink: ResourceSink, *,
                  http: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, max_retry_after_s: float = 120.0, max_attempts: int = 6,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, limiter: Any = None) -> None:
         if tenant.fhir_base_url is None:
             raise ValueError("tenant has no fhir_base_url")
         self.tenant, self.refresher, self.sink = tenant, refresher, sink
@@ -62,6 +62,8 @@ class BulkExporter:
         self.sleep, self.clock = sleep, clock
         self.max_retry_after_s, self.max_attempts = max_retry_after_s, max_attempts
         self._requests = 0
+        # The tenant's rate limiter (TokenBucket / SharedRateLimiter): exports count against the same budget.
+        self.limiter = limiter
 
     # ---- the three phases -----------------------------------------------------------------
     def export(self, types: Iterable[str], *, since: str | None = None, group_id: str | None = None,
@@ -164,7 +166,7 @@ class BulkExporter:
             sent = {**self._headers(token=True, force_refresh=stale), **(headers or {})}
             stale = None
             try:
-                self._requests += 1
+                self._take()
                 response = self.http.get(url, params=params, headers=sent)
             except httpx.HTTPError:
                 response = None
@@ -196,15 +198,20 @@ class BulkExporter:
             raise BulkExportError(f"bulk file answered {response.status_code}", status=response.status_code)
         return contextlib.closing(response)
 
-    def _call_stream(self, url: str, *, token: bool) -> httpx.Response:
+    def _take(self) -> None:
         self._requests += 1
+        if self.limiter is not None:
+            self.limiter.acquire()
+
+    def _call_stream(self, url: str, *, token: bool) -> httpx.Response:
+        self._take()
         request = self.http.build_request("GET", url, headers={**self._headers(token=token),
                                                                "Accept": "application/fhir+ndjson"})
         response = self.http.send(request, stream=True)
         if response.status_code == 401 and token:
             stale = request.headers["Authorization"][7:]
             response.close()
-            self._requests += 1
+            self._take()
             request = self.http.build_request("GET", url, headers={
                 **self._headers(token=True, force_refresh=stale), "Accept": "application/fhir+ndjson"})
             response = self.http.send(request, stream=True)

@@ -105,11 +105,13 @@ def _backfill(tenant: TenantConfig, refresher: TokenRefresher, sink: NdjsonSink,
     from dataclasses import replace
 
     from ehrbridge.poll.bulk import BulkExporter
+    from ehrbridge.poll.calls import effective_rate
+    from ehrbridge.poll.limits import TokenBucket
 
     if since is None:
         marks = [cursors.get(tenant.tenant_id, rt).watermark for rt in types]
         since = min(marks) if marks and all(marks) else None  # type: ignore[type-var]
-    exporter = BulkExporter(tenant, refresher, sink)
+    exporter = BulkExporter(tenant, refresher, sink, limiter=TokenBucket(effective_rate(tenant)))
     try:
         result = exporter.export(types, since=since, group_id=group_id)
     finally:

@@ -257,7 +257,8 @@ class Poller:
         assert window is not None
         self.calls.label("bulk", rt)  # the exporter shares the HTTP client: its calls are counted and timed too
         counted = _CountingSink(self.sink, run, lambda ids: self.cursors.add_to_roster(self.tenant.tenant_id, ids))
-        exporter = BulkExporter(self.tenant, self.calls.client.refresher, counted, http=self.calls.http)
+        exporter = BulkExporter(self.tenant, self.calls.client.refresher, counted, http=self.calls.http,
+                                limiter=self.calls.bucket)
         if window.bulk_status_url is None:
             url = exporter.kickoff([rt], since=window.since, group_id=self.bulk_group(), deadline=deadline)
             window = replace(window, bulk_status_url=url)
