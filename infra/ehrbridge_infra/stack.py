@@ -12,6 +12,7 @@ from ehrbridge_infra.constructs.identity import IdentityExtras
 from ehrbridge_infra.constructs.mllp_bridge import MllpBridgeService
 from ehrbridge_infra.constructs.monitoring import PipelineMonitoring
 from ehrbridge_infra.constructs.pipeline import PipelineFunctions
+from ehrbridge_infra.constructs.polling import FhirPolling
 from ehrbridge_infra.constructs.token_refresh import TokenRefresh
 
 
@@ -25,5 +26,6 @@ class EhrbridgeStack(cdk.Stack):
         self.monitoring = PipelineMonitoring(self, "Monitoring", core=self.core)
         self.token_refresh = TokenRefresh(self, "TokenRefresh", core=self.core)
         self.mllp_bridge = MllpBridgeService(self, "MllpBridge", core=self.core)
+        self.polling = FhirPolling(self, "Polling", core=self.core)
         cdk.Tags.of(self).add("app", "ehrbridge")
         cdk.Tags.of(self).add("data-classification", "phi")

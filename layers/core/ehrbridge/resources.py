@@ -136,6 +136,17 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
                  consumes=None, tables=("state",), timeout_s=60, memory_mb=512),
 )
 
+# FHIR polling (infra: constructs/polling.py builds both, with the poll-jobs queue's event source).
+POLLING_FUNCTIONS: tuple[FunctionSpec, ...] = (
+    FunctionSpec("poll_dispatcher", "decide which (tenant, resource type) pairs are due; enqueue poll jobs "
+                 "(scheduled)", consumes=None, produces=("poll-jobs",), tables=("state",), timeout_s=60,
+                 memory_mb=512),
+    # The poll-jobs visibility timeout (900 s) is six times this timeout, as for every queue consumer.
+    FunctionSpec("fhir_poller", "crawl one (tenant, resource type) window from the EHR's FHIR API onto normalize",
+                 consumes="poll-jobs", produces=("normalize", "poll-jobs"), tables=("state",),
+                 buckets=("archive",), timeout_s=150, memory_mb=1024),
+)
+
 
 _T = TypeVar("_T", bound=Any)
 
@@ -153,7 +164,7 @@ def bucket(name: str) -> BucketSpec:
 
 
 def function(name: str) -> FunctionSpec:
-    return _by_name(FUNCTIONS, name)
+    return _by_name(FUNCTIONS + POLLING_FUNCTIONS, name)
 
 
 def _by_name(items: tuple[_T, ...], name: str) -> _T:

@@ -28,7 +28,9 @@ def test_demo_accounts_for_every_input_and_logs_no_phi(tmp_path: Path) -> None:
         assert isinstance(summary[key], int), key
     hl7, fhir = sample_files(REPO / "events")
     sent = sum(len(read_messages(path)) for path in hl7)
-    assert summary["messages_in"] == sent + len(fhir) > 0
+    polled = summary["extras"]["FHIR resources polled"]  # from the sandbox EHR by the fhir_poller function
+    assert polled > 0 and summary["by_kind"].get("FHIR Patient", 0) > 0
+    assert summary["messages_in"] == sent + len(fhir) + polled > 0
     assert sum(summary["acks"].values()) == sent, "every HL7 message went through the bridge over TLS"
     assert summary["lost"] == 0 and summary["drained"] is True
     assert summary["delivered"] + summary["quarantined"] + summary["dead_lettered"] + \

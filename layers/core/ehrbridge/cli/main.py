@@ -14,6 +14,7 @@ from ehrbridge.cli import identity as identity_cli
 from ehrbridge.cli import local as local_cli
 from ehrbridge.cli import normalize as normalize_cli
 from ehrbridge.cli import ops as ops_cli
+from ehrbridge.cli import poll as poll_cli
 from ehrbridge.cli import tenants as tenants_cli
 
 app = typer.Typer(help="ehrbridge: EHR integration that stays live.", no_args_is_help=True,
@@ -38,6 +39,7 @@ app.command("status")(ops_cli.status)
 app.command("redrive")(ops_cli.redrive)
 app.command("replay")(ops_cli.replay)
 app.add_typer(ops_cli.quarantine_app, name="quarantine")
+app.command("poll")(poll_cli.poll)
 app.add_typer(tenants_cli.keys_app, name="keys")
 app.add_typer(tenants_cli.sandbox_app, name="sandbox")
 

@@ -318,6 +318,10 @@ def sandbox_serve(
     token_lifetime: Annotated[int | None, typer.Option(help="expires_in of issued tokens, seconds")] = None,
     token_limit: Annotated[int | None, typer.Option(help="token requests per minute per client")] = None,
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    paging: Annotated[str | None, typer.Option(help="next_link (server sessions), offset or page_token")] = None,
+    fault: Annotated[list[str] | None, typer.Option(help="fault injection NAME=VALUE (repeatable), e.g. "
+                                                         "throttle_rate=0.1, mutate_per_page=1; 'all' switches "
+                                                         "every fault on (ehrbridge.sandbox.faults)")] = None,
 ) -> None:
     """Run the sandbox EHR until Ctrl-C (or --duration)."""
     with _errors():
@@ -329,8 +333,17 @@ def sandbox_serve(
 
         if vendor not in VENDOR_PROFILES:
             raise typer.BadParameter(f"unknown vendor; use one of {', '.join(VENDOR_PROFILES)}")
+        from ehrbridge.sandbox.faults import parse_faults
+
+        if paging not in (None, "next_link", "offset", "page_token"):
+            raise typer.BadParameter("--paging: next_link, offset or page_token")
+        try:
+            faults = parse_faults(fault or [])
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
         sandbox = SandboxEHR(vendor, port=port, token_lifetime_s=token_lifetime,  # type: ignore[arg-type]
-                             token_limit_per_min=token_limit)
+                             token_limit_per_min=token_limit, paging_style=paging,  # type: ignore[arg-type]
+                             faults=faults)
         for path in register or []:
             tenant = TenantConfig.from_yaml(path)
             if tenant.private_key_file is None or not tenant.client_id or not tenant.key_id:

@@ -38,6 +38,13 @@ class VendorProfile(BaseModel):
     # Status codes this vendor returns for transient conditions (Oracle: 500s can be transient).
     retryable_statuses: frozenset[int] = frozenset({429, 502, 503, 504})
     supports_bulk_export: bool = True
+    # ---- polling (ehrbridge.poll) ---------------------------------------------------------
+    # Default self-throttle per tenant; a tenant's rate_limits.requests_per_second overrides it.
+    requests_per_second: float = Field(default=10.0, gt=0)
+    # Whether searches take _sort=_lastUpdated (needed for the keyset re-query on offset paging).
+    sorts_by_last_updated: bool = True
+    # Bulk $export level this vendor offers backend clients: system-wide or per Group only.
+    bulk_export_level: Literal["system", "group"] = "system"
     # ---- SMART Backend Services (auth + the sandbox EHR reproduce these) ----------------
     # Scope version to request when discovery does not say (capabilities permission-v1/-v2).
     default_scope_version: Literal[1, 2] = 2
@@ -69,6 +76,10 @@ VENDOR_PROFILES: dict[Vendor, VendorProfile] = {
                                 "DiagnosticReport": ("patient",), "MedicationRequest": ("patient",),
                                 "Encounter": ("patient",)},
         extra_headers=("Epic-Client-ID",),
+        # No published limits; the app guidelines ask for <=1% of the customer's ODB at peak.
+        requests_per_second=5.0,
+        sorts_by_last_updated=False,
+        bulk_export_level="group",
         default_scope_version=1,
         granted_scope_style="epic",  # backend example response: "Patient.read Patient.search"
         assertion_algorithms=frozenset({"RS256", "RS384", "RS512", "ES256", "ES384"}),
@@ -84,6 +95,8 @@ VENDOR_PROFILES: dict[Vendor, VendorProfile] = {
         paging_style="next_link",
         max_page_size=200,
         retryable_statuses=frozenset({429, 500, 502, 503, 504}),
+        requests_per_second=5.0,  # none published; a 429 `throttled` was reported on bulk export
+        bulk_export_level="group",
         default_scope_version=1,  # Millennium documents system/X.read
         granted_scope_style="smart_v1",
         # System accounts authenticate with a client secret over HTTP Basic.
@@ -100,6 +113,8 @@ VENDOR_PROFILES: dict[Vendor, VendorProfile] = {
         required_search_params={"Observation": ("patient",), "Condition": ("patient",),
                                 "DiagnosticReport": ("patient",), "Encounter": ("patient",)},
         extra_query_params={"ah-practice": "{practice_context}"},
+        requests_per_second=10.0,  # 100-150 QPS figures are unverified; stay well below
+        bulk_export_level="group",
         token_auth_methods=("client_secret_basic", "private_key_jwt"),
         software_name="athenahealth",
     ),

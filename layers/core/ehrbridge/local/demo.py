@@ -6,6 +6,7 @@ the quarantine, a DLQ). An input found nowhere is counted as lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -170,7 +171,7 @@ def run_demo(*, events_dir: Path = DEFAULT_EVENTS, tenant_file: Path = DEFAULT_T
     log_dir.mkdir(parents=True, exist_ok=True)
     # The functions' JSON logs and EMF metrics go to a file, so stdout carries only the summary.
     with (open(log_dir / "pipeline.log", "w", encoding="utf-8") as log_file, _pipeline_output_to(log_file),
-          MotoServer() as server):
+          MotoServer() as server, contextlib.ExitStack() as stack):
         twin = provision(server.endpoint, visibility_timeout_s=1)
         activate(twin)
         try:
@@ -179,10 +180,12 @@ def run_demo(*, events_dir: Path = DEFAULT_EVENTS, tenant_file: Path = DEFAULT_T
             DynamoTenantStore(twin.tables["state"]).put(tenant)
             summary.extras.update(_token_flow(twin, tenant_file))
             inputs = _feed_hl7(twin, tenant, hl7_files, summary) + inject_fhir(twin, tenant, fhir_files)
+            polled, poller = _start_polling(twin, tenant, stack, summary)
+            inputs += polled
             summary.messages_in = len(inputs) + summary.returned_to_sender
             for item in inputs:
                 summary.by_kind[item.kind] = summary.by_kind.get(item.kind, 0) + 1
-            mappings = pipeline_mappings(twin)
+            mappings = [poller, *pipeline_mappings(twin)]
             summary.drained = PipelineRunner(mappings).run_until_drained(timeout_s=timeout_s)
             for mapping in mappings:
                 summary.stages[mapping.function_name] = {
@@ -191,6 +194,7 @@ def run_demo(*, events_dir: Path = DEFAULT_EVENTS, tenant_file: Path = DEFAULT_T
                 visible, invisible = mapping.depth()
                 summary.in_flight += visible + invisible
             account(twin, inputs, summary, output_dir)
+            summary.extras.update(_poll_figures(twin, tenant.tenant_id, summary))
             summary.extras.update(_identity_figures(twin, tenant.tenant_id))
         finally:
             os.environ.clear()
@@ -212,6 +216,36 @@ def _pipeline_output_to(stream: TextIO) -> Iterator[None]:
     finally:
         if previous is not None and isinstance(handler, logging.StreamHandler):
             handler.setStream(previous)
+
+
+def _start_polling(twin: TwinResources, tenant: TenantConfig, stack: contextlib.ExitStack, summary: DemoSummary
+                   ) -> tuple[list[_Input], EventSourceMapping]:
+    """The sandbox EHR (FHIR R4, with 429s and 5xx switched on) as the demo tenant's server: onboard
+    it, run the dispatcher once; the fhir_poller runs with the other functions until drained."""
+    from ehrbridge.local.polling import dispatch_once, expected_correlation_ids, onboard_sandbox_tenant, poller_mapping
+    from ehrbridge.sandbox.faults import Faults
+    from ehrbridge.sandbox.server import SandboxEHR
+
+    # Every 2nd FHIR request is refused with a 429 (deterministic, so the demo always shows a retry).
+    faults = Faults(throttle_every=2, retry_after_s=0, retry_after_forms=("delta",), error_rate=0.05, seed=3)
+    sandbox = stack.enter_context(SandboxEHR("generic", patients=4, observations_per_patient=(2, 4), faults=faults,
+                                             paging_style="offset"))
+    polled_tenant = onboard_sandbox_tenant(sandbox, tenant, workflows=("labs",))
+    summary.extras["FHIR poll jobs dispatched"] = dispatch_once()["enqueued"]
+    summary.extras["_sandbox"] = sandbox  # read back after the run (removed before printing)
+    expected = expected_correlation_ids(polled_tenant.tenant_id, sandbox.current_versions(["Patient", "Observation"]))
+    summary.extras["FHIR resources polled"] = len(expected)
+    return [_Input(cid, f"FHIR {kind}") for cid, kind in sorted(expected.items())], poller_mapping(twin, timeout_s=60)
+
+
+def _poll_figures(twin: TwinResources, tenant_id: str, summary: DemoSummary) -> dict[str, Any]:
+    from ehrbridge.local.polling import poll_state
+
+    sandbox = summary.extras.pop("_sandbox")
+    requests = sandbox.fhir_requests()
+    return {"FHIR requests to the sandbox EHR": len(requests),
+            "FHIR 429/5xx answers retried": sum(1 for r in requests if r.status == 429 or r.status >= 500),
+            "FHIR watermarks": ", ".join(f"{k} {v}" for k, v in sorted(poll_state(twin, tenant_id).items()) if v)}
 
 
 def _identity_figures(twin: TwinResources, tenant_id: str) -> dict[str, int]:

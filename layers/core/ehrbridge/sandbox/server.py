@@ -39,8 +39,10 @@ from joserfc.jwk import ECKey, RSAKey
 from joserfc.jws import extract_compact
 
 from ehrbridge.auth.scopes import WORKFLOW_RESOURCES, parse_scope
-from ehrbridge.contracts.vendors import Vendor, VendorProfile, profile_for
+from ehrbridge.contracts.vendors import PagingStyle, Vendor, VendorProfile, profile_for
+from ehrbridge.sandbox.bulk import BulkExports
 from ehrbridge.sandbox.data import generate
+from ehrbridge.sandbox.faults import FaultInjector, Faults, Injected
 
 MAX_ASSERTION_LIFETIME_S = 300
 CLOCK_SKEW_S = 5
@@ -102,7 +104,9 @@ class SandboxEHR:
                  token_limit_per_min: int | None = None, rate_window_s: float = 60.0, patients: int = 20,
                  seed: int = 7, unsupported_types: Iterable[str] = (), clock: Callable[[], float] = time.time,
                  host: str = "127.0.0.1", port: int = 0, paging_session_ttl_s: float = 600.0,
-                 jwks_cache_s: float = 0.0, token_delay_s: float = 0.0) -> None:
+                 jwks_cache_s: float = 0.0, token_delay_s: float = 0.0, paging_style: PagingStyle | None = None,
+                 faults: Faults | None = None, observations_per_patient: tuple[int, int] = (3, 8),
+                 bulk_redirect_files: bool | None = None, bulk_status_polls: int = 2) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the sandbox binds to loopback only")
         self.profile: VendorProfile = profile_for(vendor)
@@ -116,7 +120,17 @@ class SandboxEHR:
         self.jwks_cache_s = jwks_cache_s
         self.token_delay_s = token_delay_s  # widens race windows in concurrency tests
         self.assertions: list[AssertionRecord] = []
-        self.resources = generate(patients, seed=seed)
+        self.resources = generate(patients, seed=seed, observations_per_patient=observations_per_patient)
+        self.paging_style: PagingStyle = paging_style or self.profile.paging_style
+        self.faults = faults or Faults()
+        self.injector = FaultInjector(self)
+        # Every (type, id, versionId) that ever existed: what a poller may legitimately deliver.
+        self.history: set[tuple[str, str, str]] = {(r["resourceType"], r["id"], r["meta"]["versionId"])
+                                                   for items in self.resources.values() for r in items}
+        self._last_stamp = ""
+        # Oracle Health answers a bulk-file GET with a 307 to storage that must not see our token.
+        redirect = self.profile.vendor == "oracle_health" if bulk_redirect_files is None else bulk_redirect_files
+        self.bulk = BulkExports(self, status_polls=bulk_status_polls, redirect_files=redirect)
         self.clients: dict[str, SandboxClient] = {}
         self.tokens: dict[str, IssuedToken] = {}
         self.requests: list[RequestRecord] = []
@@ -187,6 +201,37 @@ class SandboxEHR:
             items = self.resources.setdefault(resource["resourceType"], [])
             items[:] = [r for r in items if r["id"] != resource["id"]]
             items.append(resource)
+            self.history.add((resource["resourceType"], resource["id"], str(resource.get("meta", {}).get(
+                "versionId", ""))))
+
+    def mutate(self, resource_type: str, count: int, rng: Any) -> list[str]:
+        """Update ``count`` resources of the type now: new versionId, lastUpdated = server time."""
+        with self._lock:
+            items = self.resources.get(resource_type, [])
+            chosen = rng.sample(items, min(count, len(items))) if items else []
+            ids = []
+            for old in chosen:
+                new = json.loads(json.dumps(old))
+                new["meta"]["versionId"] = str(int(old["meta"].get("versionId", "1")) + 1)
+                new["meta"]["lastUpdated"] = self.next_stamp()
+                items[items.index(old)] = new
+                self.history.add((resource_type, new["id"], new["meta"]["versionId"]))
+                ids.append(new["id"])
+            return ids
+
+    def next_stamp(self) -> str:
+        """A lastUpdated for a write now, strictly after the previous one (like a database sequence)."""
+        with self._lock:
+            stamp = _now_iso(self.clock())
+            if stamp <= self._last_stamp:
+                stamp = _now_iso(_parse_instant(self._last_stamp).timestamp() + 0.001)
+            self._last_stamp = stamp
+            return stamp
+
+    def current_versions(self, types: Iterable[str] | None = None) -> set[tuple[str, str, str]]:
+        with self._lock:
+            return {(rt, r["id"], r["meta"]["versionId"]) for rt, items in self.resources.items()
+                    if types is None or rt in types for r in items}
 
     def token_requests(self, client_id: str | None = None, status: int | None = None) -> int:
         with self._lock:
@@ -420,7 +465,7 @@ class SandboxEHR:
         matches = self._filter(resource_type, query, warnings)
         count = min(int(query.get("_count", [str(self.profile.max_page_size)])[0] or 1), self.profile.max_page_size)
         count = max(count, 1)
-        style = self.profile.paging_style
+        style = self.paging_style
         if style == "next_link":
             session = secrets.token_urlsafe(12)
             with self._lock:
@@ -561,6 +606,9 @@ class _Handler(BaseHTTPRequestHandler):
             sandbox.record(RequestRecord("discovery", "GET", path, 200))
             self._send(200, sandbox.smart_configuration(), content_type="application/json")
             return
+        if path.startswith("/bulk/"):
+            self._bulk(path, query)
+            return
         if path == f"{FHIR_PATH}/metadata":
             sandbox.record(RequestRecord("discovery", "GET", path, 200))
             self._send(200, sandbox.capability_statement())
@@ -569,6 +617,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, _outcome("not-found", "no such endpoint"))
             return
         segments = [s for s in path[len(FHIR_PATH):].split("/") if s]
+        sandbox.injector.before_auth()
         token, why = sandbox.authorize(self.headers.get("Authorization"))
         resource_type = segments[0] if segments else None
         if token is None:
@@ -576,16 +625,73 @@ class _Handler(BaseHTTPRequestHandler):
             challenge = f'Bearer realm="sandbox", error="invalid_token", error_description="{why}"'
             self._send(401, _outcome("login", why), {"WWW-Authenticate": challenge})
             return
+        if segments and segments[-1] == "$export":
+            group = segments[1] if len(segments) == 3 and segments[0] == "Group" else None
+            status, body, headers = sandbox.bulk.kickoff(token, query, self.headers.get("Prefer"), group)
+            sandbox.record(RequestRecord("bulk", "GET", path, status, token.client_id))
+            self._send(status, body, headers)
+            return
+        injected = sandbox.injector.before_answer()
+        if injected is not None:
+            sandbox.record(RequestRecord("fhir", "GET", path, injected.status, token.client_id, resource_type,
+                                         "injected"))
+            self._send_raw(injected)
+            return
+        searched = None
         if not segments and "_getpages" in query:
             status, body, resource_type = sandbox.session_page(token, query)
+            searched = resource_type
         elif len(segments) == 1:
             status, body = sandbox.search(token, segments[0], query)
+            searched = segments[0]
         elif len(segments) == 2:
             status, body = sandbox.read(token, segments[0], segments[1])
         else:
             status, body = 404, _outcome("not-found", "no such endpoint")
+        if searched and status == 200:
+            broken = sandbox.injector.after_search(body)
+            sandbox.injector.after_page(searched)
+            if broken is not None:
+                sandbox.record(RequestRecord("fhir", "GET", path, 200, token.client_id, resource_type, "injected"))
+                self._send_raw(broken)
+                return
         sandbox.record(RequestRecord("fhir", "GET", path, status, token.client_id, resource_type))
         self._send(status, body)
+
+    def _bulk(self, path: str, query: dict[str, list[str]]) -> None:
+        sandbox = self.sandbox
+        parts = [p for p in path.split("/") if p]  # bulk, status|files|store, job, [file]
+        if parts[1] == "store" and len(parts) == 4:
+            status, data, headers = sandbox.bulk.stored(parts[2], parts[3], (query.get("sig") or [None])[0],
+                                                        self.headers.get("Authorization"))
+            sandbox.record(RequestRecord("bulk", "GET", "/bulk/store", status))
+            self._send_raw(Injected(status, data, headers), content_type="application/fhir+ndjson")
+            return
+        token, why = sandbox.authorize(self.headers.get("Authorization"))
+        if token is None:
+            sandbox.record(RequestRecord("bulk", "GET", path, 401, None, None, why))
+            self._send(401, _outcome("login", why))
+            return
+        if parts[1] == "status" and len(parts) == 3:
+            status, body, headers = sandbox.bulk.status(token, parts[2])
+            sandbox.record(RequestRecord("bulk", "GET", "/bulk/status", status, token.client_id))
+            self._send(status, body, headers, content_type="application/json")
+            return
+        if parts[1] == "files" and len(parts) == 4:
+            status, data, headers = sandbox.bulk.file(token, parts[2], parts[3])
+            sandbox.record(RequestRecord("bulk", "GET", "/bulk/files", status, token.client_id))
+            self._send_raw(Injected(status, data, headers), content_type="application/fhir+ndjson")
+            return
+        self._send(404, _outcome("not-found", "no such endpoint"))
+
+    def _send_raw(self, injected: Injected, content_type: str = "application/fhir+json") -> None:
+        self.send_response(injected.status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(injected.body)))
+        for name, value in injected.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(injected.body)
 
     def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None,
               content_type: str = "application/fhir+json") -> None:

@@ -1,0 +1,144 @@
+"""Poll jobs and the poll plan: which (tenant, resource type) pairs are due, and the message for each.
+
+The plan comes from the tenant's workflows (every type the workflows need to *search*) plus its
+explicit ``poll_plan`` entries (intervals and overlaps per type), minus what the token does not
+cover or the server denied. Jobs travel on the FIFO ``poll-jobs`` queue with group = tenant + type,
+so one crawl per pair runs at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from ehrbridge.auth.scopes import resource_permissions
+from ehrbridge.contracts.envelope import ContractError, TenantId
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.poll.cursor import Cursor, CursorConflict, CursorStore
+from ehrbridge.poll.metrics import PollMetrics
+
+DEFAULT_INTERVAL_S = 300
+DEFAULT_OVERLAP_S = 300
+# A dispatched job not heard of for this long is presumed lost (DLQ'd, killed) and dispatched again:
+# longer than the poll-jobs visibility timeout, so a live crawl is never doubled.
+REDISPATCH_AFTER_S = 1800
+
+
+class PollJob(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    schema_version: Literal[1] = 1
+    tenant_id: TenantId
+    resource_type: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z]{1,63}$")]
+    job_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,80}$")]
+    continuation: int = Field(default=0, ge=0)
+    # Epoch seconds before which the job must not call the server (Retry-After, budget re-enqueue).
+    not_before: float | None = None
+    interval_s: int = Field(default=DEFAULT_INTERVAL_S, ge=60)
+    overlap_s: int = Field(default=DEFAULT_OVERLAP_S, ge=0)
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.tenant_id}:{self.resource_type}"
+
+    @property
+    def dedup_id(self) -> str:
+        return f"{self.tenant_id}:{self.job_id}:{self.continuation}"[:128]
+
+    def next(self, *, not_before: float | None) -> PollJob:
+        return self.model_copy(update={"continuation": self.continuation + 1, "not_before": not_before})
+
+    @classmethod
+    def parse_json(cls, raw: str | bytes) -> PollJob:
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as err:
+            raise ContractError.from_validation_error("poll job", err) from None
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    resource_type: str
+    interval_s: int = DEFAULT_INTERVAL_S
+    overlap_s: int = DEFAULT_OVERLAP_S
+
+
+def poll_plan(tenant: TenantConfig, skipped: Iterable[str] = ()) -> list[PlanEntry]:
+    """Types to poll, Patient first (its ids feed the roster that per-patient crawls walk)."""
+    explicit = {p.resource_type: p for p in tenant.poll_plan}
+    searchable = {rt for rt, perms in resource_permissions(tenant.workflows).items() if "s" in perms}
+    skip = set(skipped)
+    entries = []
+    for resource_type in sorted(searchable | set(explicit), key=lambda rt: (rt != "Patient", rt)):
+        if resource_type in skip:
+            continue
+        plan = explicit.get(resource_type)
+        entries.append(PlanEntry(resource_type, plan.interval_s, plan.overlap_s) if plan else PlanEntry(resource_type))
+    return entries
+
+
+@dataclass
+class DispatchSummary:
+    enqueued: list[str] = field(default_factory=list)  # "tenant:type"
+    not_due: int = 0
+    in_flight: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {"enqueued": len(self.enqueued), "not_due": self.not_due, "in_flight": self.in_flight,
+                "skipped": len(self.skipped)}
+
+
+def is_due(cursor: Cursor, entry: PlanEntry, now: float, redispatch_after_s: float = REDISPATCH_AFTER_S) -> str:
+    """'due', 'in_flight' or 'not_due'."""
+    unanswered = cursor.completed_at is None or (cursor.dispatched_at or 0) > cursor.completed_at
+    if cursor.dispatched_at is not None and unanswered and now - cursor.dispatched_at < redispatch_after_s:
+        return "in_flight"
+    if cursor.not_before is not None and now < cursor.not_before:
+        return "not_due"
+    if cursor.window is not None or cursor.completed_at is None:
+        return "due"  # an unfinished window (its job was lost) or never polled
+    return "due" if now >= cursor.completed_at + entry.interval_s else "not_due"
+
+
+def dispatch(tenants: Iterable[TenantConfig], cursors: CursorStore, enqueue: Callable[[list[PollJob]], None], *,
+             skipped_for: Callable[[TenantConfig], set[str]] = lambda _t: set(),
+             now: Callable[[], float] = time.time, metrics_for: Callable[[str], PollMetrics] | None = None,
+             redispatch_after_s: float = REDISPATCH_AFTER_S) -> DispatchSummary:
+    """Claim every due pair (conditional write of ``dispatched_at``) and enqueue a job for it."""
+    summary = DispatchSummary()
+    for tenant in tenants:
+        if not (tenant.workflows or tenant.poll_plan) or tenant.fhir_base_url is None:
+            continue
+        metrics = metrics_for(tenant.tenant_id) if metrics_for else None
+        skipped = skipped_for(tenant)
+        summary.skipped.extend(f"{tenant.tenant_id}:{rt}" for rt in sorted(skipped))
+        jobs = []
+        for entry in poll_plan(tenant, skipped):
+            cursor = cursors.get(tenant.tenant_id, entry.resource_type)
+            moment = now()
+            since = cursor.completed_at or cursor.first_dispatched_at
+            if metrics is not None and since is not None:
+                metrics.staleness(entry.resource_type, (moment - since) / entry.interval_s)
+            state = is_due(cursor, entry, moment, redispatch_after_s)
+            if state != "due":
+                summary.in_flight += state == "in_flight"
+                summary.not_due += state == "not_due"
+                continue
+            try:
+                cursors.put(replace(cursor, dispatched_at=moment,
+                                    first_dispatched_at=cursor.first_dispatched_at or moment))
+            except CursorConflict:
+                summary.in_flight += 1  # a poller is writing it right now
+                continue
+            jobs.append(PollJob(tenant_id=tenant.tenant_id, resource_type=entry.resource_type,
+                                job_id=f"{entry.resource_type}-{int(moment)}", interval_s=entry.interval_s,
+                                overlap_s=entry.overlap_s))
+        if jobs:
+            enqueue(jobs)
+            summary.enqueued.extend(j.group_id for j in jobs)
+    return summary

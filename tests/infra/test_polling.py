@@ -1,0 +1,74 @@
+"""The FhirPolling construct in the synthesized stack: functions, schedule, queue wiring, roles, alarms,
+the per-tenant dashboard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ehrbridge import resources
+from tests.infra.conftest import Synth
+
+pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
+
+
+def _function(synth: Synth, name: str) -> tuple[str, dict]:
+    found = [(k, v) for k, v in synth.resources("AWS::Lambda::Function").items()
+             if v["Properties"].get("FunctionName") == f"ehrbridge-{name.replace('_', '-')}"]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def _policy_text(synth: Synth, logical_id: str, function: dict) -> str:
+    role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    policies = [p for p in synth.resources("AWS::IAM::Policy").values()
+                if any(r.get("Ref") == role for r in p["Properties"]["Roles"])]
+    return json.dumps([p["Properties"]["PolicyDocument"] for p in policies])
+
+
+def test_dispatcher_is_scheduled_and_poller_consumes_poll_jobs(synth: Synth) -> None:
+    schedules = [s for s in synth.resources("AWS::Scheduler::Schedule").values()
+                 if "poll" in s["Properties"].get("Description", "")]
+    assert len(schedules) == 1 and schedules[0]["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+    poller_id, poller = _function(synth, "fhir_poller")
+    mappings = [m["Properties"] for m in synth.resources("AWS::Lambda::EventSourceMapping").values()
+                if m["Properties"]["FunctionName"].get("Ref") == poller_id]
+    assert len(mappings) == 1
+    assert mappings[0]["BatchSize"] == 1 and mappings[0]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    queues = {q["Properties"]["QueueName"]: q["Properties"] for q in synth.resources("AWS::SQS::Queue").values()}
+    jobs = queues[resources.queue("poll-jobs").physical_name()]
+    assert jobs["FifoQueue"] is True and "RedrivePolicy" in jobs
+    assert resources.queue("poll-jobs").visibility_timeout_s >= 6 * resources.function("fhir_poller").timeout_s
+    env = poller["Properties"]["Environment"]["Variables"]
+    assert resources.queue("normalize").url_env in env and resources.queue("poll-jobs").url_env in env
+
+
+def test_roles_are_least_privilege(synth: Synth) -> None:
+    poller_id, poller = _function(synth, "fhir_poller")
+    text = _policy_text(synth, poller_id, poller)
+    assert "secretsmanager:GetSecretValue" in text and "ehrbridge/tenants/*/token-*" in text
+    assert "secretsmanager:DeleteSecret" not in text and '"*"' not in text.replace('"Resource": "*"', "")
+    dispatcher_id, dispatcher = _function(synth, "poll_dispatcher")
+    text = _policy_text(synth, dispatcher_id, dispatcher)
+    assert "secretsmanager" not in text and "dynamodb:Scan" in text
+
+
+def test_alarms_and_a_dashboard_widget_per_alarm(synth: Synth) -> None:
+    alarms = {k: v["Properties"] for k, v in synth.resources("AWS::CloudWatch::Alarm").items()
+              if "runbooks/polling.md" in v["Properties"].get("AlarmDescription", "")}
+    names = {"PollFailedCallRate", "PollLatencyP99", "Poll401Cluster", "PollTypeDenied", "PollStale"}
+    assert {n for n in names if any(n in k for k in alarms)} == names
+    failed = next(v for k, v in alarms.items() if "PollFailedCallRate" in k)
+    query = json.dumps(failed["Metrics"])
+    assert "AVG(PollCallFailed)" in query and "GROUP BY tenant" in query and failed["Threshold"] == 0.005
+    assert next(v for k, v in alarms.items() if "PollFailedCallRate" in k)["Metrics"][0]["Period"] == 900
+    p99 = next(v for k, v in alarms.items() if "PollLatencyP99" in k)
+    assert p99["ExtendedStatistic"] == "p99" and p99["Threshold"] == 500
+    dashboards = [d for d in synth.resources("AWS::CloudWatch::Dashboard").values()
+                  if "polling" in json.dumps(d["Properties"].get("DashboardName", ""))]
+    assert len(dashboards) == 1
+    body = json.dumps(dashboards[0]["Properties"]["DashboardBody"])
+    for metric in ("PollCallFailed", "PollCallLatency", "PollCall401", "PollTypeDenied", "PollStalenessRatio"):
+        assert metric in body
+    assert "variables" in body and "TENANT_ID" in body

@@ -1,0 +1,96 @@
+"""A SMART Backend Services server reached only through discovery, behind a rate-limiting proxy.
+
+Nothing vendor-specific: the tenant gives a FHIR base URL (the proxy) and no token URL, so the
+token endpoint comes from ``.well-known/smart-configuration``; the proxy answers 429 with
+``Retry-After`` whenever the client goes faster than it allows, and tokens live 10 s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.poll.poller import PollSettings
+from tests.integration.poll.conftest import Rig
+from tests.integration.poll.test_poller_faults import job
+
+pytestmark = pytest.mark.integration
+
+
+class RateLimitingProxy:
+    """At most ``per_second`` requests in any one-second slot; the rest get 429 + Retry-After: 1."""
+
+    def __init__(self, upstream: str, per_second: int) -> None:
+        self.upstream, self.per_second = upstream.rstrip("/"), per_second
+        self.slots: dict[int, int] = {}
+        self.refused = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                slot = int(time.monotonic())
+                with proxy.lock:
+                    proxy.slots[slot] = proxy.slots.get(slot, 0) + 1
+                    over = proxy.slots[slot] > proxy.per_second
+                    proxy.refused += over
+                if over:
+                    self._reply(429, b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+                                     b'"code":"throttled"}]}', {"Retry-After": "1"})
+                    return
+                request = urllib.request.Request(proxy.upstream + self.path, headers={  # noqa: S310 - loopback
+                    k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept")})
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+                        status, body, headers = response.status, response.read(), dict(response.headers)
+                except urllib.error.HTTPError as err:
+                    status, body, headers = err.code, err.read(), dict(err.headers)
+                if "/.well-known/" not in self.path:  # FHIR bodies name the proxy, as a real deployment would
+                    body = body.replace(proxy.upstream.encode(), proxy.origin.encode())
+                self._reply(status, body, {k: v for k, v in headers.items() if k in ("Retry-After", "Date")})
+
+            def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_discovery_rate_limiting_proxy_and_short_tokens(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig("generic", patients=12, token_lifetime_s=10, paging_style="offset")
+    proxy = RateLimitingProxy(rig.sandbox.base_url, per_second=2)
+    try:
+        rig.tenant = TenantConfig.model_validate({**rig.tenant.model_dump(), "fhir_base_url": proxy.origin + "/fhir",
+                                                  "token_url": None})
+        rig.settings = PollSettings(page_size=5)
+        poller = rig.poller(max_retry_after_s=1.5)
+        for resource_type in ("Patient", "Observation"):
+            assert poller.run(job(resource_type)).status == "done"
+        assert set(rig.sink.delivered) >= rig.sandbox.current_versions(["Patient", "Observation"])
+        assert proxy.refused > 0 and rig.metrics.throttled == proxy.refused
+        assert any(r.kind == "discovery" for r in rig.sandbox.requests)
+    finally:
+        proxy.stop()
