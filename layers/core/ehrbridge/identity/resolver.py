@@ -194,7 +194,7 @@ class Resolver:
             other = self._person(candidates[cand.source_key])
             shown.append({"eid": cand.eid, "source_key": cand.source_key,
                           "score": round(cand.score.probability, 6), "grade": cand.score.grade(th),
-                          "weights": self.model.explain(person, other),
+                          "weights": self.model.explain(person, other, th),
                           "levels": self.model.level_names(cand.score.levels), "gate": cand.score.gate})
         created = self._now()
         review_id = "rv-" + hashlib.sha256(f"{tenant}|{source_key}|{created}".encode()).hexdigest()[:20]
