@@ -245,6 +245,7 @@ GENERATION_YEARS = 14
 NAMESAKE_GATE = "same name, birth dates disagree"
 THIN_GATE = "neither first name, birth date nor a personal identifier agrees"
 ONE_NAME_GATE = "only one name agrees and the birth dates are unrelated"
+SURNAME_GATE = "surname differs and no home, phone or personal identifier agrees"
 # SSNs closer than this numerically were probably issued in one sequence (twins, siblings), not mistyped.
 SSN_SEQUENCE = 10
 _FAMILY_ELSE = len(cmp.COMPARISONS[_FAMILY][1]) - 1
@@ -275,13 +276,21 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
             and not guard_lifted(a, b, levels, twins=True):
         return ALIKE_TWIN_GATE
     dob_else = dob == len(cmp.COMPARISONS[_DOB][1]) - 1
-    if policy.generation_guard and given in cmp.GIVEN_AGREES and family_agrees and dob_else \
+    # Same year but another day counts as disagreeing here: strangers with a common name are often born
+    # the same year (EDWARD PRICE, 1961), and a keyed-wrong day is caught by the one-edit/swap levels.
+    dob_differs = dob_else or dob == cmp.COMPARISONS[_DOB][1].index("same_year")
+    if policy.generation_guard and given in cmp.GIVEN_AGREES and family_agrees and dob_differs \
             and not guard_lifted(a, b, levels):
         # Same name, unrelated birth dates: a generation apart it is father and son; closer, a person
         # must look (a namesake relative, or one badly keyed date; namesakes at one home exist).
         return GENERATION_GATE if _years_apart(a.dob, b.dob) >= GENERATION_YEARS else NAMESAKE_GATE
     if levels[_ID] == 1:
         return "conflicting identifier from the same system"
+    if levels[_FAMILY] == _FAMILY_ELSE and not guard_lifted(a, b, levels) \
+            and not (0 <= levels[_ADDRESS] <= _ADDRESS_SAME_POSTCODE or levels[_PHONE] in (0, 1)):
+        # Another surname and nothing placing the two together (home, phone, a personal identifier): a
+        # married name needs one of those; a first name and birth date alone are shared by strangers.
+        return SURNAME_GATE
     if policy.thin_guard and not guard_lifted(a, b, levels):
         if given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES:
             # Surname and address alone describe a household, not a person (thin registrations score high).
