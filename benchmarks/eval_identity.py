@@ -207,7 +207,7 @@ def plot(label: str, scored: list[tuple[bool, float]], directory: Path) -> list[
             label=["same person", "different people"], color=["tab:green", "tab:red"])
     ax.set_xlabel("score")
     ax.set_ylabel("candidate pairs (log)")
-    ax.set_title(f"Scores of true vs false candidate pairs: {label}")
+    ax.set_title(f"Scores of true vs false candidate pairs\n{label}")
     ax.legend(fontsize=8)
     hist = directory / f"histogram_{slug}.png"
     fig.tight_layout()

@@ -59,9 +59,14 @@ def test_no_name_gate_holds_at_any_population_size_and_reviews_with_a_personal_i
     ssn_b = person_from_patient(_patient("p4", "urn:h:b", "Kowalski", ["Dana", "K"], "female", "900 pine ave",
                                          "Seattle", ssn="536-22-1947"))
     s = model.score(ssn_a, ssn_b)
-    assert s.gate == NO_NAME_GATE and not s.household_only and s.grade(model.thresholds) in ("probable", "possible",
-                                                                                              "certainly-not")
-    assert s.grade(model.thresholds) != "certain"
+    assert s.gate == NO_NAME_GATE and not s.household_only
+    assert s.grade(model.thresholds) in ("probable", "possible")
+    resolver = Resolver(InMemoryMpiStore(), model)
+    resolver.resolve("t", _patient("p3", "urn:h:a", "Lee", ["Maria", "K"], "female", "5 oak st", "Seattle",
+                                   ssn="536-22-1947"))
+    res = resolver.resolve("t", _patient("p4", "urn:h:b", "Kowalski", ["Dana", "K"], "female", "900 pine ave",
+                                         "Seattle", ssn="536-22-1947"))
+    assert res.decision == "review" and res.review_id
 
 
 def test_a_shared_birth_date_weighs_less_in_a_larger_population() -> None:

@@ -98,7 +98,8 @@ def _typo(a: str, b: str) -> bool:
 
 
 def _family(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_mph: str) -> int:
-    if not a or not b:
+    # One letter is an initial, not a surname: no evidence either way.
+    if not a or not b or len(a) == 1 or len(b) == 1:
         return -1
     if a == b:
         return 0

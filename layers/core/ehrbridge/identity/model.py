@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ehrbridge.identity import comparisons as cmp
+from ehrbridge.identity.names import is_given_name
+from ehrbridge.identity.nicknames import is_listed
 from ehrbridge.identity.normalize import Person
 
 MODEL_FORMAT = "ehrbridge-identity-model"
@@ -78,7 +80,9 @@ class PairScore:
             return "certain"
         if self.probability >= max(0.5, thresholds.review):
             return "probable"
-        if self.probability >= thresholds.review:
+        if self.probability >= thresholds.review or self.gate in HOUSEHOLD_GATES:
+            # A household-type gate with a personal identifier agreeing (an SSN on a dependant's record?)
+            # is always put in front of a person, whatever the score.
             return "possible"
         return "certainly-not"
 
@@ -249,7 +253,7 @@ SURNAME_GATE = "surname differs and no home, phone or personal identifier agrees
 # SSNs closer than this numerically were probably issued in one sequence (twins, siblings), not mistyped.
 SSN_SEQUENCE = 10
 _FAMILY_ELSE = len(cmp.COMPARISONS[_FAMILY][1]) - 1
-_ADDRESS, _PHONE = cmp.INDEX["address"], cmp.INDEX["phone"]
+_ADDRESS, _PHONE, _MIDDLE = cmp.INDEX["address"], cmp.INDEX["phone"], cmp.INDEX["middle"]
 _ADDRESS_SAME_POSTCODE = cmp.COMPARISONS[_ADDRESS][1].index("same_postcode")
 HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, GENERATION_GATE, "different birth order", TWIN_GATE,
                              "different name suffix", NO_NAME_GATE})
@@ -269,7 +273,8 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
     if levels[cmp.INDEX["suffix"]] == 1:
         return "different name suffix"
     if policy.twin_guard and dob in cmp.DOB_AGREES and given == cmp.GIVEN_ELSE \
-            and levels[_FAMILY] in cmp.FAMILY_AGREES and not guard_lifted(a, b, levels, twins=True):
+            and levels[_FAMILY] in cmp.FAMILY_AGREES and not guard_lifted(a, b, levels, twins=True) \
+            and not _first_name_replaced(a, b, levels):
         return TWIN_GATE
     family_agrees = 0 <= levels[_FAMILY] < len(cmp.COMPARISONS[_FAMILY][1]) - 1
     if given == cmp.GIVEN_ALIKE and dob in cmp.DOB_AGREES and levels[_FAMILY] in cmp.FAMILY_AGREES \
@@ -281,9 +286,13 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
     dob_differs = dob_else or dob == cmp.COMPARISONS[_DOB][1].index("same_year")
     if policy.generation_guard and given in cmp.GIVEN_AGREES and family_agrees and dob_differs \
             and not guard_lifted(a, b, levels):
-        # Same name, unrelated birth dates: a generation apart it is father and son; closer, a person
-        # must look (a namesake relative, or one badly keyed date; namesakes at one home exist).
-        return GENERATION_GATE if _years_apart(a.dob, b.dob) >= GENERATION_YEARS else NAMESAKE_GATE
+        # Same name, unrelated birth dates: a generation apart it is father and son (not mother and
+        # daughter: see below); closer, a person must look (a namesake relative, or one badly keyed date;
+        # namesakes at one home exist).
+        if _years_apart(a.dob, b.dob) < GENERATION_YEARS:
+            return NAMESAKE_GATE
+        if not _daughter_named_for_mother_unlikely(a, b, levels):
+            return GENERATION_GATE
     if levels[_ID] == 1:
         return "conflicting identifier from the same system"
     if levels[_FAMILY] == _FAMILY_ELSE and not guard_lifted(a, b, levels) \
@@ -299,6 +308,25 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
             # One name and a home in common, the birth date unrelated: relatives more often than typos.
             return ONE_NAME_GATE
     return None
+
+
+def _first_name_replaced(a: Person, b: Person, levels: list[int]) -> bool:
+    """One first name is no real name (not in the SSA list: a filler such as ADULT or INMATE, a stray
+    letter) and the middle names agree: one person whose first name was not recorded, not twins (twins
+    have two real names and, usually, two middle names)."""
+    for one, other in ((a, b), (b, a)):
+        # The middle initial keyed into the first-name field (Z / LEIA Z).
+        if one.given and len(one.given) == 1 and not one.middle and other.middle and other.middle[0] == one.given:
+            return True
+    if levels[_MIDDLE] not in (0, 1):
+        return False
+    return any(g and (len(g) == 1 or not (is_given_name(g) or is_listed(g))) for g in (a.given, b.given))
+
+
+def _daughter_named_for_mother_unlikely(a: Person, b: Person, levels: list[int]) -> bool:
+    """Same first, middle and last name, both recorded female: juniors are sons. A daughter given her
+    mother's first and middle name is rare enough that the score (with its birth-date penalty) decides."""
+    return a.sex == "F" and b.sex == "F" and levels[_MIDDLE] in (0, 1)
 
 
 def _years_apart(a: str | None, b: str | None) -> int:

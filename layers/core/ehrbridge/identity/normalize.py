@@ -26,7 +26,8 @@ PLACEHOLDER_NAME_TOKENS = frozenset({
     "ZZTEST", "TESTPATIENT", "BABYBOY", "BABYGIRL", "TWIN", "TRIPLET",
     # Household-form fillers: a relationship or a role written where the name goes.
     "RESIDENT", "OCCUPANT", "HOMEOWNER", "SISTER", "BROTHER", "MOM", "DAD", "MOTHER", "FATHER", "SON",
-    "DAUGHTER", "KID", "CHILD", "GRANDMA", "GRANDPA", "WIFE", "HUSBAND", "SPOUSE", "ROOMMATE",
+    "DAUGHTER", "KID", "CHILD", "GRANDMA", "GRANDPA", "WIFE", "HUSBAND", "SPOUSE", "ROOMMATE", "ANON",
+    "ANONYMOUS", "DONT", "DK", "REFUSED", "DECLINED",
 })
 # Whole names that are defaults even though each token is a real name.
 PLACEHOLDER_FULL_NAMES = frozenset({("JOHN", "DOE"), ("JANE", "DOE"), ("BABY", "DOE"), ("JOHN", "SMITH-DOE")})
