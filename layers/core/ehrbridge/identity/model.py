@@ -285,7 +285,7 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
     # the same year (EDWARD PRICE, 1961), and a keyed-wrong day is caught by the one-edit/swap levels.
     dob_differs = dob_else or dob == cmp.COMPARISONS[_DOB][1].index("same_year")
     if policy.generation_guard and given in cmp.GIVEN_AGREES and family_agrees and dob_differs \
-            and not guard_lifted(a, b, levels):
+            and not guard_lifted(a, b, levels, namesakes=True):
         # Same name, unrelated birth dates: a generation apart it is father and son (not mother and
         # daughter: see below); closer, a person must look (a namesake relative, or one badly keyed date;
         # namesakes at one home exist).
@@ -340,18 +340,19 @@ def identifier_agrees(levels: list[int]) -> bool:
     return levels[_SSN] in (0, 1) or levels[_ID] == 0
 
 
-def guard_lifted(a: Person, b: Person, levels: list[int], *, twins: bool = False) -> bool:
+def guard_lifted(a: Person, b: Person, levels: list[int], *, twins: bool = False, namesakes: bool = False) -> bool:
     """What lets the twin, namesake and thin-evidence guards (never the first-name/DOB gate) yield.
 
     A personal identifier: the SSN (exact, or one keying error away unless the two numbers are numerically
     adjacent: twins' and siblings' numbers are often issued in sequence), a same-system identifier, or an
     e-mail address, which for twins counts only when it names one of the two (a parent's address on both
-    children's registrations is routine). Something else about the person must agree too (surname, home or
-    phone), so a lone identifier, mistyped or reused, does not carry a pair on its own.
+    children's registrations is routine) and never for namesakes (a junior uses his father's address, which
+    names them both). Something else about the person must agree too (surname, home or phone), so a lone
+    identifier, mistyped or reused, does not carry a pair on its own.
     """
     ssn = levels[_SSN]
     personal = ssn == 0 or levels[_ID] == 0 or (ssn == 1 and not _adjacent(a.ssn, b.ssn)) \
-        or (levels[_EMAIL] == 0 and (not twins or _email_names(a, b)))
+        or (levels[_EMAIL] == 0 and not namesakes and (not twins or _email_names(a, b)))
     if not personal:
         return False
     return 0 <= levels[_FAMILY] < _FAMILY_ELSE or 0 <= levels[_ADDRESS] <= _ADDRESS_SAME_POSTCODE \
