@@ -109,7 +109,7 @@ def test_em_learns_that_agreement_is_evidence() -> None:
     model = train([person_from_patient(p) for p in a + b], u_samples=50_000)
     from ehrbridge.identity.comparisons import INDEX
 
-    for name in ("given", "family", "dob", "postcode"):
+    for name in ("given", "family", "dob", "address"):
         w = model.weights[INDEX[name]]
         assert w[0] > 3 and w[-1] < 0, name
     assert 0 < model.prior < 1 and "DOB" in model.meta["method"]

@@ -14,7 +14,7 @@ from ehrbridge.identity.model import (
     GENERATION_GATE,
     HOUSEHOLD_GATE,
     NAMESAKE_GATE,
-    THIN_GATE,
+    NO_NAME_GATE,
     TWIN_GATE,
     Thresholds,
     default_model,
@@ -38,8 +38,10 @@ def test_keying_errors_beyond_the_jaro_winkler_cut_are_typos(a: str, b: str) -> 
 
 
 @pytest.mark.parametrize(("a", "b", "level"), [
-    ("Mark", "Mary", "jw80"),  # both in the name list: two names, however close
-    ("Jayden", "Kayden", "jw80"),  # rhyming siblings' names differ in the first letter
+    ("Mark", "Mary", "alike"),  # both real first names: two names, however close
+    ("Jayden", "Kayden", "alike"),  # rhyming siblings' names
+    ("Adrian", "Adriana", "alike"),  # twins' names
+    ("Jayden", "Jaden", "alike"),
     ("Lena", "Lexi", "else"),  # two edits in four letters is another name
     ("Kynan", "Matthew", "else"),
 ])
@@ -55,11 +57,14 @@ def test_names_a_keystroke_apart_with_different_sexes_are_two_names() -> None:
     carol = person_from_patient(patient("a", given="Carol", birth="2010-08-01", gender="female"))
     carlos = person_from_patient(patient("b", given="Carlos", birth="2024-11-01", gender="male"))
     s = m.score(carol, carlos, off)
-    assert m.level_names(s.levels)["given"] == "jw80"
+    assert m.level_names(s.levels)["given"] == "alike"
     assert s.gate == HOUSEHOLD_GATE and s.grade(off) == "certainly-not"
-    # Sex not recorded on one side: no evidence either way, the misspelling reading stands.
+    # Sex not recorded on one side: both are still real first names (SSA list), so still two names.
     unknown = person_from_patient(patient("b", given="Carlos", birth="2024-11-01", gender=None))
-    assert m.level_names(m.score(carol, unknown, off).levels)["given"] == "typo"
+    assert m.level_names(m.score(carol, unknown, off).levels)["given"] == "alike"
+    # A misspelling that is no real name is a typo (it agrees).
+    assert m.level_names(m.score(carol, person_from_patient(patient("b", given="Caorl")), off).levels)["given"] \
+        in ("typo", "jw92", "phonetic")
 
 
 def test_a_typo_in_the_first_name_is_not_a_first_name_disagreement() -> None:
@@ -144,8 +149,10 @@ def test_exact_ssn_alone_does_not_lift_the_thin_guard() -> None:
     a = person_from_patient(patient("a", given=None, birth=None, ssn="536-22-1947", family="Okonkwo"))
     b = person_from_patient(patient("b", given=None, birth=None, ssn="536-22-1947", family="Bridgland",
                                     line="7 Elm Road", city="Dayton", postal="45402", phone=None))
-    assert m.score(a, b).gate == THIN_GATE
-    # The same SSN with the surname agreeing too lifts it.
+    # No name agrees at all: never an automatic link; the agreeing SSN sends it to review, not to "new".
+    assert m.score(a, b).gate == NO_NAME_GATE and m.score(a, b).grade(m.thresholds) != "certain"
+    assert not m.score(a, b).household_only
+    # The same SSN with the surname agreeing too lifts the thin-evidence guard.
     c = person_from_patient(patient("c", given=None, birth=None, ssn="536-22-1947", family="Okonkwo",
                                     line="7 Elm Road", city="Dayton", postal="45402", phone=None))
     assert m.score(a, c).gate is None
@@ -169,11 +176,16 @@ def test_one_ssn_keying_error_still_lets_the_twin_guard_yield() -> None:
     assert m.score(a, b).gate is None
 
 
-def test_an_email_lifts_the_namesake_guard_but_not_the_twin_guard() -> None:
+def test_an_email_does_not_lift_the_namesake_guard_an_ssn_does() -> None:
+    # A junior's registration often carries his father's e-mail address, which names them both: same name,
+    # another birth date and one address is still a namesake pair. An agreeing SSN lifts the guard.
     m = default_model()
     mail = "robert.king58@mail.example.org"
     a = person_from_patient(patient("a", given="Robert", family="King", birth="1958-12-05", email=mail))
     b = person_from_patient(patient("b", given="Robert", family="King", birth="1961-07-21", email=mail))
-    assert m.score(a, b).gate is None
+    assert m.score(a, b).gate == NAMESAKE_GATE
     b_no_mail = person_from_patient(patient("b", given="Robert", family="King", birth="1961-07-21"))
     assert m.score(a, b_no_mail).gate == NAMESAKE_GATE
+    a_ssn = person_from_patient(patient("a", given="Robert", family="King", birth="1958-12-05", ssn="536-22-1947"))
+    b_ssn = person_from_patient(patient("b", given="Robert", family="King", birth="1961-07-21", ssn="536-22-1947"))
+    assert m.score(a_ssn, b_ssn).gate is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from ehrbridge.identity.comparisons import COMPARISONS
 from ehrbridge.identity.model import Model, Thresholds, default_model
 from ehrbridge.identity.resolver import ResolveError, Resolver, enterprise_id
 from ehrbridge.identity.store import InMemoryMpiStore
@@ -167,15 +168,15 @@ def test_unlink_keeps_the_record_apart_from_then_on(resolver: Resolver, store: I
 
 def test_relink_on_new_evidence(resolver: Resolver, store: InMemoryMpiStore) -> None:
     target = resolver.resolve(T, patient("a1", ssn="536-22-1947"))
-    # First registration is too thin to link: only a surname and a city agree, so a person must look.
+    # First registration is too thin to link: only a surname and a city agree (a household, not a person).
     thin = resolver.resolve(T, patient("b1", given=None, birth=None, line=None, phone=None, postal=None))
-    assert thin.decision == "review" and thin.enterprise_id != target.enterprise_id
+    assert thin.decision == "new" and thin.enterprise_id != target.enterprise_id
     # The same source record comes back complete: it now links, the review closes, the change is an event.
     res = resolver.resolve(T, patient("b1", ssn="536-22-1947"))
     assert res.decision == "link" and res.enterprise_id == target.enterprise_id
     assert res.changes[0].change == "relinked" and res.changes[0].previous_enterprise_id == thin.enterprise_id
     assert store.enterprise(T, thin.enterprise_id).status == "merged"  # type: ignore[union-attr]
-    assert store.reviews(T) == [] and store.reviews(T, "resolved")[0].resolution == "linked on new evidence"
+    assert store.reviews(T) == []
 
 
 def test_review_decisions_are_manual_and_survive_reruns(resolver: Resolver, store: InMemoryMpiStore) -> None:
@@ -242,4 +243,4 @@ def test_patient_without_id_is_an_error(resolver: Resolver) -> None:
 
 def test_unknown_model_schema_is_rejected() -> None:
     with pytest.raises(Exception, match="levels"):
-        Model(version="x", prior=0.1, m=[[0.5]] * 15, u=[[0.5]] * 15)
+        Model(version="x", prior=0.1, m=[[0.5]] * len(COMPARISONS), u=[[0.5]] * len(COMPARISONS))

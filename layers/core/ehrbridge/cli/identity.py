@@ -136,7 +136,10 @@ def train_cmd(patients: Path = typer.Argument(..., help="NDJSON file of FHIR Pat
               out: Path = typer.Option(..., "--out", help="Where to write the model (JSON)."),
               link: float | None = typer.Option(None, help="Auto-link threshold (probability)."),
               review: float | None = typer.Option(None, help="Review threshold (probability)."),
-              seed: int = typer.Option(0, help="Random seed for the u sample.")) -> None:
+              seed: int = typer.Option(0, help="Random seed for the u sample."),
+              population_size: int | None = typer.Option(
+                  None, min=2, help="Distinct people in the MPI the model serves (sets the prior odds 1:N); "
+                                    "default: the number of records trained on.")) -> None:
     """Estimate m/u by EM (label-free) on a tenant's own patients and freeze them into a model file."""
     from ehrbridge.identity.model import Thresholds, default_model
     from ehrbridge.identity.normalize import person_from_patient
@@ -149,7 +152,8 @@ def train_cmd(patients: Path = typer.Argument(..., help="NDJSON file of FHIR Pat
     if review is not None:
         base["review"] = review
     try:
-        model = train(persons, seed=seed, thresholds=Thresholds(**base), label=patients.name)
+        model = train(persons, seed=seed, thresholds=Thresholds(**base), label=patients.name,
+                      population_size=population_size or max(2, len(persons)))
     except ValueError as err:
         _fail(str(err))
     out.write_text(model.to_json() + "\n", encoding="utf-8")
@@ -163,6 +167,8 @@ def thresholds_cmd(tenant: str = _TENANT, link: float | None = typer.Option(None
                    twin_guard: bool | None = typer.Option(None, "--twin-guard/--no-twin-guard"),
                    identifier_lifts_gate: bool | None = typer.Option(None,
                                                                      "--identifier-lifts-gate/--strict-gate"),
+                   population_size: int | None = typer.Option(
+                       None, min=2, help="Distinct people in the tenant's MPI (the prior odds of a pair are 1:N)."),
                    state: Path | None = _STATE, dynamodb: bool = _DYNAMO) -> None:
     """Show or set a tenant's decision thresholds (stored in the MPI, read by the function)."""
     from ehrbridge.identity.model import Thresholds
@@ -170,7 +176,8 @@ def thresholds_cmd(tenant: str = _TENANT, link: float | None = typer.Option(None
     mpi = _Mpi(state, dynamodb)
     current = (mpi.store.settings(tenant) or {}).get("thresholds", {})
     updates = {k: v for k, v in {"link": link, "review": review, "margin_bits": margin_bits,
-                                  "twin_guard": twin_guard, "identifier_lifts_gate": identifier_lifts_gate}.items()
+                                  "twin_guard": twin_guard, "identifier_lifts_gate": identifier_lifts_gate,
+                                  "population_size": population_size}.items()
                if v is not None}
     if updates:
         try:

@@ -9,24 +9,25 @@ from __future__ import annotations
 
 from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 
+from ehrbridge.identity.names import is_given_name
 from ehrbridge.identity.nicknames import are_nicknames, is_listed
 from ehrbridge.identity.normalize import Person
 
 # 2: given gained the "typo" level (a misspelling, not another name; counts as agreement for the gate).
-SCHEMA_VERSION = 2
+# 3: given gained "alike" (two different real names spelled alike: ADRIAN/ADRIANA, a disagreement);
+#    house/street/city/postcode/state became one "address" comparison (a move changes them together,
+#    so scoring them as independent fields counted one move, or one shared home, five times);
+#    a middle initial agreeing is "initial", not "exact".
+SCHEMA_VERSION = 3
 
 COMPARISONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("given", ("exact", "nickname", "jw92", "phonetic", "typo", "jw80", "initial", "else")),
+    ("given", ("exact", "nickname", "jw92", "phonetic", "typo", "alike", "jw80", "initial", "else")),
     ("family", ("exact", "jw92", "phonetic", "token", "jw80", "else")),
     ("middle", ("exact", "initial", "else")),
     ("suffix", ("exact", "else")),
     ("dob", ("exact", "swap_day_month", "one_edit", "same_year", "else")),
     ("sex", ("exact", "else")),
-    ("house", ("exact", "else")),
-    ("street", ("exact", "jw90", "else")),
-    ("city", ("exact", "jw90", "else")),
-    ("postcode", ("exact", "one_edit", "else")),
-    ("state", ("exact", "else")),
+    ("address", ("same_home", "same_street", "same_postcode", "same_city", "same_state", "else")),
     ("phone", ("exact", "one_edit", "else")),
     ("email", ("exact", "same_local", "else")),
     ("identifier", ("agree", "conflict")),
@@ -34,10 +35,16 @@ COMPARISONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 NAMES = tuple(name for name, _ in COMPARISONS)
 INDEX = {name: i for i, name in enumerate(NAMES)}
-# Levels that count as "the first name agrees" / "the DOB agrees" for the household gate.
+# Levels that count as "the first name agrees" / "the surname agrees" / "the DOB agrees" for the gates.
 GIVEN_AGREES = frozenset({0, 1, 2, 3, 4})
+FAMILY_AGREES = frozenset({0, 1, 2, 3})
 DOB_AGREES = frozenset({0, 1, 2})
 _TYPO = COMPARISONS[0][1].index("typo")
+GIVEN_ALIKE = COMPARISONS[0][1].index("alike")
+_JW80 = COMPARISONS[0][1].index("jw80")
+GIVEN_ELSE = len(COMPARISONS[0][1]) - 1
+# Address levels that mean "the same home" / "the same street" (a household, or the person).
+ADDRESS_HOME = frozenset({0, 1})
 
 _jw = JaroWinkler.similarity
 _dl = DamerauLevenshtein.distance
@@ -51,8 +58,12 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
     if are_nicknames(a, b):
         return 1
     if len(a) == 1 or len(b) == 1:
-        return 6 if a[0] == b[0] else 7
+        return 7 if a[0] == b[0] else 8
     sim = _jw(a, b)
+    if sim >= 0.80 and _two_names(a, b):
+        # Two real names that look alike (ADRIAN/ADRIANA, JAYDEN/JADEN, MARIA/MARIO) are what parents
+        # give twins and siblings: different people unless something personal says otherwise.
+        return 5
     if sim >= 0.92:
         return 2
     # Phonetic codes alone are too coarse for first names (TERESA ~ DORS in Metaphone, JOSE ~ JESSICA
@@ -62,8 +73,15 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
     if sim >= 0.80 and _typo(a, b):
         return 4
     if sim >= 0.80:
-        return 5
-    return 7
+        return 6
+    return 8
+
+
+def _two_names(a: str, b: str) -> bool:
+    """Both are first names in their own right (each given to 1,000+ babies in the SSA list) and not
+    nicknames of each other. Spelling variants of one name (STEVEN/STEPHEN) land here too: from the
+    names alone they cannot be told from twins' names (JAYDEN/JADEN), so they do not count as agreeing."""
+    return is_given_name(a) and is_given_name(b)
 
 
 def _typo(a: str, b: str) -> bool:
@@ -80,7 +98,8 @@ def _typo(a: str, b: str) -> bool:
 
 
 def _family(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_mph: str) -> int:
-    if not a or not b:
+    # One letter is an initial, not a surname: no evidence either way.
+    if not a or not b or len(a) == 1 or len(b) == 1:
         return -1
     if a == b:
         return 0
@@ -142,9 +161,30 @@ def _edit3(a: str | None, b: str | None) -> int:
 def _middle(a: str | None, b: str | None) -> int:
     if not a or not b:
         return -1
-    if a == b:
+    if a == b and len(a) > 1:
         return 0
+    # One letter in common says little (about 1 in 15 strangers share a middle initial).
     return 1 if a[0] == b[0] else 2
+
+
+def _address(a: Person, b: Person) -> int:
+    """The most specific part of the address that agrees: home, street, postcode, city, state."""
+    street = _jw3(a.street, b.street)
+    postcode = _exact(a.postcode, b.postcode)
+    city = _jw3(a.city, b.city)
+    state = _exact(a.state, b.state)
+    if street < 0 and postcode < 0 and city < 0 and state < 0:
+        return -1
+    area = postcode == 0 or city == 0 or (postcode < 0 and city < 0)
+    if street in (0, 1) and area:
+        return 0 if a.house and a.house == b.house else 1
+    if postcode == 0:
+        return 2
+    if city in (0, 1):
+        return 3
+    if state == 0:
+        return 4
+    return 5
 
 
 def _suffix(a: str | None, b: str | None) -> int:
@@ -196,7 +236,7 @@ def compare(a: Person, b: Person) -> tuple[list[int], bool]:
     sex = _exact(a.sex, b.sex)
     if given == _TYPO and sex == 1:
         # A keying error does not change the recorded sex: CAROL/CARLOS, MARY/MARL(K) are two names.
-        given = _TYPO + 1
+        given = _JW80
     levels = [
         given,
         family,
@@ -204,11 +244,7 @@ def compare(a: Person, b: Person) -> tuple[list[int], bool]:
         _suffix(a.suffix, b.suffix),
         _dob(a.dob, b.dob),
         sex,
-        _exact(a.house, b.house),
-        _jw3(a.street, b.street),
-        _jw3(a.city, b.city),
-        _edit3(a.postcode, b.postcode),
-        _exact(a.state, b.state),
+        _address(a, b),
         _edit3(a.phone, b.phone),
         _email(a.email, b.email),
         _identifiers(a.identifiers, b.identifiers),

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ehrbridge.identity import comparisons as cmp
+from ehrbridge.identity.names import is_given_name
+from ehrbridge.identity.nicknames import is_listed
 from ehrbridge.identity.normalize import Person
 
 MODEL_FORMAT = "ehrbridge-identity-model"
@@ -52,6 +54,10 @@ class Thresholds(BaseModel):
     # the SSN agrees (a guarantor's SSN on a child's registration is a known error). On: an agreeing
     # SSN or same-system identifier lifts that gate, the pair is then scored like any other.
     identifier_lifts_gate: bool = False
+    # How many distinct people this tenant's MPI holds (None: the model file's). The prior odds that a
+    # record and one stored record are the same person are 1 : population, so a birth date shared with
+    # a stranger weighs what it should in a population of that size.
+    population_size: int | None = Field(default=None, ge=2)
 
 
 @dataclass(slots=True)
@@ -74,7 +80,9 @@ class PairScore:
             return "certain"
         if self.probability >= max(0.5, thresholds.review):
             return "probable"
-        if self.probability >= thresholds.review:
+        if self.probability >= thresholds.review or self.gate in HOUSEHOLD_GATES:
+            # A household-type gate with a personal identifier agreeing (an SSN on a dependant's record?)
+            # is always put in front of a person, whatever the score.
             return "possible"
         return "certainly-not"
 
@@ -82,12 +90,17 @@ class PairScore:
 @dataclass
 class Model:
     version: str
-    prior: float  # lambda: probability that two records in the same block are the same person
+    # Without a population size: lambda, the probability that two records sharing a blocking key are
+    # the same person (as EM estimates it on the training data; only right for a population that size).
+    prior: float
     m: list[list[float]]
     u: list[list[float]]
     tf: dict[str, dict[str, float]] = field(default_factory=dict)
     thresholds: Thresholds = field(default_factory=Thresholds)
     meta: dict[str, Any] = field(default_factory=dict)
+    # Distinct people in the tenant's MPI: the prior odds of a pair are 1 : population_size, and u is the
+    # level frequency among random pairs, so the score is P(same person | the pair's comparison levels).
+    population_size: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.m) != len(cmp.COMPARISONS) or len(self.u) != len(cmp.COMPARISONS):
@@ -99,20 +112,37 @@ class Model:
                 raise ModelError(f"comparison {name}: m and u must be in (0, 1)")
         self.weights = [[math.log2(mi / ui) for mi, ui in zip(m, u, strict=True)] for m, u in zip(self.m, self.u,
                                                                                                    strict=True)]
-        self.prior_weight = math.log2(self.prior / (1 - self.prior))
+        self.prior_weight = self._prior_weight(self.population_size)
         self._tf_adjust: dict[int, dict[str, float]] = {}
         self._tf_default: dict[int, float] = {}
+        # Birth dates: exact-date frequencies (dates many people share, e.g. 1 January) and birth-year
+        # frequencies (a date in a common birth year is shared by more strangers).
+        self._dob_tf: dict[str, float] = {}
+        self._year_tf: dict[str, float] = {}
+        u_dob = self.u[_DOB][0]
+        for value, f in self.tf.get("dob", {}).items():
+            self._dob_tf[value] = _bound(math.log2(u_dob / f))
+        for year, f in self.tf.get("dob_year", {}).items():
+            self._year_tf[year] = _bound(math.log2(u_dob / (f / 365.25)))
         for name, table in self.tf.items():
+            if name not in ("given", "family"):
+                continue
             i = cmp.INDEX[name]
             u_exact = self.u[i][0]
             floor = min(table.values()) if table else u_exact
             self._tf_adjust[i] = {v: _bound(math.log2(u_exact / f)) for v, f in table.items()}
             self._tf_default[i] = _bound(math.log2(u_exact / floor))
 
+    def _prior_weight(self, population: int | None) -> float:
+        if population:
+            return -math.log2(population - 1)
+        return math.log2(self.prior / (1 - self.prior))
+
     # ---- scoring -------------------------------------------------------------------------------
     def score(self, a: Person, b: Person, policy: Thresholds | None = None) -> PairScore:
         levels, swapped = cmp.compare(a, b)
-        total = self.prior_weight
+        policy = policy or self.thresholds
+        total = self.prior_weight if policy.population_size is None else self._prior_weight(policy.population_size)
         weights = self.weights
         for i, level in enumerate(levels):
             if level >= 0:
@@ -120,19 +150,24 @@ class Model:
         total += self._tf(levels, b, swapped)
         # The weight stays unclipped (it ranks candidates); only the probability saturates.
         probability = 1.0 / (1.0 + 2.0 ** (-max(-60.0, min(60.0, total))))
-        return PairScore(total, probability, levels, swapped, _gate(a, b, levels, policy or self.thresholds))
+        return PairScore(total, probability, levels, swapped, _gate(a, b, levels, policy))
 
     def _tf(self, levels: list[int], b: Person, swapped: bool) -> float:
         extra = 0.0
         for i, value in ((_GIVEN, b.family if swapped else b.given), (_FAMILY, b.given if swapped else b.family)):
             if levels[i] == 0 and i in self._tf_adjust and value:
                 extra += self._tf_adjust[i].get(value, self._tf_default[i])
+        if levels[_DOB] == 0 and b.dob and (self._dob_tf or self._year_tf):
+            adjust = self._dob_tf.get(b.dob)
+            extra += adjust if adjust is not None else self._year_tf.get(b.dob[:4], 0.0)
         return extra
 
-    def explain(self, a: Person, b: Person) -> dict[str, float]:
+    def explain(self, a: Person, b: Person, policy: Thresholds | None = None) -> dict[str, float]:
         """Per-comparison weights (bits) that make up a pair's score: what a reviewer sees."""
         levels, swapped = cmp.compare(a, b)
-        out: dict[str, float] = {"prior": round(self.prior_weight, 3)}
+        population = policy.population_size if policy is not None else None
+        prior = self.prior_weight if population is None else self._prior_weight(population)
+        out: dict[str, float] = {"prior": round(prior, 3)}
         for i, level in enumerate(levels):
             if level >= 0:
                 out[cmp.NAMES[i]] = round(self.weights[i][level], 3)
@@ -148,7 +183,8 @@ class Model:
     def to_json(self) -> str:
         return json.dumps({
             "format": MODEL_FORMAT, "schema_version": cmp.SCHEMA_VERSION, "version": self.version,
-            "prior": self.prior, "thresholds": self.thresholds.model_dump(), "meta": self.meta,
+            "prior": self.prior, "population_size": self.population_size,
+            "thresholds": self.thresholds.model_dump(exclude_none=True), "meta": self.meta,
             "comparisons": [
                 {"name": name, "levels": [{"name": lv, "m": round(m, 8), "u": round(u, 8)}
                                           for lv, m, u in zip(levels, self.m[i], self.u[i], strict=True)]}
@@ -178,7 +214,11 @@ class Model:
                 raise ModelError(f"comparison {name}: levels differ from the schema")
             m.append([float(got[lv]["m"]) for lv in levels])
             u.append([float(got[lv]["u"]) for lv in levels])
+        population = data.get("population_size")
+        if population is not None and (not isinstance(population, int) or population < 2):
+            raise ModelError("population_size must be an integer >= 2")
         return cls(version=str(data.get("version", "unversioned")), prior=float(data["prior"]), m=m, u=u,
+                   population_size=population,
                    tf={k: {str(n): float(f) for n, f in v.items()} for k, v in (data.get("tf") or {}).items()},
                    thresholds=Thresholds(**(data.get("thresholds") or {})), meta=data.get("meta") or {})
 
@@ -197,19 +237,26 @@ def _bound(x: float) -> float:
 # agrees: such a pair is certainly-not (no review item), never merely a weak match.
 TWIN_GATE = "same birth date and surname, different first name (twins)"
 HOUSEHOLD_GATE = "first name and birth date both disagree"
+# Neither name agrees (after nickname, typo and swap handling): whatever else agrees (a birth date, a
+# city, a middle initial), that describes two people who share those values, not one person.
+NO_NAME_GATE = "neither the first name nor the surname agrees"
+# Same birth date and surname, two different real first names that look alike (ADRIAN/ADRIANA): twins
+# are often named so. Not certainly-not: the same name spelled two ways (STEVEN/STEPHEN) looks the same.
+ALIKE_TWIN_GATE = "same birth date and surname, alike but different first names (twins?)"
 # Same name a generation apart (father and son without a recorded suffix).
 GENERATION_GATE = "same name, born a generation apart (junior/senior)"
 GENERATION_YEARS = 14
 NAMESAKE_GATE = "same name, birth dates disagree"
 THIN_GATE = "neither first name, birth date nor a personal identifier agrees"
 ONE_NAME_GATE = "only one name agrees and the birth dates are unrelated"
+SURNAME_GATE = "surname differs and no home, phone or personal identifier agrees"
 # SSNs closer than this numerically were probably issued in one sequence (twins, siblings), not mistyped.
 SSN_SEQUENCE = 10
 _FAMILY_ELSE = len(cmp.COMPARISONS[_FAMILY][1]) - 1
-_HOUSE, _STREET, _POSTCODE, _PHONE = (cmp.INDEX["house"], cmp.INDEX["street"], cmp.INDEX["postcode"],
-                                      cmp.INDEX["phone"])
+_ADDRESS, _PHONE, _MIDDLE = cmp.INDEX["address"], cmp.INDEX["phone"], cmp.INDEX["middle"]
+_ADDRESS_SAME_POSTCODE = cmp.COMPARISONS[_ADDRESS][1].index("same_postcode")
 HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, GENERATION_GATE, "different birth order", TWIN_GATE,
-                             "different name suffix"})
+                             "different name suffix", NO_NAME_GATE})
 
 
 def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | None:
@@ -218,22 +265,41 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
     if given >= 0 and dob >= 0 and given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES \
             and not (policy.identifier_lifts_gate and identifier_agrees(levels)):
         return HOUSEHOLD_GATE
+    if given not in cmp.GIVEN_AGREES and levels[_FAMILY] not in cmp.FAMILY_AGREES:
+        # A missing name does not agree either: a pair with no name in common is never auto-linked.
+        return NO_NAME_GATE
     if a.birth_order and b.birth_order and a.birth_order != b.birth_order:
         return "different birth order"
     if levels[cmp.INDEX["suffix"]] == 1:
         return "different name suffix"
-    if policy.twin_guard and dob in cmp.DOB_AGREES and given == len(cmp.COMPARISONS[_GIVEN][1]) - 1 \
-            and levels[_FAMILY] in (0, 1, 2, 3) and not guard_lifted(a, b, levels, twins=True):
+    if policy.twin_guard and dob in cmp.DOB_AGREES and given == cmp.GIVEN_ELSE \
+            and levels[_FAMILY] in cmp.FAMILY_AGREES and not guard_lifted(a, b, levels, twins=True) \
+            and not _first_name_replaced(a, b, levels):
         return TWIN_GATE
     family_agrees = 0 <= levels[_FAMILY] < len(cmp.COMPARISONS[_FAMILY][1]) - 1
+    if given == cmp.GIVEN_ALIKE and dob in cmp.DOB_AGREES and levels[_FAMILY] in cmp.FAMILY_AGREES \
+            and not guard_lifted(a, b, levels, twins=True):
+        return ALIKE_TWIN_GATE
     dob_else = dob == len(cmp.COMPARISONS[_DOB][1]) - 1
-    if policy.generation_guard and given in cmp.GIVEN_AGREES and family_agrees and dob_else \
-            and not guard_lifted(a, b, levels):
-        # Same name, unrelated birth dates: a generation apart it is father and son; closer, a person
-        # must look (a namesake relative, or one badly keyed date).
-        return GENERATION_GATE if _years_apart(a.dob, b.dob) >= GENERATION_YEARS else NAMESAKE_GATE
+    # Same year but another day counts as disagreeing here: strangers with a common name are often born
+    # the same year (EDWARD PRICE, 1961), and a keyed-wrong day is caught by the one-edit/swap levels.
+    dob_differs = dob_else or dob == cmp.COMPARISONS[_DOB][1].index("same_year")
+    if policy.generation_guard and given in cmp.GIVEN_AGREES and family_agrees and dob_differs \
+            and not guard_lifted(a, b, levels, namesakes=True):
+        # Same name, unrelated birth dates: a generation apart it is father and son (not mother and
+        # daughter: see below); closer, a person must look (a namesake relative, or one badly keyed date;
+        # namesakes at one home exist).
+        if _years_apart(a.dob, b.dob) < GENERATION_YEARS:
+            return NAMESAKE_GATE
+        if not _daughter_named_for_mother_unlikely(a, b, levels):
+            return GENERATION_GATE
     if levels[_ID] == 1:
         return "conflicting identifier from the same system"
+    if levels[_FAMILY] == _FAMILY_ELSE and not guard_lifted(a, b, levels) \
+            and not (0 <= levels[_ADDRESS] <= _ADDRESS_SAME_POSTCODE or levels[_PHONE] in (0, 1)):
+        # Another surname and nothing placing the two together (home, phone, a personal identifier): a
+        # married name needs one of those; a first name and birth date alone are shared by strangers.
+        return SURNAME_GATE
     if policy.thin_guard and not guard_lifted(a, b, levels):
         if given not in cmp.GIVEN_AGREES and dob not in cmp.DOB_AGREES:
             # Surname and address alone describe a household, not a person (thin registrations score high).
@@ -242,6 +308,25 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
             # One name and a home in common, the birth date unrelated: relatives more often than typos.
             return ONE_NAME_GATE
     return None
+
+
+def _first_name_replaced(a: Person, b: Person, levels: list[int]) -> bool:
+    """One first name is no real name (not in the SSA list: a filler such as ADULT or INMATE, a stray
+    letter) and the middle names agree: one person whose first name was not recorded, not twins (twins
+    have two real names and, usually, two middle names)."""
+    for one, other in ((a, b), (b, a)):
+        # The middle initial keyed into the first-name field (Z / LEIA Z).
+        if one.given and len(one.given) == 1 and not one.middle and other.middle and other.middle[0] == one.given:
+            return True
+    if levels[_MIDDLE] not in (0, 1):
+        return False
+    return any(g and (len(g) == 1 or not (is_given_name(g) or is_listed(g))) for g in (a.given, b.given))
+
+
+def _daughter_named_for_mother_unlikely(a: Person, b: Person, levels: list[int]) -> bool:
+    """Same first, middle and last name, both recorded female: juniors are sons. A daughter given her
+    mother's first and middle name is rare enough that the score (with its birth-date penalty) decides."""
+    return a.sex == "F" and b.sex == "F" and levels[_MIDDLE] in (0, 1)
 
 
 def _years_apart(a: str | None, b: str | None) -> int:
@@ -255,22 +340,23 @@ def identifier_agrees(levels: list[int]) -> bool:
     return levels[_SSN] in (0, 1) or levels[_ID] == 0
 
 
-def guard_lifted(a: Person, b: Person, levels: list[int], *, twins: bool = False) -> bool:
+def guard_lifted(a: Person, b: Person, levels: list[int], *, twins: bool = False, namesakes: bool = False) -> bool:
     """What lets the twin, namesake and thin-evidence guards (never the first-name/DOB gate) yield.
 
     A personal identifier: the SSN (exact, or one keying error away unless the two numbers are numerically
     adjacent: twins' and siblings' numbers are often issued in sequence), a same-system identifier, or an
     e-mail address, which for twins counts only when it names one of the two (a parent's address on both
-    children's registrations is routine). Something else about the person must agree too (surname, home or
-    phone), so a lone identifier, mistyped or reused, does not carry a pair on its own.
+    children's registrations is routine) and never for namesakes (a junior uses his father's address, which
+    names them both). Something else about the person must agree too (surname, home or phone), so a lone
+    identifier, mistyped or reused, does not carry a pair on its own.
     """
     ssn = levels[_SSN]
     personal = ssn == 0 or levels[_ID] == 0 or (ssn == 1 and not _adjacent(a.ssn, b.ssn)) \
-        or (levels[_EMAIL] == 0 and (not twins or _email_names(a, b)))
+        or (levels[_EMAIL] == 0 and not namesakes and (not twins or _email_names(a, b)))
     if not personal:
         return False
-    return 0 <= levels[_FAMILY] < _FAMILY_ELSE or levels[_HOUSE] == 0 or levels[_STREET] in (0, 1) \
-        or levels[_POSTCODE] == 0 or levels[_PHONE] in (0, 1)
+    return 0 <= levels[_FAMILY] < _FAMILY_ELSE or 0 <= levels[_ADDRESS] <= _ADDRESS_SAME_POSTCODE \
+        or levels[_PHONE] in (0, 1)
 
 
 def _email_names(a: Person, b: Person) -> bool:
@@ -312,18 +398,14 @@ def prior_model() -> Model:
 
 # (m, u) per level, in schema order; u roughly from random pairs in a large population.
 _PRIORS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "given": ((0.84, 0.03, 0.04, 0.02, 0.02, 0.02, 0.01, 0.02), (0.01, 0.002, 0.005, 0.01, 0.002, 0.028, 0.02,
-                                                                     0.923)),
+    "given": ((0.84, 0.03, 0.04, 0.02, 0.02, 0.01, 0.01, 0.01, 0.02),
+              (0.01, 0.002, 0.005, 0.01, 0.002, 0.01, 0.018, 0.02, 0.923)),
     "family": ((0.88, 0.05, 0.02, 0.01, 0.02, 0.02), (0.005, 0.003, 0.01, 0.001, 0.03, 0.951)),
-    "middle": ((0.7, 0.2, 0.1), (0.02, 0.08, 0.9)),
+    "middle": ((0.3, 0.6, 0.1), (0.005, 0.07, 0.925)),
     "suffix": ((0.95, 0.05), (0.5, 0.5)),
     "dob": ((0.92, 0.01, 0.04, 0.02, 0.01), (0.0001, 0.00005, 0.002, 0.012, 0.98585)),
     "sex": ((0.98, 0.02), (0.5, 0.5)),
-    "house": ((0.85, 0.15), (0.02, 0.98)),
-    "street": ((0.8, 0.12, 0.08), (0.002, 0.01, 0.988)),
-    "city": ((0.85, 0.08, 0.07), (0.05, 0.02, 0.93)),
-    "postcode": ((0.85, 0.08, 0.07), (0.01, 0.02, 0.97)),
-    "state": ((0.95, 0.05), (0.2, 0.8)),
+    "address": ((0.7, 0.05, 0.03, 0.07, 0.1, 0.05), (0.0005, 0.002, 0.01, 0.05, 0.4, 0.5375)),
     "phone": ((0.8, 0.05, 0.15), (0.0001, 0.0005, 0.9994)),
     "email": ((0.85, 0.05, 0.1), (0.00005, 0.0005, 0.99945)),
     "identifier": ((0.9, 0.1), (0.00001, 0.99999)),

@@ -24,6 +24,10 @@ PLACEHOLDER_NAME_TOKENS = frozenset({
     "BABY", "BOY", "GIRL", "BB", "BG", "INFANT", "NEWBORN", "NB", "UNKNOWN", "UNK", "UNKNWN", "TEST", "PATIENT",
     "PT", "NONE", "NULL", "NA", "NAME", "NONAME", "TRAUMA", "ALIAS", "DECEASED", "MALE", "FEMALE", "XXX", "ZZZ",
     "ZZTEST", "TESTPATIENT", "BABYBOY", "BABYGIRL", "TWIN", "TRIPLET",
+    # Household-form fillers: a relationship or a role written where the name goes.
+    "RESIDENT", "OCCUPANT", "HOMEOWNER", "SISTER", "BROTHER", "MOM", "DAD", "MOTHER", "FATHER", "SON",
+    "DAUGHTER", "KID", "CHILD", "GRANDMA", "GRANDPA", "WIFE", "HUSBAND", "SPOUSE", "ROOMMATE", "ANON",
+    "ANONYMOUS", "DONT", "DK", "REFUSED", "DECLINED",
 })
 # Whole names that are defaults even though each token is a real name.
 PLACEHOLDER_FULL_NAMES = frozenset({("JOHN", "DOE"), ("JANE", "DOE"), ("BABY", "DOE"), ("JOHN", "SMITH-DOE")})

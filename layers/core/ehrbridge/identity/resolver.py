@@ -175,6 +175,14 @@ class Resolver:
         top = ranked[0].score
         grade = top.grade(th)
         reason = top.gate
+        if grade == "certainly-not":
+            # A weaker candidate gated as a household member but sharing a personal identifier still
+            # goes to a person: put it first so the review item shows it.
+            flagged = next((i for i, c in enumerate(ranked) if c.score.grade(th) != "certainly-not"), None)
+            if flagged is not None:
+                ranked.insert(0, ranked.pop(flagged))
+                top = ranked[0].score
+                grade, reason = top.grade(th), top.gate
         if grade == "certain" and self._gated_best > top.weight:
             grade, reason = "probable", "a gated household member fits better"
         if grade == "certain" and len(ranked) > 1:
@@ -194,7 +202,7 @@ class Resolver:
             other = self._person(candidates[cand.source_key])
             shown.append({"eid": cand.eid, "source_key": cand.source_key,
                           "score": round(cand.score.probability, 6), "grade": cand.score.grade(th),
-                          "weights": self.model.explain(person, other),
+                          "weights": self.model.explain(person, other, th),
                           "levels": self.model.level_names(cand.score.levels), "gate": cand.score.gate})
         created = self._now()
         review_id = "rv-" + hashlib.sha256(f"{tenant}|{source_key}|{created}".encode()).hexdigest()[:20]

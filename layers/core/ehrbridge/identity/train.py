@@ -132,6 +132,15 @@ def term_frequencies(persons: Sequence[Person]) -> dict[str, dict[str, float]]:
         if not total:
             continue
         out[name] = {v: c / total for v, c in counts.most_common(TF_TOP) if c >= 2}
+    dobs = Counter(p.dob for p in persons if p.dob and len(p.dob) == 8)
+    total = sum(dobs.values())
+    if total:
+        # Birth-year shares, and the exact dates far more common than their year explains (1 January,
+        # a registration default): both make a shared birth date weigh what it does in this population.
+        years = Counter(d[:4] for d in dobs.elements())
+        out["dob_year"] = {y: c / total for y, c in years.items()}
+        out["dob"] = {d: c / total for d, c in dobs.most_common(TF_TOP)
+                      if c >= 5 and c / total > 4 * years[d[:4]] / total / 365.25}
     return out
 
 
@@ -150,7 +159,9 @@ M_FLOOR = 0.002
 
 
 def train(persons: Sequence[Person], *, seed: int = 0, u_samples: int = 300_000, iterations: int = 40,
-          thresholds: Thresholds | None = None, label: str = "") -> Model:
+          thresholds: Thresholds | None = None, label: str = "", population_size: int | None = None) -> Model:
+    """``population_size``: distinct people in the MPI the model will serve (the prior odds of a pair are
+    1 : population); None keeps lambda, the match share among the training data's blocked pairs."""
     if len(persons) < 50:
         raise ValueError("need at least 50 patients to estimate a model")
     rng = random.Random(seed)
@@ -194,7 +205,7 @@ def train(persons: Sequence[Person], *, seed: int = 0, u_samples: int = 300_000,
     stamp = datetime.now(UTC).strftime("%Y%m%d")
     digest = hashlib.sha256(repr((m, u, lam)).encode()).hexdigest()[:8]
     return Model(version=f"{stamp}-{digest}", prior=lam, m=m, u=u, tf=term_frequencies(persons),
-                 thresholds=thresholds or Thresholds(),
+                 thresholds=thresholds or Thresholds(), population_size=population_size,
                  meta={"trained_on": label, "records": len(persons), "blocked_pairs": len(all_pairs),
                        "em_iterations": iters, "u_samples": u_samples,
                        "method": "EM sessions blocked on DOB and on names (m), random pairs (u), "

