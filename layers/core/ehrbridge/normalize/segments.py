@@ -41,6 +41,7 @@ class State:
         self.notable: Resource | None = None
         self.obx_seen: dict[str, int] = {}
         self.merges: list[tuple[Resource, Resource]] = []
+        self._refs: dict[str, dict[str, str]] = {}
 
     def add(self, resource: Resource) -> Resource:
         key = (resource["resourceType"], resource["id"])
@@ -53,7 +54,15 @@ class State:
         return resource
 
     def ref(self, resource: Resource | None) -> dict[str, str] | None:
-        return {"reference": f"{resource['resourceType']}/{resource['id']}"} if resource else None
+        """One Reference object per target, shared by every resource that points at it (the fast
+        validator checks a shared object once)."""
+        if not resource:
+            return None
+        key = f"{resource['resourceType']}/{resource['id']}"
+        ref = self._refs.get(key)
+        if ref is None:
+            ref = self._refs[key] = {"reference": key}
+        return ref
 
     def subject(self) -> dict[str, str] | None:
         return self.ref(self.patient)

@@ -1,74 +1,310 @@
-"""Fast structural checks on our own bundles (the hot path), and full model validation (tests, CLI).
+"""Fast validation of our own bundles (the hot path), and full model validation (tests, CLI).
 
 The hot path cannot afford the ``fhir.resources`` models (importing them alone breaks the
-normalizer's import budget, and validating a bundle costs milliseconds). The fast check covers
-what our maps could get wrong (required elements, id/reference/date formats); the test-suite
-validates every bundle produced from the corpus against the R4B models, so the fast path is
-held to exactly what the models accept. ``validate_with_models`` is what the CLI's
-``--strict`` and the tests use.
+normalizer's import budget, and validating a bundle costs milliseconds). The fast check walks
+every element of the bundle against the R4B element table (``fhir_elements``, generated from the
+models): known element names only, repeating vs single, required elements, choice groups
+(``value[x]``: at most one), and every primitive - at any depth (``period.start``,
+``collection.collectedDateTime``, ``coding.code`` ...) - against its FHIR type. (A pydantic-core
+schema built from the same table was tried: it costs more, because a typed dict is checked field
+by field of its type - 50 for Observation - not key by key of the value.)
+
+The primitive checks agree with what ``fhir.resources`` accepts (property-tested on generated
+values in ``tests/unit/normalize/test_validate_property.py``): a value the fast check accepts, the
+models accept. Whitespace is Unicode White_Space exactly as the models'
+regex engine (Rust's) reads ``\\s``/``\\S`` (Python's ``\\s`` also takes U+001C..U+001F); digits
+are ASCII only (``[0-9]``, never ``\\d``, which would take any Unicode digit); calendar validity
+(no Feb 30, Feb 29 only in leap years, no year 0000) is in the date patterns themselves. Where
+FHIR is stricter than the models, so are we: ``id`` at most 64 characters, ``uri``/``url``
+non-empty without whitespace, numbers as JSON numbers (not strings), no ``null``, no empty object
+or array (ele-1).
+
+``validate_with_models`` is what the CLI's ``--strict`` and the tests use.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_DATETIME = re.compile(r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01])(T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
-                       r"(\.\d{1,9})?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00)))?)?)?$")
-_INSTANT = re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)"
-                      r"(\.\d{1,9})?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00))$")
-_DATE = re.compile(r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$")
+from ehrbridge.normalize.fhir_elements import CHOICES, ELEMENTS
+from ehrbridge.normalize.fhir_elements import REQUIRED as _MODEL_REQUIRED
 
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "Observation": ("status", "code"), "DiagnosticReport": ("status", "code"),
-    "ServiceRequest": ("status", "intent", "subject"), "Immunization": ("status", "vaccineCode", "patient"),
-    "MedicationRequest": ("status", "intent", "subject"), "Appointment": ("status", "participant"),
-    "DocumentReference": ("status", "content"), "Encounter": ("status", "class"),
-    "AllergyIntolerance": ("patient",), "Condition": ("subject",), "Procedure": ("status", "subject"),
-    "Provenance": ("target", "recorded", "agent"), "Specimen": (), "Patient": (),
+# Resource types the normalizer emits at the top level of a bundle (fhir_input accepts these too),
+# and the ones it may contain (a contained PractitionerRole/Organization).
+TOP_LEVEL = ("Patient", "Encounter", "Observation", "DiagnosticReport", "ServiceRequest", "Immunization",
+             "MedicationRequest", "Appointment", "DocumentReference", "AllergyIntolerance", "Condition",
+             "Procedure", "Specimen", "Provenance")
+CONTAINABLE = (*TOP_LEVEL, "PractitionerRole", "Organization")
+REQUIRED: dict[str, tuple[str, ...]] = {t: _MODEL_REQUIRED.get(t, ()) for t in TOP_LEVEL}
+
+# ---------------------------------------------------------------- primitive patterns (FHIR R4 + calendar)
+# Unicode White_Space (what the models' regex engine, Rust's, calls \s).
+_WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# A FHIR string needs one character of [ \r\n\t\S] (unanchored in the models): these alone are not one.
+_STRING_EMPTY_CHARS = "\x0b\x0c\x85\xa0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B)) + \
+    "\u2028\u2029\u202f\u205f\u3000"
+_YEAR = r"(?:[0-9](?:[0-9](?:[0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)"  # 0001-9999, never 0000
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = (r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+              r"|02-(?:0[1-9]|1[0-9]|2[0-8]))")
+_FULL_DATE = rf"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
+_PARTIAL_DATE = rf"{_YEAR}(?:-(?:0[1-9]|1[0-2]))?"
+_TIME = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?"
+_OFFSET = r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+PATTERNS: dict[str, str] = {
+    "code": rf"[^{_WS}]+(?:[{_WS}][^{_WS}]+)*", "id": r"[A-Za-z0-9\-.]{1,64}",
+    "uri": rf"[^{_WS}]+", "url": rf"[^{_WS}]+", "canonical": rf"[^{_WS}]+",
+    "date": rf"(?:{_FULL_DATE}|{_PARTIAL_DATE})",
+    "dateTime": rf"(?:{_FULL_DATE}(?:T{_TIME}{_OFFSET})?|{_PARTIAL_DATE})",
+    "instant": rf"{_FULL_DATE}T{_TIME}{_OFFSET}",
+    "time": rf"{_TIME}",
+    "base64Binary": r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?",
+    "oid": r"urn:oid:[0-2](?:\.(?:0|[1-9][0-9]*))+",
+    "uuid": r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
 }
-_DATETIME_FIELDS = ("effectiveDateTime", "occurrenceDateTime", "authoredOn", "recordedDate", "onsetDateTime",
-                    "performedDateTime", "deceasedDateTime", "valueDateTime", "start", "end", "receivedTime")
-_INSTANT_FIELDS = ("issued", "recorded", "date", "timestamp")
+_INT32 = (-(2**31), 2**31 - 1)
+_COMPILED = {kind: re.compile(p) for kind, p in PATTERNS.items()}
+
+
+def _pattern_check(kind: str) -> Callable[[Any], bool]:
+    fullmatch = _COMPILED[kind].fullmatch
+    return lambda v: type(v) is str and fullmatch(v) is not None
+
+
+def is_string(v: Any) -> bool:
+    return type(v) is str and v.strip(_STRING_EMPTY_CHARS) != ""
+
+
+def is_decimal(v: Any) -> bool:
+    t = type(v)
+    if t is float:
+        return v == v and v not in (float("inf"), float("-inf"))
+    if t is int:
+        try:
+            str(v)  # beyond Python's int-to-str digit limit the models cannot read it either
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda v: type(v) is int and low <= v <= high
+
+
+def _never(v: Any) -> bool:
+    return False  # xhtml: the normalizer never writes narrative
+
+
+PRIMITIVES: dict[str, Callable[[Any], bool]] = {
+    **{kind: _pattern_check(kind) for kind in PATTERNS}, "string": is_string, "markdown": is_string,
+    "decimal": is_decimal, "integer": _int_range(*_INT32), "unsignedInt": _int_range(0, _INT32[1]),
+    "positiveInt": _int_range(1, _INT32[1]), "boolean": lambda v: type(v) is bool, "xhtml": _never,
+}
+
+
+def check_primitive(kind: str, value: Any) -> bool:
+    """The fast check's verdict on one value of a FHIR primitive type (e.g. "dateTime")."""
+    return PRIMITIVES[kind](value)
+
+
+# ---------------------------------------------------------------- the walk
+# Per type, built once from ELEMENTS: (single primitives: name -> (seen set of the kind, check),
+# repeating primitives: same, single complex: name -> entry of its type, repeating complex: same,
+# required names, choice bit per element name, mask of the required choice groups). "seen" holds
+# values of a kind already found valid (the same systems, codes and times recur in every bundle).
+_SEEN: dict[str, set[Any]] = {kind: set() for kind in PRIMITIVES}
+_SEEN_MAX = 20_000
+_RESOURCE_TYPES = frozenset(t for t in CONTAINABLE if t in ELEMENTS)
+_SEEN["resourceType"] = set(_RESOURCE_TYPES)
+_CONTAINED: Any = ("Resource",)
+_Entry = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], tuple[str, ...], Any, int]
+_ENTRY: dict[str, _Entry] = {}
+for _t in ELEMENTS:
+    _bits = {name: 1 << i for i, (_, names) in enumerate(CHOICES.get(_t, ())) for name in names}
+    _must = sum(1 << i for i, (req, _) in enumerate(CHOICES.get(_t, ())) if req)
+    _ENTRY[_t] = ({}, {}, {}, {}, tuple(_MODEL_REQUIRED.get(_t, ())), _bits or None, _must)
+for _t, _elements in ELEMENTS.items():
+    _ps, _pm, _cs, _cm = _ENTRY[_t][:4]
+    for _k, (_kind, _many) in _elements.items():
+        if _kind in PRIMITIVES:
+            (_pm if _many else _ps)[_k] = (_SEEN[_kind], PRIMITIVES[_kind])
+        else:
+            (_cm if _many else _cs)[_k] = _CONTAINED if _kind == "Resource" else _ENTRY[_kind]
+    if _t in _RESOURCE_TYPES or _t == "Bundle":
+        _ps["resourceType"] = (_SEEN["resourceType"], _never)
+_SEEN["resourceType"].add("Bundle")
+
+# Objects already found valid in this bundle (by identity, with the type they were checked as): the
+# engine shares one meta, one source-time extension and one Reference object per target across resources.
+_DONE: dict[int, _Entry] = {}
+
+
+def _fast(obj: dict[str, Any], entry: _Entry) -> bool:
+    """True when every element is valid; no messages (``_explain`` says why on False)."""
+    single, repeating, complex_single, complex_repeating, required, choice_bits, must = entry
+    done = _DONE
+    chosen = 0
+    for key, v in obj.items():
+        if choice_bits is not None:
+            bit = choice_bits.get(key)
+            if bit is not None:
+                if chosen & bit:
+                    return False  # two elements of one choice group (value[x])
+                chosen |= bit
+        p = single.get(key)
+        if p is not None:
+            seen = p[0]
+            if v not in seen:
+                if v is None or not p[1](v):
+                    return False
+                if type(v) is not bool:
+                    seen.add(v)
+            continue
+        sub = complex_single.get(key)
+        if sub is not None:
+            if type(v) is not dict or not v:
+                return False
+            if done.get(id(v)) is not sub and not _fast(v, _contained(v) if sub is _CONTAINED else sub):
+                return False
+            continue
+        if type(v) is not list or not v:
+            return False
+        sub = complex_repeating.get(key)
+        if sub is not None:
+            for item in v:
+                if type(item) is not dict or not item:
+                    return False
+                if done.get(id(item)) is not sub and \
+                        not _fast(item, _contained(item) if sub is _CONTAINED else sub):
+                    return False
+            continue
+        p = repeating.get(key)
+        if p is None:
+            return False
+        seen, check = p
+        for item in v:
+            if item not in seen:
+                if item is None or not check(item):
+                    return False
+                if type(item) is not bool:
+                    seen.add(item)
+    for name in required:
+        if name not in obj:
+            return False
+    if must & ~chosen:
+        return False
+    done[id(obj)] = entry
+    return True
+
+
+def _contained(res: dict[str, Any]) -> _Entry:
+    rtype = res.get("resourceType")
+    if rtype not in _RESOURCE_TYPES:
+        raise TypeError("not a resource type we emit")  # caught by _valid: _explain reports it
+    return _ENTRY[rtype]
+
+
+def _valid(obj: Any, tname: str) -> bool:
+    try:
+        return type(obj) is dict and bool(obj) and _fast(obj, _ENTRY[tname])
+    except TypeError:  # an unhashable value where a primitive belongs, or a resource type we do not emit
+        return False
+
+
+def _explain(obj: Any, tname: str, path: str, out: list[str]) -> None:
+    """The slow walk, run only when the fast one failed: one message per problem, with its path."""
+    if tname == "Resource":
+        tname = obj.get("resourceType") if type(obj) is dict else None
+        if tname not in _RESOURCE_TYPES:
+            out.append(f"{path}: not a resource type we emit")
+            return
+    if type(obj) is not dict or not obj:
+        out.append(f"{path}: not a non-empty {tname} object")
+        return
+    spec = ELEMENTS[tname]
+    for key, v in obj.items():
+        if key == "resourceType" and tname in _RESOURCE_TYPES:
+            continue
+        if key not in spec:
+            out.append(f"{path}.{key}: unknown element")
+            continue
+        kind, many = spec[key]
+        items = v if many else [v]
+        if many and (type(v) is not list or not v):
+            out.append(f"{path}.{key}: not a non-empty array")
+            continue
+        for item in items:
+            if kind in PRIMITIVES:
+                if item is None or not PRIMITIVES[kind](item):
+                    out.append(f"{path}.{key}: not a FHIR {kind}")
+            else:
+                _explain(item, kind, f"{path}.{key}", out)
+    for name in _MODEL_REQUIRED.get(tname, ()):
+        if name not in obj:
+            out.append(f"{path}.{name}: required")
+    for required, names in CHOICES.get(tname, ()):
+        present = sum(1 for n in names if n in obj)
+        if present > 1 or (required and not present):
+            out.append(f"{path}: {'exactly' if required else 'at most'} one of {', '.join(names)}")
+
+
+def _bound_caches() -> None:
+    for kind, seen in _SEEN.items():
+        if len(seen) > _SEEN_MAX and kind != "resourceType":
+            seen.clear()
 
 
 def check_resource(res: dict[str, Any]) -> list[str]:
-    rtype = res.get("resourceType", "")
-    problems = []
+    """Every element of one resource (contained resources too) against the R4B element table."""
+    _bound_caches()
+    try:
+        return _check_resource(res)
+    finally:
+        _DONE.clear()  # ids are only meaningful while the objects are alive
+
+
+def _check_resource(res: Any) -> list[str]:
+    rtype = res.get("resourceType", "") if type(res) is dict else ""
     if rtype not in REQUIRED:
         return [f"{rtype or 'resource'}: unexpected resource type"]
-    if not _ID.match(str(res.get("id", ""))):
+    problems: list[str] = []
+    if not PRIMITIVES["id"](res.get("id")):
         problems.append(f"{rtype}.id: not a FHIR id")
-    for name in REQUIRED[rtype]:
-        if res.get(name) in (None, "", [], {}):
-            problems.append(f"{rtype}.{name}: required")
-    for name in _DATETIME_FIELDS:
-        v = res.get(name)
-        if v is not None and not _DATETIME.match(v):
-            problems.append(f"{rtype}.{name}: not a FHIR dateTime")
-    for name in _INSTANT_FIELDS:
-        v = res.get(name)
-        if v is not None and not _INSTANT.match(v):
-            problems.append(f"{rtype}.{name}: not a FHIR instant")
-    birth = res.get("birthDate")
-    if birth is not None and not _DATE.match(birth):
-        problems.append("Patient.birthDate: not a FHIR date")
+    if not _valid(res, rtype):
+        _explain(res, rtype, rtype, problems)
     if rtype == "Appointment" and bool(res.get("start")) != bool(res.get("end")):
         problems.append("Appointment: start and end must be given together (app-2)")
     return problems
 
 
 def check_bundle(bundle: dict[str, Any]) -> list[str]:
+    _bound_caches()
+    try:
+        return _check_bundle(bundle)
+    finally:
+        _DONE.clear()
+
+
+def _check_bundle(bundle: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     seen = set()
-    for entry in bundle.get("entry", []):
-        res = entry["resource"]
+    entries = bundle.get("entry", [])
+    for entry in entries:
+        res = entry.get("resource")
         url = f"{res.get('resourceType')}/{res.get('id')}"
         if url in seen:
             problems.append(f"{url.split('/')[0]}: duplicate id in bundle")
         seen.add(url)
-        problems.extend(check_resource(res))
+        problems.extend(_check_resource(res))
+    # The bundle's own elements (entry.fullUrl/request, timestamp ...); its resources were checked above.
+    shell = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]}
+    if not shell["entry"]:
+        del shell["entry"]
+    if not _valid(shell, "Bundle"):
+        _explain(shell, "Bundle", "Bundle", problems)
     return problems
 
 
