@@ -123,9 +123,9 @@ def measure() -> tuple[Counter, dict[int, list[str]], int]:
                 code = seg.value(3) or seg.value(3, 4)
                 obs = _observations_with_code(bundle, code) if code else []
                 # 3. empty OBX-11
-                if not seg.value(11) and (seg.value(5) or seg.value(3)):
-                    if any(o.get("status") != "unknown" for o in obs):
-                        lost(3, f"OBX {seg.value(1)} status {obs[0].get('status')}")
+                if not seg.value(11) and (seg.value(5) or seg.value(3)) and any(
+                        o.get("status") != "unknown" for o in obs):
+                    lost(3, f"OBX {seg.value(1)} status {obs[0].get('status')}")
                 # 4. units
                 unit_system = seg.value(6, 3).upper()
                 unit_code, unit_text = seg.value(6, 1), seg.value(6, 2)

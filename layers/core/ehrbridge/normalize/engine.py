@@ -130,11 +130,11 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
                 zsegments.append(s.er7())
             continue
         if role in ("header", "event"):
-            _unmapped_fields(s, ctx)
+            _unmapped_fields(s, ctx, role)
             continue
         seg_maps.ROLES[role](s, st)
         if role not in ("skip", "skip_rxo", "merge_note"):
-            _unmapped_fields(s, ctx)
+            _unmapped_fields(s, ctx, role)
     if st.patient is None:
         raise QuarantineError(f"{kind}: no patient could be identified (PID missing or empty)")
     seg_maps.finish_documents(st)
@@ -170,8 +170,8 @@ def _instant(fhir_dt: str, zone_name: str = "UTC") -> str:
     return local.isoformat()
 
 
-def _unmapped_fields(s: Any, ctx: Ctx) -> None:
-    mapped = seg_maps.MAPPED.get(s.name)
+def _unmapped_fields(s: Any, ctx: Ctx, role: str) -> None:
+    mapped = seg_maps.MAPPED_BY_ROLE.get(role) or seg_maps.MAPPED.get(s.name)
     if mapped is None:
         return
     fields = s.fields
