@@ -153,7 +153,7 @@ def measure() -> tuple[Counter, dict[int, list[str]], int]:
                 for rep in seg.reps(n):
                     parts = rep.split(seg.seps.component)
                     value = parts[comp - 1] if len(parts) >= comp else ""
-                    value = value.split(seg.seps.subcomponent)[0]
+                    value = value.split(seg.seps.subcomponent)[0].strip()
                     if value and json.dumps(value)[1:-1] not in text:  # listed or not: the IG maps it
                         lost(7, f"{seg.name}-{n}.{comp}")
     return counts, details, ok_count
