@@ -111,97 +111,105 @@ def check_primitive(kind: str, value: Any) -> bool:
 
 
 # ---------------------------------------------------------------- the walk
-# Per type, built once from ELEMENTS: (single primitives: name -> (seen set of the kind, check),
-# repeating primitives: same, single complex: name -> entry of its type, repeating complex: same,
-# required names, choice bit per element name, mask of the required choice groups). "seen" holds
-# values of a kind already found valid (the same systems, codes and times recur in every bundle).
+# Per type, built once from ELEMENTS: (element name -> (tag, a, b, choice bit), required names, mask of the
+# required choice groups, has choices). Tags: 0 single primitive (a = seen set of its kind, b = check),
+# 1 single complex (a = entry of its type, b = memoize by identity), 2 repeating primitive, 3 repeating
+# complex. "seen" holds values of a kind already found valid (the same systems, codes and times recur).
 _SEEN: dict[str, set[Any]] = {kind: set() for kind in PRIMITIVES}
 _SEEN_MAX = 20_000
 _RESOURCE_TYPES = frozenset(t for t in CONTAINABLE if t in ELEMENTS)
-_SEEN["resourceType"] = set(_RESOURCE_TYPES)
+_SEEN["resourceType"] = {*_RESOURCE_TYPES, "Bundle"}
 _CONTAINED: Any = ("Resource",)
-_Entry = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], tuple[str, ...], Any, int]
+# Types the engine shares between resources (one object, many places): worth a memo by identity.
+_SHARED = frozenset({"Reference", "Meta", "Extension"})
+_Entry = tuple[dict[str, tuple[int, Any, Any, int]], tuple[str, ...], int, bool]
 _ENTRY: dict[str, _Entry] = {}
 for _t in ELEMENTS:
-    _bits = {name: 1 << i for i, (_, names) in enumerate(CHOICES.get(_t, ())) for name in names}
-    _must = sum(1 << i for i, (req, _) in enumerate(CHOICES.get(_t, ())) if req)
-    _ENTRY[_t] = ({}, {}, {}, {}, tuple(_MODEL_REQUIRED.get(_t, ())), _bits or None, _must)
+    _ENTRY[_t] = ({}, tuple(_MODEL_REQUIRED.get(_t, ())),
+                  sum(1 << i for i, (req, _) in enumerate(CHOICES.get(_t, ())) if req), _t in CHOICES)
 for _t, _elements in ELEMENTS.items():
-    _ps, _pm, _cs, _cm = _ENTRY[_t][:4]
+    _table = _ENTRY[_t][0]
+    _bits = {name: 1 << i for i, (_, names) in enumerate(CHOICES.get(_t, ())) for name in names}
     for _k, (_kind, _many) in _elements.items():
         if _kind in PRIMITIVES:
-            (_pm if _many else _ps)[_k] = (_SEEN[_kind], PRIMITIVES[_kind])
+            _table[_k] = (2 if _many else 0, _SEEN[_kind], PRIMITIVES[_kind], _bits.get(_k, 0))
         else:
-            (_cm if _many else _cs)[_k] = _CONTAINED if _kind == "Resource" else _ENTRY[_kind]
+            _sub = _CONTAINED if _kind == "Resource" else _ENTRY[_kind]
+            _table[_k] = (3 if _many else 1, _sub, _kind in _SHARED, _bits.get(_k, 0))
     if _t in _RESOURCE_TYPES or _t == "Bundle":
-        _ps["resourceType"] = (_SEEN["resourceType"], _never)
-_SEEN["resourceType"].add("Bundle")
+        _table["resourceType"] = (0, _SEEN["resourceType"], _never, 0)
 
-# Objects already found valid in this bundle (by identity, with the type they were checked as): the
-# engine shares one meta, one source-time extension and one Reference object per target across resources.
+# Shared objects already found valid in this bundle (by identity, with the type they were checked as).
 _DONE: dict[int, _Entry] = {}
 
 
 def _fast(obj: dict[str, Any], entry: _Entry) -> bool:
     """True when every element is valid; no messages (``_explain`` says why on False)."""
-    single, repeating, complex_single, complex_repeating, required, choice_bits, must = entry
-    done = _DONE
+    spec, required, must, has_choices = entry
     chosen = 0
     for key, v in obj.items():
-        if choice_bits is not None:
-            bit = choice_bits.get(key)
-            if bit is not None:
-                if chosen & bit:
-                    return False  # two elements of one choice group (value[x])
-                chosen |= bit
-        p = single.get(key)
-        if p is not None:
-            seen = p[0]
-            if v not in seen:
-                if v is None or not p[1](v):
+        s = spec.get(key)
+        if s is None:
+            return False
+        tag = s[0]
+        if has_choices and s[3]:
+            if chosen & s[3]:
+                return False  # two elements of one choice group (value[x])
+            chosen |= s[3]
+        if tag == 0:
+            if v not in s[1]:
+                if v is None or not s[2](v):
                     return False
                 if type(v) is not bool:
-                    seen.add(v)
-            continue
-        sub = complex_single.get(key)
-        if sub is not None:
+                    s[1].add(v)
+        elif tag == 1:
             if type(v) is not dict or not v:
                 return False
-            if done.get(id(v)) is not sub and not _fast(v, _contained(v) if sub is _CONTAINED else sub):
+            sub = s[1]
+            if s[2]:
+                if _DONE.get(id(v)) is sub:
+                    continue
+                if not _fast(v, sub):
+                    return False
+                _DONE[id(v)] = sub
+            elif not _fast(v, _contained(v) if sub is _CONTAINED else sub):
                 return False
-            continue
-        if type(v) is not list or not v:
+        elif type(v) is not list or not v:
             return False
-        sub = complex_repeating.get(key)
-        if sub is not None:
+        elif tag == 3:
+            sub = s[1]
+            if sub is _CONTAINED:
+                for item in v:
+                    if type(item) is not dict or not _fast(item, _contained(item)):
+                        return False
+            elif s[2]:
+                for item in v:
+                    if type(item) is not dict or not item:
+                        return False
+                    if _DONE.get(id(item)) is not sub:
+                        if not _fast(item, sub):
+                            return False
+                        _DONE[id(item)] = sub
+            else:
+                for item in v:
+                    if type(item) is not dict or not item or not _fast(item, sub):
+                        return False
+        else:
+            seen, check = s[1], s[2]
             for item in v:
-                if type(item) is not dict or not item:
-                    return False
-                if done.get(id(item)) is not sub and \
-                        not _fast(item, _contained(item) if sub is _CONTAINED else sub):
-                    return False
-            continue
-        p = repeating.get(key)
-        if p is None:
-            return False
-        seen, check = p
-        for item in v:
-            if item not in seen:
-                if item is None or not check(item):
-                    return False
-                if type(item) is not bool:
-                    seen.add(item)
+                if item not in seen:
+                    if item is None or not check(item):
+                        return False
+                    if type(item) is not bool:
+                        seen.add(item)
     for name in required:
         if name not in obj:
             return False
-    if must & ~chosen:
-        return False
-    done[id(obj)] = entry
-    return True
+    return not (must & ~chosen)
 
 
 def _contained(res: dict[str, Any]) -> _Entry:
-    rtype = res.get("resourceType")
+    rtype = res.get("resourceType") if res else None
     if rtype not in _RESOURCE_TYPES:
         raise TypeError("not a resource type we emit")  # caught by _valid: _explain reports it
     return _ENTRY[rtype]
@@ -221,12 +229,13 @@ def _explain(obj: Any, tname: str, path: str, out: list[str]) -> None:
         if tname not in _RESOURCE_TYPES:
             out.append(f"{path}: not a resource type we emit")
             return
+        path = tname  # messages name the resource ("Observation.valueQuantity.value: ..."), not the entry
     if type(obj) is not dict or not obj:
         out.append(f"{path}: not a non-empty {tname} object")
         return
     spec = ELEMENTS[tname]
     for key, v in obj.items():
-        if key == "resourceType" and tname in _RESOURCE_TYPES:
+        if key == "resourceType" and (tname in _RESOURCE_TYPES or tname == "Bundle"):
             continue
         if key not in spec:
             out.append(f"{path}.{key}: unknown element")
@@ -251,7 +260,13 @@ def _explain(obj: Any, tname: str, path: str, out: list[str]) -> None:
             out.append(f"{path}: {'exactly' if required else 'at most'} one of {', '.join(names)}")
 
 
+_CALLS = [0]
+
+
 def _bound_caches() -> None:
+    _CALLS[0] += 1
+    if _CALLS[0] % 64:
+        return  # a bundle adds at most a few hundred values: checking every 64 calls keeps the sets bounded
     for kind, seen in _SEEN.items():
         if len(seen) > _SEEN_MAX and kind != "resourceType":
             seen.clear()
@@ -271,8 +286,8 @@ def _check_resource(res: Any) -> list[str]:
     if rtype not in REQUIRED:
         return [f"{rtype or 'resource'}: unexpected resource type"]
     problems: list[str] = []
-    if not PRIMITIVES["id"](res.get("id")):
-        problems.append(f"{rtype}.id: not a FHIR id")
+    if "id" not in res:
+        problems.append(f"{rtype}.id: required")
     if not _valid(res, rtype):
         _explain(res, rtype, rtype, problems)
     if rtype == "Appointment" and bool(res.get("start")) != bool(res.get("end")):
@@ -291,20 +306,26 @@ def check_bundle(bundle: dict[str, Any]) -> list[str]:
 def _check_bundle(bundle: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     seen = set()
-    entries = bundle.get("entry", [])
-    for entry in entries:
-        res = entry.get("resource")
-        url = f"{res.get('resourceType')}/{res.get('id')}"
+    for entry in bundle.get("entry") or ():
+        res = entry.get("resource") if type(entry) is dict else None
+        if type(res) is not dict:
+            continue  # the walk below reports it
+        rtype = res.get("resourceType")
+        if rtype not in REQUIRED:
+            problems.append(f"{rtype or 'resource'}: unexpected resource type")
+            continue
+        url = f"{rtype}/{res.get('id')}"
         if url in seen:
-            problems.append(f"{url.split('/')[0]}: duplicate id in bundle")
+            problems.append(f"{rtype}: duplicate id in bundle")
         seen.add(url)
-        problems.extend(_check_resource(res))
-    # The bundle's own elements (entry.fullUrl/request, timestamp ...); its resources were checked above.
-    shell = {**bundle, "entry": [{k: v for k, v in e.items() if k != "resource"} for e in entries]}
-    if not shell["entry"]:
-        del shell["entry"]
-    if not _valid(shell, "Bundle"):
-        _explain(shell, "Bundle", "Bundle", problems)
+        if "id" not in res:
+            problems.append(f"{rtype}.id: required")
+        if rtype == "Appointment" and bool(res.get("start")) != bool(res.get("end")):
+            problems.append("Appointment: start and end must be given together (app-2)")
+    if bundle.get("resourceType") != "Bundle":
+        problems.append("Bundle.resourceType: not Bundle")
+    elif not _valid(bundle, "Bundle"):
+        _explain(bundle, "Bundle", "Bundle", problems)
     return problems
 
 
