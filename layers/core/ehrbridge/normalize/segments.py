@@ -402,7 +402,12 @@ def order_detail(seg: Segment, st: State) -> Resource:
 def report(seg: Segment, st: State) -> None:
     """OBR in ORU -> DiagnosticReport + its ServiceRequest (basedOn)."""
     sr = order_detail(seg, st)
-    status = vocab.REPORT_STATUS.get(seg.value(25).upper(), "unknown")
+    report_code = seg.value(25).upper()
+    status = vocab.REPORT_STATUS.get(report_code, "unknown")
+    if not report_code:
+        st.ctx.repair("status", "OBR-25", "empty result status -> unknown")
+    elif report_code not in vocab.REPORT_STATUS or status == "unknown":
+        st.ctx.issue("unmapped-code", "OBR-25", report_code[:10])
     res: Resource = {"resourceType": "DiagnosticReport", "id": st.ctx.rid("DiagnosticReport", st.order_key),
                      "identifier": sr.get("identifier"), "basedOn": [st.ref(sr)], "status": status,
                      "code": sr.get("code") or _ABSENT, "subject": st.subject(), "encounter": st.ref(st.encounter)}
