@@ -1,6 +1,8 @@
 """Per defect class of issue 11, how often the corpus shows it: the corpus-agreement report's fidelity part.
 
-Run: ``.venv/bin/python -m tests.integration.normalize.fidelity [--details]``
+Run: ``.venv/bin/python -m tests.integration.normalize.fidelity [--details] [--mutations N]``
+(``--mutations``: also N seeded mutations of corpus messages, as the property test makes them, where
+the invalid-output classes show; the corpus itself has no year-0000 date or bad check digit).
 
 Every count is "a clinical value lost or an invalid output", measured on the inputs and the bundles
 (never on our own bookkeeping alone), so the same script measures any version of the normalizer:
@@ -29,7 +31,7 @@ from typing import Any
 from ehrbridge.hl7.message import ParseError, parse, split_messages
 from ehrbridge.hl7.timefmt import TsError, parse_ts
 from ehrbridge.terminology.checks import CVX, LOINC, RXNORM, SNOMED, UCUM, check_code
-from tests.integration.normalize.corpus_run import corpus_files, run_corpus
+from tests.integration.normalize.corpus_run import corpus_files
 
 CLASSES = {1: "coded value only in the alternate triplet/text lost; OBX with a value dropped",
            2: "ok bundle rejected by the R4B models",
@@ -75,20 +77,38 @@ def _listed(unmapped: list[str], field: str) -> bool:
                for u in unmapped)
 
 
-def measure() -> tuple[Counter, dict[int, list[str]], int]:
+def _inputs(mutations: int) -> list[tuple[str, bytes]]:
+    out = [(f"{p.parent.name}/{p.name}#{i}", m) for p in corpus_files() for i, m in enumerate(split_messages(
+        p.read_bytes()))]
+    if mutations:
+        import random
+
+        from tests.unit.normalize.test_validate_property import _mutate
+
+        rng = random.Random(20261205)
+        corpus = [m for _, m in out]
+        out += [(f"mutation {n}", _mutate(rng, rng.choice(corpus))) for n in range(mutations)]
+    return out
+
+
+def measure(mutations: int = 0) -> tuple[Counter, dict[int, list[str]], int]:
+    from ehrbridge.contracts.tenant import TenantConfig
+    from ehrbridge.normalize.engine import normalize_hl7
+    from tests.integration.normalize.corpus_run import DEMO_TENANT
+
+    tenant = TenantConfig.from_yaml(DEMO_TENANT)
     counts: Counter = Counter()
     details: dict[int, list[str]] = {n: [] for n in CLASSES}
     ok_count = 0
-    files = {str(p): p for p in corpus_files()}
-    for path, index, r in run_corpus():
-        name = f"{path.parent.name}/{path.name}#{index}"
+    for name, data in _inputs(mutations):
+        r = normalize_hl7(data, tenant)
         if not r.ok:
             continue
         ok_count += 1
         bundle = r.bundle or {}
         text = json.dumps(bundle)
         try:
-            msg = parse(split_messages(files[str(path)].read_bytes())[index])
+            msg = parse(data)
         except ParseError:
             continue
 
@@ -160,8 +180,10 @@ def measure() -> tuple[Counter, dict[int, list[str]], int]:
 
 
 def main(argv: list[str]) -> int:
-    counts, details, ok_count = measure()
-    print(f"fidelity over {ok_count} ok bundles of the corpus (issue 11 classes)")
+    mutations = int(argv[argv.index("--mutations") + 1]) if "--mutations" in argv else 0
+    counts, details, ok_count = measure(mutations)
+    print(f"fidelity over {ok_count} ok bundles of the corpus" + (f" + {mutations} mutations" if mutations else "")
+          + " (issue 11 classes)")
     for n, label in CLASSES.items():
         print(f"  class {n}: {counts[n]:>4}  {label}")
     if "--details" in argv:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ehrbridge.normalize.validate import validate_with_models
-from tests.integration.normalize import agreement
+from tests.integration.normalize import agreement, fidelity
 from tests.integration.normalize.corpus_run import CORPUS, REPO, run_corpus
 
 pytestmark = pytest.mark.integration
@@ -83,6 +83,14 @@ def test_agreement_with_the_references_meets_the_target() -> None:
     systematic = sum(1 for f, items in notes.items() for n in items if agreement.classify(f, n))
     assert total > 800
     assert agree / (total - systematic) >= 0.99
+
+
+def test_no_issue_11_defect_class_on_the_corpus() -> None:
+    """Per class (alternate triplets, model validity, OBX-11, units, check digits, silent date loss, IG
+    rows): before the issue-11 work 1/0/3/2/0/5/219, now none (``python -m ...fidelity``)."""
+    counts, details, ok = fidelity.measure()
+    assert ok >= 95
+    assert {n: counts[n] for n in fidelity.CLASSES} == dict.fromkeys(fidelity.CLASSES, 0), details
 
 
 def _digest_under(tz: str) -> str:

@@ -247,3 +247,16 @@ def test_every_ok_bundle_of_corpus_and_mutations_is_model_valid_and_loses_nothin
     assert ok > len(inputs) // 3
     print(f"\nproperty: {len(inputs)} inputs ({len(corpus_messages)} corpus + {MUTATIONS} mutations): "
           f"{ok} ok (model-valid, nothing lost), {quarantined} quarantined with a reason")
+
+
+def test_element_table_is_generated_from_the_installed_models() -> None:
+    """normalize/fhir_elements.py is what tools/gen_fhir_elements.py makes from fhir.resources today."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "tools" / "gen_fhir_elements.py"
+    spec = importlib.util.spec_from_file_location("gen_fhir_elements", path)
+    assert spec and spec.loader
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.OUT.read_text(encoding="utf-8") == gen.render(), "run: python tools/gen_fhir_elements.py"
