@@ -24,6 +24,7 @@ Every count is "a clinical value lost or an invalid output", measured on the inp
 from __future__ import annotations
 
 import json
+import random
 import sys
 from collections import Counter
 from typing import Any
@@ -43,7 +44,10 @@ CLASSES = {1: "coded value only in the alternate triplet/text lost; OBX with a v
 # TS/DTM fields our segment maps read (IG segment maps); a valid value must reach the bundle or be listed.
 DTM_FIELDS = {"PID": (7, 29), "PV1": (44, 45), "ORC": (9,), "OBR": (7, 8, 22), "OBX": (14,), "SPM": (18,),
               "AL1": (6,), "DG1": (5,), "PR1": (5,), "RXA": (3, 16), "TXA": (4,), "EVN": (2,)}
-RESULT_SEGMENTS = ("OBX",)
+# Coded (CWE/CE/CNE) fields the segment maps read: where an alternate-triplet-only code must survive.
+CODED_FIELDS = {"OBX": (3, 6, 17), "OBR": (4, 31), "SPM": (4,), "DG1": (3,), "AL1": (3,), "PR1": (3,),
+                "RXA": (5, 18), "RXR": (1, 2), "RXE": (2,), "RXO": (1,), "PV2": (3,), "PID": (15,), "NK1": (3,),
+                "PV1": (14, 36), "SCH": (7, 8), "AIS": (3,)}
 UCUM_NAMES = {"UCUM", "ANS+", "ISO+", "HTTP://UNITSOFMEASURE.ORG"}
 
 
@@ -77,17 +81,37 @@ def _listed(unmapped: list[str], field: str) -> bool:
                for u in unmapped)
 
 
+def mutate(rng: random.Random, message: bytes) -> bytes:
+    """1-4 random edits of a message: a byte changed, bytes deleted or inserted, or a field swapped for a
+    tricky value (impossible dates, Unicode digits, spaced codes, alternate-triplet codes, odd units)."""
+    data = bytearray(message)
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(data))
+        op = rng.random()
+        if op < 0.35:
+            data[i] = rng.choice(b"|^~\\&\r0123456789AZaz \"")
+        elif op < 0.6:
+            del data[i:i + rng.randint(1, 20)]
+        elif op < 0.85:
+            data[i:i] = bytes(rng.choice(b"|^~\\&\r0123456789+-. ") for _ in range(rng.randint(1, 6)))
+        else:  # a field swapped for a tricky value: impossible dates, Unicode digits, spaced codes
+            tricky = rng.choice(["0000", "20231301", "20230230", "\xef\xbc\x92\xef\xbc\x90\xef\xbc\x92\xef\xbc\x93",
+                                 "09990101120000", "A  B", "^^^2345-7^Glucose^LN", "1^ML^METRIC", "", "99991231235959",
+                                 "440500555^Blood^SCT", "12333-0^Glucose^LN"])
+            j = data.find(b"|", i)
+            if j != -1:
+                k = data.find(b"|", j + 1)
+                data[j + 1:k if k != -1 else j + 1] = tricky.encode("latin-1")
+    return bytes(data)
+
+
 def _inputs(mutations: int) -> list[tuple[str, bytes]]:
     out = [(f"{p.parent.name}/{p.name}#{i}", m) for p in corpus_files() for i, m in enumerate(split_messages(
         p.read_bytes()))]
     if mutations:
-        import random
-
-        from tests.unit.normalize.test_validate_property import _mutate
-
         rng = random.Random(20261205)
         corpus = [m for _, m in out]
-        out += [(f"mutation {n}", _mutate(rng, rng.choice(corpus))) for n in range(mutations)]
+        out += [(f"mutation {n}", mutate(rng, rng.choice(corpus))) for n in range(mutations)]
     return out
 
 
@@ -126,7 +150,10 @@ def measure(mutations: int = 0) -> tuple[Counter, dict[int, list[str]], int]:
             if u.startswith("OBX(no OBX-3)"):
                 lost(1, u)
         for seg in msg.segments:
-            for n in range(1, len(seg.fields)):
+            coded = CODED_FIELDS.get(seg.name, ())
+            if seg.name == "OBX" and seg.value(2).upper() in ("CE", "CWE", "CNE", "CF"):
+                coded = (*coded, 5)
+            for n in coded:
                 for rep in seg.reps(n):
                     parts = rep.split(seg.seps.component)
                     if len(parts) >= 6 and not parts[0] and parts[3] and parts[5] and not _listed(
@@ -143,7 +170,8 @@ def measure(mutations: int = 0) -> tuple[Counter, dict[int, list[str]], int]:
                 code = seg.value(3) or seg.value(3, 4)
                 obs = _observations_with_code(bundle, code) if code else []
                 # 3. empty OBX-11
-                if not seg.value(11) and (seg.value(5) or seg.value(3)) and any(
+                same_code = sum(1 for o in msg.segments if o.name == "OBX" and (o.value(3) or o.value(3, 4)) == code)
+                if not seg.value(11) and (seg.value(5) or seg.value(3)) and same_code == 1 and any(
                         o.get("status") != "unknown" for o in obs):
                     lost(3, f"OBX {seg.value(1)} status {obs[0].get('status')}")
                 # 4. units

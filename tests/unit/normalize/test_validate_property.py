@@ -24,6 +24,7 @@ from ehrbridge.hl7.timefmt import TsError, parse_ts
 from ehrbridge.normalize import segments, structures
 from ehrbridge.normalize.engine import normalize_hl7
 from ehrbridge.normalize.validate import check_primitive, validate_with_models
+from tests.integration.normalize.fidelity import mutate
 
 EXAMPLES = int(os.environ.get("EHRBRIDGE_PROPERTY_EXAMPLES", "150"))
 MUTATIONS = int(os.environ.get("EHRBRIDGE_PROPERTY_MUTATIONS", "300"))
@@ -199,27 +200,6 @@ def _check_fields_mapped_or_listed(data: bytes, result: Any) -> None:
                 assert ts.date in text or listed(field), f"{field} {ts.precision}: valid, not in the bundle, not listed"
 
 
-def _mutate(rng: random.Random, message: bytes) -> bytes:
-    data = bytearray(message)
-    for _ in range(rng.randint(1, 4)):
-        i = rng.randrange(len(data))
-        op = rng.random()
-        if op < 0.35:
-            data[i] = rng.choice(b"|^~\\&\r0123456789AZaz \"")
-        elif op < 0.6:
-            del data[i:i + rng.randint(1, 20)]
-        elif op < 0.85:
-            data[i:i] = bytes(rng.choice(b"|^~\\&\r0123456789+-. ") for _ in range(rng.randint(1, 6)))
-        else:  # a field swapped for a tricky value: impossible dates, Unicode digits, spaced codes
-            tricky = rng.choice(["0000", "20231301", "20230230", "\xef\xbc\x92\xef\xbc\x90\xef\xbc\x92\xef\xbc\x93",
-                                 "09990101120000", "A  B", "^^^2345-7^Glucose^LN", "1^ML^METRIC", "", "99991231235959"])
-            j = data.find(b"|", i)
-            if j != -1:
-                k = data.find(b"|", j + 1)
-                data[j + 1:k if k != -1 else j + 1] = tricky.encode("latin-1")
-    return bytes(data)
-
-
 @pytest.fixture(scope="module")
 def corpus_messages() -> list[bytes]:
     from tests.conftest import CORPUS
@@ -230,7 +210,7 @@ def corpus_messages() -> list[bytes]:
 def test_every_ok_bundle_of_corpus_and_mutations_is_model_valid_and_loses_nothing(
         tenant: TenantConfig, corpus_messages: list[bytes]) -> None:
     rng = random.Random(20261205)
-    inputs = [*corpus_messages, *(_mutate(rng, rng.choice(corpus_messages)) for _ in range(MUTATIONS))]
+    inputs = [*corpus_messages, *(mutate(rng, rng.choice(corpus_messages)) for _ in range(MUTATIONS))]
     ok = quarantined = 0
     for data in inputs:
         r = normalize_hl7(data, tenant)

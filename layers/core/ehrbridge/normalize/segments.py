@@ -534,6 +534,10 @@ def _observation(seg: Segment, st: State, key: str) -> Resource | None:
     res: Resource = {"resourceType": "Observation", "id": ctx.rid("Observation", key, code_key, str(nth)),
                      "status": status, "code": code, "subject": st.subject(), "encounter": st.ref(st.encounter)}
     _observation_value(seg, st, res)
+    if seg.raw(6) and not ({"valueQuantity", "valueRange"} & res.keys() or any(
+            "valueQuantity" in c or "valueRange" in c for c in res.get("component", ()))):
+        # A unit belongs to a quantity: with no numeric value OBX-6 has nowhere to go. Listed, not dropped.
+        ctx.unmapped["OBX-6(no quantity value)"] += 1
     unit_q = res.get("valueQuantity")
     rr = dt.reference_range(seg.text(7), unit_q)
     if rr:
@@ -614,6 +618,9 @@ def result(seg: Segment, st: State) -> None:
     if not seg.raw(3) and seg.value(2).upper() in ("TX", "FT", "ST") and st.report is not None:
         text = "\n".join(dt.unescape_text(r, seg.seps) for r in seg.reps(5))
         st.report.setdefault("_text", []).append(text)
+        for n in range(6, len(seg.fields)):  # a report line keeps only its text: anything else is listed
+            if seg.fields[n] and seg.fields[n] != '""':
+                st.ctx.unmapped[f"OBX-{n}(report text line)"] += 1
         return
     res = _observation(seg, st, "R|" + st.order_key)
     if res is None:
