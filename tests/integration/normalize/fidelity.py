@@ -55,8 +55,7 @@ def _observations_with_code(bundle: dict[str, Any], code: str) -> list[dict[str,
     out = []
     for e in bundle.get("entry", []):
         r = e["resource"]
-        if r.get("resourceType") == "Observation" and any(
-                c.get("code") == code for c in (r.get("code") or {}).get("coding", [])):
+        if r.get("resourceType") == "Observation" and (r.get("code") or {}).get("coding", [{}])[0].get("code") == code:
             out.append(r)
     return out
 
@@ -146,9 +145,10 @@ def measure(mutations: int = 0) -> tuple[Counter, dict[int, list[str]], int]:
         if validate_with_models(bundle):
             lost(2, "bundle rejected by the R4B models")
         # 1. alternate-triplet-only and text-only coded values; OBX dropped
-        for u in r.unmapped:
-            if u.startswith("OBX(no OBX-3)"):
-                lost(1, u)
+        for seg in msg.segments:  # an OBX with a value but no code/text anywhere in OBX-3, not a report line
+            if seg.name == "OBX" and seg.reps(5) and not seg.raw(3).replace(seg.seps.component, "").strip() and not (
+                    seg.value(2).upper() in ("TX", "FT", "ST") and any(x.name == "OBR" for x in msg.segments)):
+                lost(1, f"OBX {seg.value(1)} with a value and no OBX-3 in an ok bundle")
         for seg in msg.segments:
             coded = CODED_FIELDS.get(seg.name, ())
             if seg.name == "OBX" and seg.value(2).upper() in ("CE", "CWE", "CNE", "CF"):

@@ -226,7 +226,8 @@ def xtn(raw: str, seps: Separators) -> dict[str, Any] | None:
     use_code, equip = _sub(_c(parts, 2), seps), _sub(_c(parts, 3), seps)
     email = _sub(_c(parts, 4), seps)
     system = vocab.TELECOM_SYSTEM.get(equip.upper() if equip else "", "phone")
-    if equip.upper() in ("INTERNET", "X.400") or (email and not _sub(_c(parts, 7), seps)):
+    numbers = any(_sub(_c(parts, n), seps) for n in (1, 7, 12))
+    if equip.upper() in ("INTERNET", "X.400") or (email and not numbers):
         value, system = email or _sub(_c(parts, 1), seps), "email"
     else:
         # IG XTN[ContactPoint]: the unformatted number (XTN.12) when sent, else XTN.1.

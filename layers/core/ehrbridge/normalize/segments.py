@@ -88,7 +88,11 @@ def _unit(seg: Segment, n: int, st: State) -> dict[str, Any]:
 
 
 def _xon(seg: Segment, n: int, st: State) -> dict[str, Any] | None:
+    """The first XON of the field as a logical Reference; further repetitions (the FHIR target holds one)
+    are listed, not dropped."""
     reps = seg.reps(n)
+    if len(reps) > 1:
+        st.ctx.unmapped[f"{_where(seg, n)}(repetition 2+)"] += 1
     return dt.xon_reference(reps[0], seg.seps, st.ctx) if reps else None
 
 
@@ -198,7 +202,8 @@ def patient_extra(seg: Segment, st: State) -> None:
     (PD1-4) as generalPractitioner (logical references)."""
     if st.patient is None:
         return
-    for gp in (_xon(seg, 3, st), _xcn(seg, 4, st)):
+    facilities = [dt.xon_reference(r, seg.seps, st.ctx) for r in seg.reps(3)]  # PD1-3 repeats: every one
+    for gp in (*facilities, _xcn(seg, 4, st)):
         if gp:
             st.patient.setdefault("generalPractitioner", []).append(gp)
 
@@ -583,6 +588,8 @@ def _performing_organization(seg: Segment, st: State, res: Resource) -> list[dic
     org = _xon(seg, 23, st)
     producer = None
     producer_code = seg.value(15)
+    if len(seg.reps(15)) > 1:
+        ctx.unmapped["OBX-15(repetition 2+)"] += 1  # OBX-15 does not repeat: a second one is listed
     if producer_code:
         producer = {"identifier": {"system": ctx.identifier_system(seg.value(15, 3) or ctx.facility),
                                    "value": producer_code}}
