@@ -73,6 +73,29 @@ def _pattern_check(kind: str) -> Callable[[Any], bool]:
     return lambda v: type(v) is str and fullmatch(v) is not None
 
 
+_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
+
+
+def is_id(v: Any) -> bool:
+    return type(v) is str and 0 < len(v) <= 64 and not v.strip(_ID_CHARS)
+
+
+def is_uri(v: Any) -> bool:
+    if type(v) is not str or not v:
+        return False
+    if v.isascii() and v.isprintable():  # printable ASCII: the only whitespace left is the space itself
+        return " " not in v
+    return _COMPILED["uri"].fullmatch(v) is not None
+
+
+def is_code(v: Any) -> bool:
+    if type(v) is not str or not v:
+        return False
+    if v.isascii() and v.isprintable():  # printable ASCII: single inner spaces, none at either end
+        return v[0] != " " and v[-1] != " " and "  " not in v
+    return _COMPILED["code"].fullmatch(v) is not None
+
+
 def is_string(v: Any) -> bool:
     return type(v) is str and v.strip(_STRING_EMPTY_CHARS) != ""
 
@@ -100,6 +123,7 @@ def _never(v: Any) -> bool:
 
 PRIMITIVES: dict[str, Callable[[Any], bool]] = {
     **{kind: _pattern_check(kind) for kind in PATTERNS}, "string": is_string, "markdown": is_string,
+    "id": is_id, "uri": is_uri, "url": is_uri, "canonical": is_uri, "code": is_code,
     "decimal": is_decimal, "integer": _int_range(*_INT32), "unsignedInt": _int_range(0, _INT32[1]),
     "positiveInt": _int_range(1, _INT32[1]), "boolean": lambda v: type(v) is bool, "xhtml": _never,
 }
@@ -324,9 +348,27 @@ def _check_bundle(bundle: dict[str, Any]) -> list[str]:
             problems.append("Appointment: start and end must be given together (app-2)")
     if bundle.get("resourceType") != "Bundle":
         problems.append("Bundle.resourceType: not Bundle")
-    elif not _valid(bundle, "Bundle"):
+        return problems
+    # The engine's entry shape ({fullUrl, resource, request: {method PUT, url}} with fullUrl = url =
+    # "<type>/<id>") is checked by comparison and the resources are walked; any other bundle or entry
+    # shape goes through the full walk.
+    entries = bundle.get("entry")
+    shell = {k: v for k, v in bundle.items() if k != "entry"}
+    own_shape = type(entries) is list and bool(entries) and all(_engine_entry(e) for e in entries)
+    if not (own_shape and _valid(shell, "Bundle") and all(_valid(e["resource"], e["resource"]["resourceType"])
+                                                          for e in entries)):
         _explain(bundle, "Bundle", "Bundle", problems)
     return problems
+
+
+def _engine_entry(entry: Any) -> bool:
+    if type(entry) is not dict or len(entry) != 3:
+        return False
+    res, request, url = entry.get("resource"), entry.get("request"), entry.get("fullUrl")
+    return (type(res) is dict and res.get("resourceType") in REQUIRED and type(url) is str
+            and url == f"{res['resourceType']}/{res.get('id')}" and is_id(res.get("id"))
+            and type(request) is dict and len(request) == 2 and request.get("method") == "PUT"
+            and request.get("url") == url)
 
 
 def validate_with_models(bundle: dict[str, Any]) -> list[str]:
