@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from math import isfinite
 from typing import Any
 
 from ehrbridge.normalize.fhir_elements import CHOICES, ELEMENTS
@@ -100,17 +101,14 @@ def is_string(v: Any) -> bool:
     return type(v) is str and v.strip(_STRING_EMPTY_CHARS) != ""
 
 
+_DECIMAL_BOUND = 10**4300  # Python writes at most 4300 digits from int to str: the models need str() of it
+
+
 def is_decimal(v: Any) -> bool:
     t = type(v)
     if t is float:
-        return v == v and v not in (float("inf"), float("-inf"))
-    if t is int:
-        try:
-            str(v)  # beyond Python's int-to-str digit limit the models cannot read it either
-        except ValueError:
-            return False
-        return True
-    return False
+        return isfinite(v)
+    return t is int and -_DECIMAL_BOUND < v < _DECIMAL_BOUND
 
 
 def _int_range(low: int, high: int) -> Callable[[Any], bool]:
@@ -135,105 +133,111 @@ def check_primitive(kind: str, value: Any) -> bool:
 
 
 # ---------------------------------------------------------------- the walk
-# Per type, built once from ELEMENTS: (element name -> (tag, a, b, choice bit), required names, mask of the
-# required choice groups, has choices). Tags: 0 single primitive (a = seen set of its kind, b = check),
-# 1 single complex (a = entry of its type, b = memoize by identity), 2 repeating primitive, 3 repeating
-# complex. "seen" holds values of a kind already found valid (the same systems, codes and times recur).
+# Per type, built once from ELEMENTS: (single primitives: name -> seen set of its kind, repeating
+# primitives: same, single complex: name -> entry of its type (None: any resource type we emit),
+# repeating complex: same, required names, choice bit per name or None, mask of the required choice
+# groups, shared). "seen" holds string values of a kind already found valid (the same systems, codes and times
+# recur in every bundle); only a new value runs its kind's check. Shared types (one object used in many
+# places by the engine: meta, the source-time extension, one Reference per target) are checked once per
+# bundle, remembered by identity.
 _SEEN: dict[str, set[Any]] = {kind: set() for kind in PRIMITIVES}
 _SEEN_MAX = 20_000
+_CHECK_OF: dict[int, Callable[[Any], bool]] = {id(_SEEN[kind]): check for kind, check in PRIMITIVES.items()}
 _RESOURCE_TYPES = frozenset(t for t in CONTAINABLE if t in ELEMENTS)
-_SEEN["resourceType"] = {*_RESOURCE_TYPES, "Bundle"}
-_CONTAINED: Any = ("Resource",)
-# Types the engine shares between resources (one object, many places): worth a memo by identity.
+_RESOURCE_TYPE_SEEN: set[Any] = {*_RESOURCE_TYPES, "Bundle"}
+_CHECK_OF[id(_RESOURCE_TYPE_SEEN)] = _never
 _SHARED = frozenset({"Reference", "Meta", "Extension"})
-_Entry = tuple[dict[str, tuple[int, Any, Any, int]], tuple[str, ...], int, bool]
+_Entry = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], tuple[str, ...], Any, int, bool]
 _ENTRY: dict[str, _Entry] = {}
 for _t in ELEMENTS:
-    _ENTRY[_t] = ({}, tuple(_MODEL_REQUIRED.get(_t, ())),
-                  sum(1 << i for i, (req, _) in enumerate(CHOICES.get(_t, ())) if req), _t in CHOICES)
-for _t, _elements in ELEMENTS.items():
-    _table = _ENTRY[_t][0]
     _bits = {name: 1 << i for i, (_, names) in enumerate(CHOICES.get(_t, ())) for name in names}
+    _must = sum(1 << i for i, (req, _) in enumerate(CHOICES.get(_t, ())) if req)
+    _ENTRY[_t] = ({}, {}, {}, {}, tuple(_MODEL_REQUIRED.get(_t, ())), _bits or None, _must, _t in _SHARED)
+for _t, _elements in ELEMENTS.items():
+    _ps, _pm, _cs, _cm = _ENTRY[_t][:4]
     for _k, (_kind, _many) in _elements.items():
         if _kind in PRIMITIVES:
-            _table[_k] = (2 if _many else 0, _SEEN[_kind], PRIMITIVES[_kind], _bits.get(_k, 0))
+            (_pm if _many else _ps)[_k] = _SEEN[_kind]
         else:
-            _sub = _CONTAINED if _kind == "Resource" else _ENTRY[_kind]
-            _table[_k] = (3 if _many else 1, _sub, _kind in _SHARED, _bits.get(_k, 0))
+            (_cm if _many else _cs)[_k] = None if _kind == "Resource" else _ENTRY[_kind]
     if _t in _RESOURCE_TYPES or _t == "Bundle":
-        _table["resourceType"] = (0, _SEEN["resourceType"], _never, 0)
+        _ps["resourceType"] = _RESOURCE_TYPE_SEEN
 
-# Shared objects already found valid in this bundle (by identity, with the type they were checked as).
 _DONE: dict[int, _Entry] = {}
 
 
 def _fast(obj: dict[str, Any], entry: _Entry) -> bool:
     """True when every element is valid; no messages (``_explain`` says why on False)."""
-    spec, required, must, has_choices = entry
-    chosen = 0
+    single, repeating, complex_single, complex_repeating, required, bits, must, _ = entry
+    if bits is not None and not _choices_ok(obj, bits, must):
+        return False
     for key, v in obj.items():
-        s = spec.get(key)
-        if s is None:
-            return False
-        tag = s[0]
-        if has_choices and s[3]:
-            if chosen & s[3]:
-                return False  # two elements of one choice group (value[x])
-            chosen |= s[3]
-        if tag == 0:
-            if v not in s[1]:
-                if v is None or not s[2](v):
-                    return False
-                if type(v) is not bool:
-                    s[1].add(v)
-        elif tag == 1:
+        seen = single.get(key)
+        if seen is not None:
+            if v in seen:
+                continue
+            if v is None or not _CHECK_OF[id(seen)](v):
+                return False
+            if type(v) is str:  # only strings are remembered: True == 1 must never pass as an integer
+                seen.add(v)
+            continue
+        if key in complex_single:
             if type(v) is not dict or not v:
                 return False
-            sub = s[1]
-            if s[2]:
-                if _DONE.get(id(v)) is sub:
-                    continue
-                if not _fast(v, sub):
-                    return False
-                _DONE[id(v)] = sub
-            elif not _fast(v, _contained(v) if sub is _CONTAINED else sub):
+            sub = complex_single[key] or _contained(v)
+            if sub[7]:
+                if _DONE.get(id(v)) is not sub:
+                    if not _fast(v, sub):
+                        return False
+                    _DONE[id(v)] = sub
+            elif not _fast(v, sub):
                 return False
-        elif type(v) is not list or not v:
+            continue
+        if type(v) is not list or not v:
             return False
-        elif tag == 3:
-            sub = s[1]
-            if sub is _CONTAINED:
-                for item in v:
-                    if type(item) is not dict or not _fast(item, _contained(item)):
-                        return False
-            elif s[2]:
-                for item in v:
-                    if type(item) is not dict or not item:
-                        return False
-                    if _DONE.get(id(item)) is not sub:
-                        if not _fast(item, sub):
-                            return False
-                        _DONE[id(item)] = sub
-            else:
-                for item in v:
-                    if type(item) is not dict or not item or not _fast(item, sub):
-                        return False
-        else:
-            seen, check = s[1], s[2]
+        if key in complex_repeating:
+            sub = complex_repeating[key]
             for item in v:
-                if item not in seen:
-                    if item is None or not check(item):
-                        return False
-                    if type(item) is not bool:
-                        seen.add(item)
-    for name in required:
-        if name not in obj:
+                if type(item) is not dict or not item:
+                    return False
+                item_entry = sub or _contained(item)
+                if item_entry[7]:
+                    if _DONE.get(id(item)) is not item_entry:
+                        if not _fast(item, item_entry):
+                            return False
+                        _DONE[id(item)] = item_entry
+                elif not _fast(item, item_entry):
+                    return False
+            continue
+        seen = repeating.get(key)
+        if seen is None:
             return False
+        for item in v:
+            if item not in seen:
+                if item is None or not _CHECK_OF[id(seen)](item):
+                    return False
+                if type(item) is str:
+                    seen.add(item)
+    if required:
+        for name in required:
+            if name not in obj:
+                return False
+    return True
+
+
+def _choices_ok(obj: dict[str, Any], bits: dict[str, int], must: int) -> bool:
+    chosen = 0
+    for key in obj:
+        bit = bits.get(key)
+        if bit is not None:
+            if chosen & bit:
+                return False  # two elements of one choice group (value[x])
+            chosen |= bit
     return not (must & ~chosen)
 
 
 def _contained(res: dict[str, Any]) -> _Entry:
-    rtype = res.get("resourceType") if res else None
+    rtype = res.get("resourceType")
     if rtype not in _RESOURCE_TYPES:
         raise TypeError("not a resource type we emit")  # caught by _valid: _explain reports it
     return _ENTRY[rtype]
