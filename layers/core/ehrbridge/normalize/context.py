@@ -124,4 +124,7 @@ def _upper_systems(tenant: TenantConfig) -> dict[str, str]:
 
 def drop_empty(obj: dict[str, Any]) -> dict[str, Any]:
     """Remove None/''/[]/{} members (one level; builders keep nested values non-empty themselves)."""
-    return {k: v for k, v in obj.items() if v not in (None, "", [], {})}
+    return {k: v for k, v in obj.items() if v is not None and (v or type(v) not in _CONTAINERS)}
+
+
+_CONTAINERS = frozenset({str, list, dict})  # falsy values of these types are empty; 0 and False are values

@@ -362,9 +362,12 @@ def unit(unit_raw: str, seps: Separators, ctx: Ctx, where: str) -> dict[str, Any
       same unit; otherwise ``unit`` keeps the text and the code stays in the sender's system (never
       the UCUM system), reported as ``non-ucum-unit``.
     """
-    parts = unit_raw.split(seps.component)
-    triplets = [(_sub(_c(parts, c), seps), _sub(_c(parts, t), seps), _sub(_c(parts, n), seps).upper())
-                for c, t, n in ((1, 2, 3), (4, 5, 6))]
+    if seps.component not in unit_raw:
+        triplets = [(leaf(unit_raw, seps), "", "")]  # a bare unit code (the common "mg/dL")
+    else:
+        parts = unit_raw.split(seps.component)
+        triplets = [(_sub(_c(parts, c), seps), _sub(_c(parts, t), seps), _sub(_c(parts, n), seps).upper())
+                    for c, t, n in ((1, 2, 3), (4, 5, 6))]
     triplets = [t for t in triplets if t[0] or t[1]]
     if not triplets:
         return {}
@@ -424,17 +427,21 @@ def sn(raw: str, seps: Separators, unit_raw: str, ctx: Ctx, where: str) -> tuple
     return None
 
 
+_RANGE = re.compile(r"^\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*-\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*$")  # ASCII digits
+_BOUND = re.compile(r"^\s*(<=?|>=?)\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*$")
+
+
 def reference_range(text: str, unit: dict[str, Any] | None) -> dict[str, Any] | None:
     """OBX-7 ("3.5-5.0", "<5", ">10", or text) -> Observation.referenceRange."""
     t = text.strip()
     if not t:
         return None
     base = {k: unit[k] for k in ("unit", "system", "code") if unit and k in unit}
-    m = re.match(r"^\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*$", t)
+    m = _RANGE.match(t)
     if m:
         return {"low": {"value": decimal(m.group(1)), **base}, "high": {"value": decimal(m.group(2)), **base},
                 "text": t}
-    m = re.match(r"^\s*(<=?|>=?)\s*([+-]?\d+(?:\.\d+)?)\s*$", t)
+    m = _BOUND.match(t)
     if m:
         key = "high" if m.group(1).startswith("<") else "low"
         return {key: {"value": decimal(m.group(2)), **base}, "text": t}

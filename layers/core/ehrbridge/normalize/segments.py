@@ -13,7 +13,7 @@ from typing import Any
 from ehrbridge.hl7.message import Segment
 from ehrbridge.normalize import datatypes as dt
 from ehrbridge.normalize import vocab
-from ehrbridge.normalize.context import Ctx, QuarantineError, drop_empty
+from ehrbridge.normalize.context import _CONTAINERS, Ctx, QuarantineError, drop_empty
 
 Resource = dict[str, Any]
 
@@ -1110,7 +1110,7 @@ def finish_documents(st: State) -> None:
                 res["participant"].insert(0, {"actor": st.ref(st.patient), "status": "accepted"})
             if bool(res.get("start")) != bool(res.get("end")):
                 _complete_appointment(res, st)
-        for key in [k for k, v in res.items() if v in (None, "", [], {}) and k != "content"]:
+        for key in [k for k, v in res.items() if (v is None or (not v and type(v) in _CONTAINERS)) and k != "content"]:
             del res[key]
         text = res.pop("_text", None)
         if text is not None:
