@@ -284,7 +284,9 @@ def coding_for(code: str, display: str, system_name: str, ctx: Ctx, where: str) 
     system with an offline check (LOINC, SNOMED CT, RxNorm, CVX) that fails it is never emitted under
     that system (tenant policy: quarantine, or keep it in the sender's local system, marked).
     """
-    clean = _SPACES.sub(" ", code).strip()
+    clean = code.strip()
+    if "  " in clean or not clean.isprintable():  # inner runs of (any) whitespace: rare, so the regex only then
+        clean = _SPACES.sub(" ", clean)
     if not clean:
         return []
     if clean != code:

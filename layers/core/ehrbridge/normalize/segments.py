@@ -585,6 +585,8 @@ def _performing_organization(seg: Segment, st: State, res: Resource) -> list[dic
     medical director: with OBX-25 the performer is a PractitionerRole (code MDIR) whose organization is
     OBX-23, contained in the Observation (practitioners and organizations stay logical references)."""
     ctx = st.ctx
+    if len(seg.fields) <= 15:
+        return []  # no OBX-15/23/25
     org = _xon(seg, 23, st)
     producer = None
     producer_code = seg.value(15)

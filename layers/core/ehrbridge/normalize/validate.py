@@ -129,6 +129,8 @@ PRIMITIVES: dict[str, Callable[[Any], bool]] = {
 
 def check_primitive(kind: str, value: Any) -> bool:
     """The fast check's verdict on one value of a FHIR primitive type (e.g. "dateTime")."""
+    if type(value) is str and value in _SEEN[kind]:
+        return True
     return PRIMITIVES[kind](value)
 
 
