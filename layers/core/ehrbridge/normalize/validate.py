@@ -29,16 +29,14 @@ from collections.abc import Callable
 from math import isfinite
 from typing import Any
 
-from ehrbridge.normalize.fhir_elements import CHOICES, ELEMENTS
-from ehrbridge.normalize.fhir_elements import REQUIRED as _MODEL_REQUIRED
-
 # Resource types the normalizer emits at the top level of a bundle (fhir_input accepts these too),
 # and the ones it may contain (a contained PractitionerRole/Organization).
 TOP_LEVEL = ("Patient", "Encounter", "Observation", "DiagnosticReport", "ServiceRequest", "Immunization",
              "MedicationRequest", "Appointment", "DocumentReference", "AllergyIntolerance", "Condition",
              "Procedure", "Specimen", "Provenance")
 CONTAINABLE = (*TOP_LEVEL, "PractitionerRole", "Organization")
-REQUIRED: dict[str, tuple[str, ...]] = {t: _MODEL_REQUIRED.get(t, ()) for t in TOP_LEVEL}
+# Emitted resource types -> their required elements (filled from the element table on first use).
+REQUIRED: dict[str, tuple[str, ...]] = dict.fromkeys(TOP_LEVEL, ())
 
 # ---------------------------------------------------------------- primitive patterns (FHIR R4 + calendar)
 # Unicode White_Space (what the models' regex engine, Rust's, calls \s).
@@ -66,12 +64,13 @@ PATTERNS: dict[str, str] = {
     "uuid": r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
 }
 _INT32 = (-(2**31), 2**31 - 1)
-_COMPILED = {kind: re.compile(p) for kind, p in PATTERNS.items()}
+# Compiled on first use (_build): the calendar-exact date patterns take tens of ms to compile, which the
+# function's cold-start import budget should not pay.
+_COMPILED: dict[str, re.Pattern[str]] = {}
 
 
 def _pattern_check(kind: str) -> Callable[[Any], bool]:
-    fullmatch = _COMPILED[kind].fullmatch
-    return lambda v: type(v) is str and fullmatch(v) is not None
+    return lambda v: type(v) is str and _COMPILED[kind].fullmatch(v) is not None
 
 
 _ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
@@ -129,6 +128,7 @@ PRIMITIVES: dict[str, Callable[[Any], bool]] = {
 
 def check_primitive(kind: str, value: Any) -> bool:
     """The fast check's verdict on one value of a FHIR primitive type (e.g. "dateTime")."""
+    _ready()
     if type(value) is str and value in _SEEN[kind]:
         return True
     return PRIMITIVES[kind](value)
@@ -145,25 +145,47 @@ def check_primitive(kind: str, value: Any) -> bool:
 _SEEN: dict[str, set[Any]] = {kind: set() for kind in PRIMITIVES}
 _SEEN_MAX = 20_000
 _CHECK_OF: dict[int, Callable[[Any], bool]] = {id(_SEEN[kind]): check for kind, check in PRIMITIVES.items()}
-_RESOURCE_TYPES = frozenset(t for t in CONTAINABLE if t in ELEMENTS)
+_RESOURCE_TYPES = frozenset(CONTAINABLE)
 _RESOURCE_TYPE_SEEN: set[Any] = {*_RESOURCE_TYPES, "Bundle"}
 _CHECK_OF[id(_RESOURCE_TYPE_SEEN)] = _never
 _SHARED = frozenset({"Reference", "Meta", "Extension"})
 _Entry = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any], tuple[str, ...], Any, int, bool]
 _ENTRY: dict[str, _Entry] = {}
-for _t in ELEMENTS:
-    _bits = {name: 1 << i for i, (_, names) in enumerate(CHOICES.get(_t, ())) for name in names}
-    _must = sum(1 << i for i, (req, _) in enumerate(CHOICES.get(_t, ())) if req)
-    _ENTRY[_t] = ({}, {}, {}, {}, tuple(_MODEL_REQUIRED.get(_t, ())), _bits or None, _must, _t in _SHARED)
-for _t, _elements in ELEMENTS.items():
-    _ps, _pm, _cs, _cm = _ENTRY[_t][:4]
-    for _k, (_kind, _many) in _elements.items():
-        if _kind in PRIMITIVES:
-            (_pm if _many else _ps)[_k] = _SEEN[_kind]
-        else:
-            (_cm if _many else _cs)[_k] = None if _kind == "Resource" else _ENTRY[_kind]
-    if _t in _RESOURCE_TYPES or _t == "Bundle":
-        _ps["resourceType"] = _RESOURCE_TYPE_SEEN
+ELEMENTS: dict[str, Any] = {}
+CHOICES: dict[str, Any] = {}
+_MODEL_REQUIRED: dict[str, tuple[str, ...]] = {}
+
+
+def _build() -> None:
+    """Load the element table, compile the patterns and build the per-type entries (once, on first use)."""
+    from ehrbridge.normalize import fhir_elements
+
+    ELEMENTS.update(fhir_elements.ELEMENTS)
+    CHOICES.update(fhir_elements.CHOICES)
+    _MODEL_REQUIRED.update(fhir_elements.REQUIRED)
+    for t in TOP_LEVEL:
+        REQUIRED[t] = _MODEL_REQUIRED.get(t, ())
+    for kind, pattern in PATTERNS.items():
+        _COMPILED[kind] = re.compile(pattern)
+    for t in ELEMENTS:
+        bits = {name: 1 << i for i, (_, names) in enumerate(CHOICES.get(t, ())) for name in names}
+        must = sum(1 << i for i, (req, _) in enumerate(CHOICES.get(t, ())) if req)
+        _ENTRY[t] = ({}, {}, {}, {}, tuple(_MODEL_REQUIRED.get(t, ())), bits or None, must, t in _SHARED)
+    for t, elements in ELEMENTS.items():
+        single, repeating, complex_single, complex_repeating = _ENTRY[t][:4]
+        for k, (kind, many) in elements.items():
+            if kind in PRIMITIVES:
+                (repeating if many else single)[k] = _SEEN[kind]
+            else:
+                (complex_repeating if many else complex_single)[k] = None if kind == "Resource" else _ENTRY[kind]
+        if t in _RESOURCE_TYPES or t == "Bundle":
+            single["resourceType"] = _RESOURCE_TYPE_SEEN
+
+
+def _ready() -> None:
+    if not _ENTRY:
+        _build()
+
 
 _DONE: dict[int, _Entry] = {}
 
@@ -304,6 +326,7 @@ def _bound_caches() -> None:
 
 def check_resource(res: dict[str, Any]) -> list[str]:
     """Every element of one resource (contained resources too) against the R4B element table."""
+    _ready()
     _bound_caches()
     try:
         return _check_resource(res)
@@ -326,6 +349,7 @@ def _check_resource(res: Any) -> list[str]:
 
 
 def check_bundle(bundle: dict[str, Any]) -> list[str]:
+    _ready()
     _bound_caches()
     try:
         return _check_bundle(bundle)
