@@ -198,7 +198,10 @@ def measure(mutations: int = 0) -> tuple[Counter, dict[int, list[str]], int]:
             for n, comp in {"OBX": ((15, 1), (23, 1), (23, 10), (25, 1)), "ORC": ((4, 1), (21, 1), (21, 10)),
                             "PD1": ((3, 1), (3, 10)), "NK1": ((13, 1), (13, 10)),
                             "PID": ((13, 12), (14, 12))}.get(seg.name, ()):
-                for rep in seg.reps(n):
+                # Every repetition where the FHIR target repeats (PD1-3, PID-13/14); else the first (the IG maps
+                # one; further repetitions are listed in unmapped).
+                reps = seg.reps(n) if (seg.name, n) in {("PD1", 3), ("PID", 13), ("PID", 14)} else seg.reps(n)[:1]
+                for rep in reps:
                     parts = rep.split(seg.seps.component)
                     value = parts[comp - 1] if len(parts) >= comp else ""
                     value = value.split(seg.seps.subcomponent)[0].strip()
