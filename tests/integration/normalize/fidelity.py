@@ -76,7 +76,7 @@ def _codings(node: Any) -> list[dict[str, Any]]:
 def _listed(unmapped: list[str], field: str) -> bool:
     """The field, or its whole segment (a segment no map reads), is listed in ``unmapped``."""
     segment = field.split("-")[0]
-    return any(u in (field, segment) or u.startswith((field + " ", field + "(", segment + " x"))
+    return any(u in (field, segment) or u.startswith((field + " ", field + "(", segment + " x", segment + "("))
                for u in unmapped)
 
 

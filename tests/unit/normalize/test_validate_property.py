@@ -177,7 +177,9 @@ def _check_fields_mapped_or_listed(data: bytes, result: Any) -> None:
     unmapped = result.unmapped
 
     def listed(name: str) -> bool:
-        return any(u == name or u.startswith((name + " ", name + "(")) for u in unmapped)
+        """The field, or its whole segment with a reason ("PV2(no encounter)"), is listed."""
+        segment = name.split("-")[0]
+        return any(u == name or u.startswith((name + " ", name + "(", segment + "(")) for u in unmapped)
 
     for seg in msg.segments:
         role = roles.get(seg.name)

@@ -72,6 +72,12 @@ def _where(seg: Segment, n: int) -> str:
     return f"{seg.name}-{n}"
 
 
+def _unused(seg: Segment, st: State, why: str) -> None:
+    """A segment whose map has nothing to attach it to: listed whole, with the reason (never dropped)."""
+    if any(f and f != '""' for f in seg.fields[2:]):
+        st.ctx.unmapped[f"{seg.name}({why})"] += 1
+
+
 def _dt(seg: Segment, n: int, st: State) -> str | None:
     t = st.ctx.ts(seg.value(n), _where(seg, n))
     return t.fhir if t else None
@@ -201,6 +207,7 @@ def patient_extra(seg: Segment, st: State) -> None:
     """PD1: primary facility (PD1-3, IG: generalPractitioner(Organization)) and primary care provider
     (PD1-4) as generalPractitioner (logical references)."""
     if st.patient is None:
+        _unused(seg, st, "no patient")
         return
     facilities = [dt.xon_reference(r, seg.seps, st.ctx) for r in seg.reps(3)]  # PD1-3 repeats: every one
     for gp in (*facilities, _xcn(seg, 4, st)):
@@ -210,6 +217,7 @@ def patient_extra(seg: Segment, st: State) -> None:
 
 def contact(seg: Segment, st: State) -> None:
     if st.patient is None:
+        _unused(seg, st, "no patient")
         return
     seps = seg.seps
     c: Resource = {}
@@ -237,7 +245,10 @@ def encounter(seg: Segment, st: State) -> None:
     ctx = st.ctx
     patient_class = seg.value(2).upper()
     if patient_class in ("N", "") and not seg.reps(19):
-        return  # "not applicable": no visit (A28/A31 person updates)
+        # "not applicable": no visit (A28/A31 person updates); whatever else it carries is listed.
+        if any(f and f != '""' for i, f in enumerate(seg.fields) if i > 2):
+            st.ctx.unmapped["PV1(no visit: PV1-2 N or empty, no PV1-19)"] += 1
+        return
     visit = seg.reps(19)
     if visit:
         key = dt.authority_of(visit[0], seg.seps, ctx).upper() + "|" + seg.value(19)
@@ -302,6 +313,7 @@ def encounter(seg: Segment, st: State) -> None:
 def encounter_extra(seg: Segment, st: State) -> None:
     """PV2: admit reason -> reasonCode; expected admit/discharge (PV2-8/9) -> period when PV1-44/45 are empty."""
     if st.encounter is None:
+        _unused(seg, st, "no encounter")
         return
     reason = _cwe(seg, 3, st)
     if reason:
@@ -730,6 +742,12 @@ def timing(seg: Segment, st: State) -> None:
     priority = vocab.PRIORITY.get(seg.value(9).upper())
     if st.order is not None and priority:
         st.order["priority"] = priority
+    if st.order is None and st.appointment is None:
+        _unused(seg, st, "no order or appointment")
+    elif st.appointment is None:
+        for n in (7, 8):  # start/end of an order's timing: no ServiceRequest element in our map, listed
+            if seg.value(n):
+                st.ctx.unmapped[f"TQ1-{n}(order timing)"] += 1
     if st.appointment is not None:
         start, end = _dt(seg, 7, st), _dt(seg, 8, st)
         if start and not st.appointment.get("start"):
@@ -867,6 +885,7 @@ def route(seg: Segment, st: State) -> None:
     target = st.immunization if st.immunization is not None and st.medication is None else st.medication
     rt, site = _cwe(seg, 1, st), _cwe(seg, 2, st)
     if target is None:
+        _unused(seg, st, "no immunization or medication")
         return
     if target["resourceType"] == "Immunization":
         if rt:
@@ -985,6 +1004,7 @@ def appointment(seg: Segment, st: State) -> None:
 def resource(seg: Segment, st: State) -> None:
     """AIS/AIG/AIL/AIP -> Appointment.participant (or serviceType for AIS)."""
     if st.appointment is None:
+        _unused(seg, st, "no appointment")
         return
     if seg.name == "AIS":
         svc = _cwe(seg, 3, st)
