@@ -246,7 +246,7 @@ def main(argv: list[str]) -> int:
     for f, n in remaining:
         print(f"  {f}: {n}")
     print(f"reference outputs: {sum(1 for p in CORPUS.glob('*/*.expected.json'))} JSON (+1 FHIR XML, not compared), "
-          f"{len(skipped)} of them skipped because we quarantine that message type on purpose")
+          f"{len(skipped)} of them skipped because we quarantine the message (reason printed)")
     for s in skipped:
         print("  skipped:", s)
     if "--details" in argv:

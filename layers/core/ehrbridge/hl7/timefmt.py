@@ -18,7 +18,9 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,9}))?\s*(?:([+-])(\d{2})(\d{2})?)?$")
+# ASCII digits only (re.ASCII): \d would take any Unicode digit ('２０２３') and emit it into FHIR.
+_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,9}))?\s*(?:([+-])(\d{2})(\d{2})?)?$",
+                 re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def parse_ts(value: str, zone_name: str = "UTC") -> Ts:
         back = aware.astimezone(UTC).astimezone(tz)
         gap = back.replace(tzinfo=None) != local or aware.utcoffset() != aware.replace(fold=1).utcoffset()
         offset = aware.utcoffset() or timedelta(0)
-    text = local.strftime("%Y-%m-%dT%H:%M:%S")
+    text = f"{local.year:04d}-{local:%m-%dT%H:%M:%S}"  # strftime's %Y gives '999' for year 999
     if frac:
         text += "." + frac
     return Ts(text + _fmt_offset(offset), precision, aware, applied, gap)

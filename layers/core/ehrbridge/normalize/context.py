@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.hl7.timefmt import Ts, TsError, parse_ts
+from ehrbridge.normalize.validate import check_primitive
 
 EXT_BASE = "https://ehrbridge.dev/fhir/StructureDefinition/"
 EXT_SOURCE_EVENT_TIME = EXT_BASE + "source-event-time"
@@ -59,12 +60,18 @@ class Ctx:
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
     def ts(self, value: str, where: str) -> Ts | None:
+        """A TS/DTM field -> Ts, or None. A value that is not a valid date/time (month 13, Feb 30, year
+        0000, a year FHIR cannot write) is dropped, never emitted: an issue and an ``unmapped`` entry
+        (``OBR-7(invalid date/time)``) say so."""
         if not value:
             return None
         try:
             t = parse_ts(value, self.zone_name)
-        except TsError:
+        except (TsError, ValueError, OverflowError):
+            t = None
+        if t is None or not check_primitive("dateTime", t.fhir):
             self.issue("invalid-datetime", where)
+            self.unmapped[f"{where}(invalid date/time)"] += 1
             return None
         if t.zone_applied:
             self.zone_applied += 1
@@ -117,4 +124,7 @@ def _upper_systems(tenant: TenantConfig) -> dict[str, str]:
 
 def drop_empty(obj: dict[str, Any]) -> dict[str, Any]:
     """Remove None/''/[]/{} members (one level; builders keep nested values non-empty themselves)."""
-    return {k: v for k, v in obj.items() if v not in (None, "", [], {})}
+    return {k: v for k, v in obj.items() if v is not None and (v or type(v) not in _CONTAINERS)}
+
+
+_CONTAINERS = frozenset({str, list, dict})  # falsy values of these types are empty; 0 and False are values

@@ -16,8 +16,11 @@ from ehrbridge.terminology import conceptmap, ucum
 from ehrbridge.terminology.checks import LOINC, UCUM, check_code
 from ehrbridge.terminology.systems import local_system, system_uri
 
+# Whitespace runs inside a code collapse to one space (a FHIR code has single spaces only).
+_SPACES = re.compile(r"\s+")
+
 _TRIPLETS = ((1, 2, 3), (4, 5, 6), (10, 11, 12))
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")  # ASCII digits only (\d takes any Unicode digit)
 
 
 def comps(raw: str, seps: Separators) -> list[str]:
@@ -31,6 +34,11 @@ def _c(parts: list[str], n: int) -> str:
 
 def _sub(raw_comp: str, seps: Separators, s: int = 1) -> str:
     return leaf(raw_comp, seps, 1, s)
+
+
+def fhir_string(text: str) -> str:
+    """``text`` when it is a valid FHIR string, else "" (only whitespace such as a vertical tab is not)."""
+    return text if text and not text.isspace() else ""
 
 
 def decimal(text: str) -> float | int | None:
@@ -161,6 +169,31 @@ def xon_display(raw: str, seps: Separators) -> dict[str, Any] | None:
     return {"display": name} if name else None
 
 
+def xon_reference(raw: str, seps: Separators, ctx: Ctx) -> dict[str, Any] | None:
+    """XON (an organization) -> a logical Reference: identifier (XON.10, else XON.3 in v2.3-) + display XON.1.
+
+    IG XON[Organization]: Organization.identifier from XON.10 with the assigning authority XON.6
+    (e.g. a CLIA number under ``CLIA&2.16.840.1.113883.4.7&ISO``), name from XON.1.
+    """
+    parts = raw.split(seps.component)
+    name = _sub(_c(parts, 1), seps)
+    number = _sub(_c(parts, 10), seps) or _sub(_c(parts, 3), seps)
+    if not (name or number):
+        return None
+    ref: dict[str, Any] = {}
+    if number:
+        hd = _c(parts, 6)
+        ref["identifier"] = {"system": ctx.identifier_system(_sub(hd, seps, 1), _sub(hd, seps, 2),
+                                                             _sub(hd, seps, 3)), "value": number}
+        id_type = _sub(_c(parts, 7), seps)
+        if id_type:
+            ref["identifier"] = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                                                      "code": id_type}]}, **ref["identifier"]}
+    if name:
+        ref["display"] = name
+    return ref
+
+
 # ---------------------------------------------------------------- contact data
 def xad(raw: str, seps: Separators) -> dict[str, Any] | None:
     parts = raw.split(seps.component)
@@ -193,10 +226,12 @@ def xtn(raw: str, seps: Separators) -> dict[str, Any] | None:
     use_code, equip = _sub(_c(parts, 2), seps), _sub(_c(parts, 3), seps)
     email = _sub(_c(parts, 4), seps)
     system = vocab.TELECOM_SYSTEM.get(equip.upper() if equip else "", "phone")
-    if equip.upper() in ("INTERNET", "X.400") or (email and not _sub(_c(parts, 7), seps)):
+    numbers = any(_sub(_c(parts, n), seps) for n in (1, 7, 12))
+    if equip.upper() in ("INTERNET", "X.400") or (email and not numbers):
         value, system = email or _sub(_c(parts, 1), seps), "email"
     else:
-        value = _sub(_c(parts, 1), seps) or _sub(_c(parts, 12), seps)
+        # IG XTN[ContactPoint]: the unformatted number (XTN.12) when sent, else XTN.1.
+        value = _sub(_c(parts, 12), seps) or _sub(_c(parts, 1), seps)
         if not value:
             country, area, local, ext = (_sub(_c(parts, n), seps) for n in (5, 6, 7, 8))
             value = " ".join(x for x in (f"+{country}" if country else "", f"({area})" if area else "", local) if x)
@@ -212,9 +247,10 @@ def xtn(raw: str, seps: Separators) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- codes
-def cwe(raw: str, seps: Separators, ctx: Ctx, where: str, check: bool = True,
-        default_system: str = "") -> dict[str, Any] | None:
-    """CWE/CE/CNE -> CodeableConcept: primary + alternate triplets, text, terminology checks/repairs."""
+def cwe(raw: str, seps: Separators, ctx: Ctx, where: str, default_system: str = "") -> dict[str, Any] | None:
+    """CWE/CE/CNE -> CodeableConcept: primary + alternate triplets (CWE.1-3, 4-6, 10-12: whichever carry a
+    code, so a code sent only in the alternate triplet is kept), text (CWE.9, else CWE.2, else the
+    alternate text CWE.5), terminology checks/repairs on every coding (``coding_for``)."""
     parts = raw.split(seps.component)
     n_parts = len(parts)
     codings: list[dict[str, Any]] = []
@@ -224,12 +260,12 @@ def cwe(raw: str, seps: Separators, ctx: Ctx, where: str, check: bool = True,
         code = leaf(parts[cn - 1], seps)
         if not code:
             continue
-        display, sname = _sub(_c(parts, dn), seps), _sub(_c(parts, sn), seps)
+        display, sname = fhir_string(_sub(_c(parts, dn), seps)), _sub(_c(parts, sn), seps)
         sname = sname or (default_system if cn == 1 else "")
-        coding = coding_for(code, display, sname, ctx, where, check)
+        coding = coding_for(code, display, sname, ctx, where)
         if coding:
             codings.extend(coding)
-    text = _sub(_c(parts, 9), seps) or _sub(_c(parts, 2), seps) or ""
+    text = fhir_string(_sub(_c(parts, 9), seps) or _sub(_c(parts, 2), seps) or _sub(_c(parts, 5), seps))
     if not codings and not text:
         return None
     cc: dict[str, Any] = {}
@@ -240,9 +276,22 @@ def cwe(raw: str, seps: Separators, ctx: Ctx, where: str, check: bool = True,
     return cc
 
 
-def coding_for(code: str, display: str, system_name: str, ctx: Ctx, where: str, check: bool = True
-               ) -> list[dict[str, Any]]:
-    """One sent coding -> FHIR codings (the original, plus a tenant-ConceptMap target when one applies)."""
+def coding_for(code: str, display: str, system_name: str, ctx: Ctx, where: str) -> list[dict[str, Any]]:
+    """One sent coding -> FHIR codings (the original, plus a tenant-ConceptMap target when one applies).
+
+    The one place every coded element the normalizer emits goes through: the code's whitespace is
+    normalized (a FHIR code has no leading/trailing space and single inner spaces), and a code under a
+    system with an offline check (LOINC, SNOMED CT, RxNorm, CVX) that fails it is never emitted under
+    that system (tenant policy: quarantine, or keep it in the sender's local system, marked).
+    """
+    clean = code.strip()
+    if "  " in clean or not clean.isprintable():  # inner runs of (any) whitespace: rare, so the regex only then
+        clean = _SPACES.sub(" ", clean)
+    if not clean:
+        return []
+    if clean != code:
+        ctx.repair("code-format", where, "whitespace in code normalized")
+        code = clean
     uri, known = system_uri(system_name, ctx.tenant_id) if system_name else ("", False)
     if system_name and not known:
         ctx.unmapped_systems.add("codesystem:" + system_name)
@@ -252,7 +301,7 @@ def coding_for(code: str, display: str, system_name: str, ctx: Ctx, where: str, 
     if display:
         coding["display"] = display
     out = [coding]
-    if check and uri:
+    if uri:
         result = check_code(uri, code)
         if result is not None:
             ctx.code_checks += 1
@@ -288,30 +337,69 @@ def coded_value(table: dict[str, str], raw_code: str) -> str | None:
 
 
 def quantity(value_text: str, unit_raw: str, seps: Separators, ctx: Ctx, where: str) -> dict[str, Any] | None:
-    """NM + CWE unit -> Quantity. The unit is emitted under UCUM only when it is (or repairs to) UCUM."""
+    """NM + CWE unit -> Quantity. The unit is emitted under UCUM only when it is UCUM (``unit``)."""
     number = decimal(value_text)
     if number is None:
         return None
     q: dict[str, Any] = {"value": number}
     if unit_raw:
-        parts = unit_raw.split(seps.component)
-        code, text = _sub(_c(parts, 1), seps), _sub(_c(parts, 2), seps)
-        add_unit(q, code or text, text or code, ctx, where)
+        q.update(unit(unit_raw, seps, ctx, where))
     return q
 
 
-def add_unit(q: dict[str, Any], code: str, text: str, ctx: Ctx, where: str) -> None:
+# Coding-system names (CWE.3/CWE.6) that say "this is UCUM"; ISO+/ANS+ (ISO 2955 / ANSI X3.50) are close
+# to UCUM but not the same, so a code under them is trusted only as an unsystemed unit would be.
+UCUM_NAMES = frozenset({"UCUM", "HTTP://UNITSOFMEASURE.ORG", "2.16.840.1.113883.6.8"})
+_UNSYSTEMED = frozenset({"", "ISO+", "ANS+", "ISO+ ", "ANSI+"})
+
+
+def unit(unit_raw: str, seps: Separators, ctx: Ctx, where: str) -> dict[str, Any]:
+    """A CWE unit (OBX-6 and friends) -> Quantity ``unit``/``system``/``code``.
+
+    The coding system decides (CWE.3, and CWE.6 for the alternate triplet; issue 11):
+    - coded as UCUM -> ``system`` UCUM with the (repaired) code;
+    - no system (or ISO+/ANS+) -> UCUM only when the code is UCUM (or an unambiguous alias of it) and
+      the text is empty or names the same unit;
+    - any other system (``1^ML^METRIC``) -> UCUM only when the code is valid UCUM and the text is the
+      same unit; otherwise ``unit`` keeps the text and the code stays in the sender's system (never
+      the UCUM system), reported as ``non-ucum-unit``.
+    """
+    if seps.component not in unit_raw:
+        triplets = [(leaf(unit_raw, seps), "", "")]  # a bare unit code (the common "mg/dL")
+    else:
+        parts = unit_raw.split(seps.component)
+        triplets = [(_sub(_c(parts, c), seps), _sub(_c(parts, t), seps), _sub(_c(parts, n), seps).upper())
+                    for c, t, n in ((1, 2, 3), (4, 5, 6))]
+    triplets = [t for t in triplets if t[0] or t[1]]
+    if not triplets:
+        return {}
+    chosen = next((t for t in triplets if t[2] in UCUM_NAMES and t[0]), None) or triplets[0]
+    code, text, system_name = chosen
+    text = fhir_string(text) or next((t[1] for t in triplets if fhir_string(t[1])), "")
+    out: dict[str, Any] = {"unit": text or code}
     if not code:
-        return
+        ctx.issue("non-ucum-unit", where, "unit text only")
+        return {"unit": text} if text else {}
     ucum_code, note = ucum.repair(code)
-    q["unit"] = text or code
-    if ucum_code:
-        q["system"] = UCUM
-        q["code"] = ucum_code
+    if system_name in UCUM_NAMES:
+        trusted = ucum_code is not None
+    elif system_name in _UNSYSTEMED:
+        trusted = ucum_code is not None and (not text or text == code or ucum.repair(text)[0] == ucum_code)
+    else:
+        trusted = ucum_code is not None and note == "" and bool(text) and (
+            text == code or ucum.repair(text)[0] == ucum_code)
+    if trusted:
+        out["system"] = UCUM
+        out["code"] = ucum_code
         if note:
             ctx.repair("ucum", where, note)
-    else:
-        ctx.issue("non-ucum-unit", where)
+        return out
+    ctx.issue("non-ucum-unit", where, f"{system_name or 'no system'}: {code[:20]}")
+    if system_name:
+        clean = _SPACES.sub(" ", code).strip()
+        out["system"] = local_system(ctx.tenant_id, f"{ctx.sender or 'sender'}-unit-{system_name}")
+        out["code"] = clean
+    return out
 
 
 def sn(raw: str, seps: Separators, unit_raw: str, ctx: Ctx, where: str) -> tuple[str, Any] | None:
@@ -319,15 +407,10 @@ def sn(raw: str, seps: Separators, unit_raw: str, ctx: Ctx, where: str) -> tuple
     parts = [leaf(p, seps) for p in raw.split(seps.component)]
     comparator, n1, sep, n2 = (_c(parts, i) for i in (1, 2, 3, 4))
     v1, v2 = decimal(n1), decimal(n2)
-    unit_code = unit_text = ""
-    if unit_raw:
-        up = unit_raw.split(seps.component)
-        unit_code, unit_text = _sub(_c(up, 1), seps), _sub(_c(up, 2), seps)
+    unit_of = unit(unit_raw, seps, ctx, where) if unit_raw else {}
 
     def q(v: float | int) -> dict[str, Any]:
-        out: dict[str, Any] = {"value": v}
-        add_unit(out, unit_code or unit_text, unit_text or unit_code, ctx, where)
-        return out
+        return {"value": v, **unit_of}
 
     if sep == "+":
         # IG OBX[Observation]: SN with "+" (e.g. "^2^+") -> valueString of the four components.
@@ -346,17 +429,21 @@ def sn(raw: str, seps: Separators, unit_raw: str, ctx: Ctx, where: str) -> tuple
     return None
 
 
+_RANGE = re.compile(r"^\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*-\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*$")  # ASCII digits
+_BOUND = re.compile(r"^\s*(<=?|>=?)\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*$")
+
+
 def reference_range(text: str, unit: dict[str, Any] | None) -> dict[str, Any] | None:
     """OBX-7 ("3.5-5.0", "<5", ">10", or text) -> Observation.referenceRange."""
     t = text.strip()
     if not t:
         return None
     base = {k: unit[k] for k in ("unit", "system", "code") if unit and k in unit}
-    m = re.match(r"^\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*$", t)
+    m = _RANGE.match(t)
     if m:
         return {"low": {"value": decimal(m.group(1)), **base}, "high": {"value": decimal(m.group(2)), **base},
                 "text": t}
-    m = re.match(r"^\s*(<=?|>=?)\s*([+-]?\d+(?:\.\d+)?)\s*$", t)
+    m = _BOUND.match(t)
     if m:
         key = "high" if m.group(1).startswith("<") else "low"
         return {key: {"value": decimal(m.group(2)), **base}, "text": t}

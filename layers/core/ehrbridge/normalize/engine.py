@@ -130,17 +130,19 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
                 zsegments.append(s.er7())
             continue
         if role in ("header", "event"):
-            _unmapped_fields(s, ctx)
+            _unmapped_fields(s, ctx, role)
             continue
         seg_maps.ROLES[role](s, st)
         if role not in ("skip", "skip_rxo", "merge_note"):
-            _unmapped_fields(s, ctx)
+            _unmapped_fields(s, ctx, role)
     if st.patient is None:
         raise QuarantineError(f"{kind}: no patient could be identified (PID missing or empty)")
     seg_maps.finish_documents(st)
     resources = st.resources
+    meta = {"lastUpdated": event_time}
+    source_time = {"url": EXT_SOURCE_EVENT_TIME, "valueInstant": event_time}
     for res in resources:
-        _stamp(res, event_time)
+        _stamp(res, meta, source_time)
     resources.sort(key=lambda r: _ORDER.get(r["resourceType"], 10))
     provenance = _provenance(msg, ctx, st, event_ts.fhir, event_time, message_id, zsegments)
     resources.append(provenance)
@@ -168,8 +170,8 @@ def _instant(fhir_dt: str, zone_name: str = "UTC") -> str:
     return local.isoformat()
 
 
-def _unmapped_fields(s: Any, ctx: Ctx) -> None:
-    mapped = seg_maps.MAPPED.get(s.name)
+def _unmapped_fields(s: Any, ctx: Ctx, role: str) -> None:
+    mapped = seg_maps.MAPPED_BY_ROLE.get(role) or seg_maps.MAPPED.get(s.name)
     if mapped is None:
         return
     fields = s.fields
@@ -185,10 +187,11 @@ def _unmapped_list(ctx: Ctx) -> list[str]:
     return [f"{name} x{count}" if count > 1 else name for name, count in sorted(ctx.unmapped.items())]
 
 
-def _stamp(res: dict[str, Any], event_time: str) -> None:
-    """meta.lastUpdated + extension = the source event time, so writers can refuse older versions."""
-    res["meta"] = {"lastUpdated": event_time}
-    res.setdefault("extension", []).append({"url": EXT_SOURCE_EVENT_TIME, "valueInstant": event_time})
+def _stamp(res: dict[str, Any], meta: dict[str, str], source_time: dict[str, str]) -> None:
+    """meta.lastUpdated + extension = the source event time, so writers can refuse older versions.
+    The two objects are shared by every resource of the bundle (identical content, checked once)."""
+    res["meta"] = meta
+    res.setdefault("extension", []).append(source_time)
 
 
 def _provenance(msg: Message, ctx: Ctx, st: seg_maps.State, recorded: str, event_time: str, message_id: str,
@@ -207,7 +210,7 @@ def _provenance(msg: Message, ctx: Ctx, st: seg_maps.State, recorded: str, event
         "resourceType": "Provenance",
         "id": ctx.rid("Provenance", ident["system"], msg.control_id, msh.value(7)),
         "meta": {"lastUpdated": event_time},
-        "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in st.resources],
+        "target": [st.ref(r) for r in st.resources],
         "recorded": _instant(recorded, ctx.zone_name),
         "activity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": msg.trigger}]}
         if msg.trigger else None,

@@ -83,8 +83,9 @@ def _map(resources: list[dict[str, Any]], ctx: Ctx, kind: str, message_id: str) 
             if isinstance(comp, dict) and isinstance(comp.get("code"), dict):
                 comp["code"] = _check_cc(comp["code"], ctx, f"{rtype}.component.code")
         updated = (new.get("meta") or {}).get("lastUpdated")
-        new["meta"] = {"lastUpdated": updated} if updated else {}
+        new.pop("meta", None)
         if updated:
+            new["meta"] = {"lastUpdated": updated}
             new.setdefault("extension", []).append({"url": EXT_SOURCE_EVENT_TIME, "valueInstant": updated})
         new.pop("text", None)  # vendor narrative: not canonical, may drift from the data
         out.append(new)
@@ -92,7 +93,8 @@ def _map(resources: list[dict[str, Any]], ctx: Ctx, kind: str, message_id: str) 
         raise QuarantineError(f"no supported resources in vendor {kind}")
     for res in out:
         _rewrite_refs(res, id_map)
-    event_time = max((r["meta"].get("lastUpdated", "") for r in out), default="") or "1970-01-01T00:00:00+00:00"
+    event_time = max(((r.get("meta") or {}).get("lastUpdated", "") for r in out), default="") or \
+        "1970-01-01T00:00:00+00:00"
     prov = {"resourceType": "Provenance", "id": ctx.rid("Provenance", "vendor", *sorted(id_map)),
             "meta": {"lastUpdated": event_time},
             "target": [{"reference": f"{r['resourceType']}/{r['id']}"} for r in out], "recorded": event_time,

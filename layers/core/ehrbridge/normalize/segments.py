@@ -13,7 +13,7 @@ from typing import Any
 from ehrbridge.hl7.message import Segment
 from ehrbridge.normalize import datatypes as dt
 from ehrbridge.normalize import vocab
-from ehrbridge.normalize.context import Ctx, QuarantineError, drop_empty
+from ehrbridge.normalize.context import _CONTAINERS, Ctx, QuarantineError, drop_empty
 
 Resource = dict[str, Any]
 
@@ -41,6 +41,7 @@ class State:
         self.notable: Resource | None = None
         self.obx_seen: dict[str, int] = {}
         self.merges: list[tuple[Resource, Resource]] = []
+        self._refs: dict[str, dict[str, str]] = {}
 
     def add(self, resource: Resource) -> Resource:
         key = (resource["resourceType"], resource["id"])
@@ -53,7 +54,15 @@ class State:
         return resource
 
     def ref(self, resource: Resource | None) -> dict[str, str] | None:
-        return {"reference": f"{resource['resourceType']}/{resource['id']}"} if resource else None
+        """One Reference object per target, shared by every resource that points at it (the fast
+        validator checks a shared object once)."""
+        if not resource:
+            return None
+        key = f"{resource['resourceType']}/{resource['id']}"
+        ref = self._refs.get(key)
+        if ref is None:
+            ref = self._refs[key] = {"reference": key}
+        return ref
 
     def subject(self) -> dict[str, str] | None:
         return self.ref(self.patient)
@@ -63,14 +72,34 @@ def _where(seg: Segment, n: int) -> str:
     return f"{seg.name}-{n}"
 
 
+def _unused(seg: Segment, st: State, why: str) -> None:
+    """A segment whose map has nothing to attach it to: listed whole, with the reason (never dropped)."""
+    if any(f and f != '""' for f in seg.fields[2:]):
+        st.ctx.unmapped[f"{seg.name}({why})"] += 1
+
+
 def _dt(seg: Segment, n: int, st: State) -> str | None:
     t = st.ctx.ts(seg.value(n), _where(seg, n))
     return t.fhir if t else None
 
 
-def _cwe(seg: Segment, n: int, st: State, check: bool = True, rep: int = 0) -> dict[str, Any] | None:
+def _cwe(seg: Segment, n: int, st: State, rep: int = 0) -> dict[str, Any] | None:
     reps = seg.reps(n)
-    return dt.cwe(reps[rep], seg.seps, st.ctx, _where(seg, n), check) if len(reps) > rep else None
+    return dt.cwe(reps[rep], seg.seps, st.ctx, _where(seg, n)) if len(reps) > rep else None
+
+
+def _unit(seg: Segment, n: int, st: State) -> dict[str, Any]:
+    reps = seg.reps(n)
+    return dt.unit(reps[0], seg.seps, st.ctx, _where(seg, n)) if reps else {}
+
+
+def _xon(seg: Segment, n: int, st: State) -> dict[str, Any] | None:
+    """The first XON of the field as a logical Reference; further repetitions (the FHIR target holds one)
+    are listed, not dropped."""
+    reps = seg.reps(n)
+    if len(reps) > 1:
+        st.ctx.unmapped[f"{_where(seg, n)}(repetition 2+)"] += 1
+    return dt.xon_reference(reps[0], seg.seps, st.ctx) if reps else None
 
 
 def _cwes(seg: Segment, n: int, st: State) -> list[dict[str, Any]]:
@@ -158,7 +187,7 @@ def patient(seg: Segment, st: State) -> None:
         res["multipleBirthInteger"] = order
     elif multiple in ("Y", "N"):
         res["multipleBirthBoolean"] = multiple == "Y"
-    lang = _cwe(seg, 15, st, check=False)
+    lang = _cwe(seg, 15, st)
     if lang:
         res["communication"] = [{"language": lang}]
     mothers = seg.reps(6)
@@ -175,23 +204,27 @@ def patient(seg: Segment, st: State) -> None:
 
 
 def patient_extra(seg: Segment, st: State) -> None:
-    """PD1: primary care provider as generalPractitioner (logical reference)."""
+    """PD1: primary facility (PD1-3, IG: generalPractitioner(Organization)) and primary care provider
+    (PD1-4) as generalPractitioner (logical references)."""
     if st.patient is None:
+        _unused(seg, st, "no patient")
         return
-    gp = _xcn(seg, 4, st)
-    if gp:
-        st.patient.setdefault("generalPractitioner", []).append(gp)
+    facilities = [dt.xon_reference(r, seg.seps, st.ctx) for r in seg.reps(3)]  # PD1-3 repeats: every one
+    for gp in (*facilities, _xcn(seg, 4, st)):
+        if gp:
+            st.patient.setdefault("generalPractitioner", []).append(gp)
 
 
 def contact(seg: Segment, st: State) -> None:
     if st.patient is None:
+        _unused(seg, st, "no patient")
         return
     seps = seg.seps
     c: Resource = {}
     names = [x for x in (dt.xpn(r, seps) for r in seg.reps(2)) if x]
     if names:
         c["name"] = names[0]
-    rel = _cwe(seg, 3, st, check=False)
+    rel = _cwe(seg, 3, st)
     if rel:
         c["relationship"] = [rel]
     addr = [x for x in (dt.xad(r, seps) for r in seg.reps(4)) if x]
@@ -200,6 +233,9 @@ def contact(seg: Segment, st: State) -> None:
     tel = [x for x in (dt.xtn(r, seps) for r in seg.reps(5) + seg.reps(6)) if x]
     if tel:
         c["telecom"] = tel
+    org = _xon(seg, 13, st)  # IG NK1[Patient]: NK1-13 contact organization -> contact.organization
+    if org:
+        c["organization"] = org
     if c:
         st.patient.setdefault("contact", []).append(c)
 
@@ -209,7 +245,10 @@ def encounter(seg: Segment, st: State) -> None:
     ctx = st.ctx
     patient_class = seg.value(2).upper()
     if patient_class in ("N", "") and not seg.reps(19):
-        return  # "not applicable": no visit (A28/A31 person updates)
+        # "not applicable": no visit (A28/A31 person updates); whatever else it carries is listed.
+        if any(f and f != '""' for i, f in enumerate(seg.fields) if i > 2):
+            st.ctx.unmapped["PV1(no visit: PV1-2 N or empty, no PV1-19)"] += 1
+        return
     visit = seg.reps(19)
     if visit:
         key = dt.authority_of(visit[0], seg.seps, ctx).upper() + "|" + seg.value(19)
@@ -252,10 +291,10 @@ def encounter(seg: Segment, st: State) -> None:
     if participants:
         res["participant"] = participants
     hosp = {}
-    disp = _cwe(seg, 36, st, check=False)
+    disp = _cwe(seg, 36, st)
     if disp:
         hosp["dischargeDisposition"] = disp
-    source = _cwe(seg, 14, st, check=False)
+    source = _cwe(seg, 14, st)
     if source:
         hosp["admitSource"] = source
     if hosp:
@@ -274,6 +313,7 @@ def encounter(seg: Segment, st: State) -> None:
 def encounter_extra(seg: Segment, st: State) -> None:
     """PV2: admit reason -> reasonCode; expected admit/discharge (PV2-8/9) -> period when PV1-44/45 are empty."""
     if st.encounter is None:
+        _unused(seg, st, "no encounter")
         return
     reason = _cwe(seg, 3, st)
     if reason:
@@ -315,9 +355,25 @@ def order(seg: Segment, st: State) -> None:
     flush_order(st)
     ids, key = _order_ids(seg, 2, 3, st)
     status = vocab.ORDER_STATUS.get(seg.value(5).upper()) or vocab.ORDER_CONTROL_STATUS.get(seg.value(1).upper())
+    requester = _xcn(seg, 12, st)
+    facility = _xon(seg, 21, st)
     res: Resource = {"resourceType": "ServiceRequest", "status": status or "unknown", "intent": "order",
                      "identifier": ids, "subject": st.subject(), "encounter": st.ref(st.encounter),
-                     "authoredOn": _dt(seg, 9, st), "requester": _xcn(seg, 12, st)}
+                     "authoredOn": _dt(seg, 9, st), "requester": requester}
+    group = seg.reps(4)
+    if group:
+        # IG ORC[ServiceRequest]: ORC-4 placer group number (type PGN) -> requisition.
+        requisition = dt.ei(group[0], seg.seps, st.ctx, "PGN")
+        if requisition:
+            res["requisition"] = requisition
+    if facility:
+        # IG: ORC-21 ordering facility -> requester(PractitionerRole.organization), with ORC-12 as its
+        # practitioner: a contained PractitionerRole (practitioners and organizations stay logical).
+        role: Resource = {"resourceType": "PractitionerRole", "id": "orderer", "organization": facility}
+        if requester:
+            role["practitioner"] = requester
+        res["contained"] = [role]
+        res["requester"] = {"reference": "#orderer"}
     st.order, st.order_key = res, key or f"ORC|{seg.index}|{st.message_time}"
     st.report = st.observation = None
     st.notable = res
@@ -363,7 +419,12 @@ def order_detail(seg: Segment, st: State) -> Resource:
 def report(seg: Segment, st: State) -> None:
     """OBR in ORU -> DiagnosticReport + its ServiceRequest (basedOn)."""
     sr = order_detail(seg, st)
-    status = vocab.REPORT_STATUS.get(seg.value(25).upper(), "unknown")
+    report_code = seg.value(25).upper()
+    status = vocab.REPORT_STATUS.get(report_code, "unknown")
+    if not report_code:
+        st.ctx.repair("status", "OBR-25", "empty result status -> unknown")
+    elif report_code not in vocab.REPORT_STATUS or status == "unknown":
+        st.ctx.issue("unmapped-code", "OBR-25", report_code[:10])
     res: Resource = {"resourceType": "DiagnosticReport", "id": st.ctx.rid("DiagnosticReport", st.order_key),
                      "identifier": sr.get("identifier"), "basedOn": [st.ref(sr)], "status": status,
                      "code": sr.get("code") or _ABSENT, "subject": st.subject(), "encounter": st.ref(st.encounter)}
@@ -373,8 +434,13 @@ def report(seg: Segment, st: State) -> None:
     elif start:
         res["effectiveDateTime"] = start
     issued = st.ctx.ts(seg.value(22), "OBR-22")
-    if issued and issued.precision in ("second", "fraction"):
-        res["issued"] = issued.fhir
+    if issued:
+        # issued is an instant: any precision with a time maps (seconds padded, as the IG DTM map says);
+        # a date alone names no instant, so it is listed rather than given an invented time.
+        if issued.instant is not None:
+            res["issued"] = issued.fhir
+        else:
+            st.ctx.unmapped["OBR-22(date only: not an instant)"] += 1
     interpreter = _xcn(seg, 32, st)
     if interpreter:
         res["resultsInterpreter"] = [interpreter]
@@ -453,30 +519,52 @@ def _observation_value(seg: Segment, st: State, res: Resource) -> None:
     ctx.unmapped[f"OBX-5({vtype or 'no type'})"] += 1
 
 
-def _observation(seg: Segment, st: State, key: str) -> Resource:
+def _no_code(seg: Segment, st: State) -> None:
+    """An OBX whose OBX-3 has no code in any triplet and no text. With a value it must not vanish:
+    the message is quarantined; without one there is nothing clinical to lose, it is listed."""
+    if seg.reps(5):
+        raise QuarantineError(f"OBX {seg.value(1) or seg.index} has a value but OBX-3 carries no code in any "
+                              "triplet and no text (Observation.code is required; the result cannot be mapped)")
+    st.ctx.issue("missing-code", "OBX-3")
+    st.ctx.unmapped["OBX(no OBX-3)"] += 1
+
+
+def _observation(seg: Segment, st: State, key: str) -> Resource | None:
     ctx = st.ctx
     code = _cwe(seg, 3, st)
     if code is None:
-        raise QuarantineError(f"OBX-3 observation identifier is empty in OBX {seg.value(1) or seg.index}"
-                              " (Observation.code is required)")
+        _no_code(seg, st)
+        return None
     code_key = seg.raw(3) + "|" + seg.raw(4)
     nth = st.obx_seen.get(code_key, 0)
     st.obx_seen[code_key] = nth + 1
     status_code = seg.value(11).upper()
-    status = vocab.OBSERVATION_STATUS.get(status_code, "unknown" if status_code else "final")
+    status = vocab.OBSERVATION_STATUS.get(status_code)
+    if status is None:
+        # IG ConceptMap OBX-11 (table 0085): what it does not map is not known -> "unknown". OBX-11 is
+        # required: an empty one is repaired to "unknown" (never "final"), an unmapped code is an issue.
+        status = "unknown"
+        if status_code:
+            ctx.issue("unmapped-code", "OBX-11", status_code[:10])
+        else:
+            ctx.repair("status", "OBX-11", "empty result status -> unknown")
     res: Resource = {"resourceType": "Observation", "id": ctx.rid("Observation", key, code_key, str(nth)),
                      "status": status, "code": code, "subject": st.subject(), "encounter": st.ref(st.encounter)}
     _observation_value(seg, st, res)
+    if seg.raw(6) and not ({"valueQuantity", "valueRange"} & res.keys() or any(
+            "valueQuantity" in c or "valueRange" in c for c in res.get("component", ()))):
+        # A unit belongs to a quantity: with no numeric value OBX-6 has nowhere to go. Listed, not dropped.
+        ctx.unmapped["OBX-6(no quantity value)"] += 1
     unit_q = res.get("valueQuantity")
     rr = dt.reference_range(seg.text(7), unit_q)
     if rr:
         res["referenceRange"] = [rr]
     interps = []
     for rep in seg.reps(8):
-        c = dt.leaf(rep, seg.seps, 1)
+        c = " ".join(dt.leaf(rep, seg.seps, 1).split())
         if c:
             system = vocab.V3_INTERP if c in vocab.INTERPRETATION_V3 else "http://terminology.hl7.org/CodeSystem/v2-0078"
-            disp = dt.leaf(rep, seg.seps, 2)
+            disp = dt.fhir_string(dt.leaf(rep, seg.seps, 2))
             coding = {"system": system, "code": c}
             if disp:
                 coding["display"] = disp
@@ -488,13 +576,11 @@ def _observation(seg: Segment, st: State, key: str) -> Resource:
         effective = st.report.get("effectiveDateTime") or (st.report.get("effectivePeriod") or {}).get("start")
     if effective:
         res["effectiveDateTime"] = effective
-    method = _cwe(seg, 17, st, check=False)
+    method = _cwe(seg, 17, st)
     if method:
         res["method"] = method
     performers = [p for p in (dt.xcn_reference(r, seg.seps, ctx) for r in seg.reps(16)) if p]
-    org = seg.value(23)
-    if org:
-        performers.append({"display": org})
+    performers += _performing_organization(seg, st, res)
     if performers:
         res["performer"] = performers
     if status_code in ("X", "N") and "component" not in res and not any(k.startswith("value") for k in res):
@@ -505,21 +591,61 @@ def _observation(seg: Segment, st: State, key: str) -> Resource:
     return res
 
 
+def _performing_organization(seg: Segment, st: State, res: Resource) -> list[dict[str, Any]]:
+    """IG OBX[Observation]: OBX-23 performing organization (identifier XON.10, e.g. a CLIA number),
+    OBX-15 producer's ID (its identifier when XON.10 is empty, else a performer of its own), OBX-25
+    medical director: with OBX-25 the performer is a PractitionerRole (code MDIR) whose organization is
+    OBX-23, contained in the Observation (practitioners and organizations stay logical references)."""
+    ctx = st.ctx
+    if len(seg.fields) <= 15:
+        return []  # no OBX-15/23/25
+    org = _xon(seg, 23, st)
+    producer = None
+    producer_code = seg.value(15)
+    if len(seg.reps(15)) > 1:
+        ctx.unmapped["OBX-15(repetition 2+)"] += 1  # OBX-15 does not repeat: a second one is listed
+    if producer_code:
+        producer = {"identifier": {"system": ctx.identifier_system(seg.value(15, 3) or ctx.facility),
+                                   "value": producer_code}}
+        name = dt.fhir_string(seg.value(15, 2))
+        if name:
+            producer["display"] = name
+    out: list[dict[str, Any]] = []
+    if producer is not None:
+        if org is not None and "identifier" not in org:
+            org["identifier"] = producer["identifier"]
+        elif org is None or org["identifier"]["value"] != producer_code:
+            out.append(producer)
+    director = _xcn(seg, 25, st)
+    if director is not None:
+        role: Resource = {"resourceType": "PractitionerRole", "id": "director", "practitioner": director,
+                          "code": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0912",
+                                                "code": "MDIR"}]}]}
+        if org is not None:
+            role["organization"] = org
+        res["contained"] = [role]
+        out.insert(0, {"reference": "#director"})
+    elif org is not None:
+        out.insert(0, org)
+    return out
+
+
 def result(seg: Segment, st: State) -> None:
     """OBX in ORU -> Observation, referenced from the report of its group.
 
     A text OBX without OBX-3 (report lines, as radiology systems send them) becomes the report's
     presentedForm (text/plain), not an Observation without a code.
     """
-    if not seg.value(3):
-        if seg.value(2).upper() in ("TX", "FT", "ST") and st.report is not None:
-            text = "\n".join(dt.unescape_text(r, seg.seps) for r in seg.reps(5))
-            st.report.setdefault("_text", []).append(text)
-            return
-        st.ctx.issue("missing-code", "OBX-3")
-        st.ctx.unmapped["OBX(no OBX-3)"] += 1
+    if not seg.raw(3) and seg.value(2).upper() in ("TX", "FT", "ST") and st.report is not None:
+        text = "\n".join(dt.unescape_text(r, seg.seps) for r in seg.reps(5))
+        st.report.setdefault("_text", []).append(text)
+        for n in range(6, len(seg.fields)):  # a report line keeps only its text: anything else is listed
+            if seg.fields[n] and seg.fields[n] != '""':
+                st.ctx.unmapped[f"OBX-{n}(report text line)"] += 1
         return
     res = _observation(seg, st, "R|" + st.order_key)
+    if res is None:
+        return
     if st.report is not None:
         st.report.setdefault("result", []).append(st.ref(res))
         res["basedOn"] = st.report.get("basedOn")
@@ -534,6 +660,8 @@ def observation(seg: Segment, st: State) -> None:
     key = "P|" + (st.encounter["id"] if st.encounter else st.patient["id"] if st.patient else "") + "|" + \
         seg.value(14)
     res = _observation(seg, st, key)
+    if res is None:
+        return
     st.observation = st.add(drop_empty(res))
     st.notable = res
 
@@ -541,6 +669,8 @@ def observation(seg: Segment, st: State) -> None:
 def order_observation(seg: Segment, st: State) -> None:
     """OBX in an order (ORM/OML/RDE) -> Observation referenced from ServiceRequest.supportingInfo."""
     res = _observation(seg, st, "O|" + st.order_key)
+    if res is None:
+        return
     st.add(drop_empty(res))
     if st.order is not None:
         st.order.setdefault("supportingInfo", []).append(st.ref(res))
@@ -551,6 +681,8 @@ def immunization_observation(seg: Segment, st: State) -> None:
     """OBX in VXU (eligibility, VIS, funding) -> Observation partOf the Immunization."""
     key = "I|" + (st.immunization["id"] if st.immunization else st.patient["id"] if st.patient else "")
     res = _observation(seg, st, key)
+    if res is None:
+        return
     if st.immunization is not None:
         res["partOf"] = [st.ref(st.immunization)]
     st.add(drop_empty(res))
@@ -592,7 +724,7 @@ def specimen(seg: Segment, st: State) -> None:
                     key = key or dt.ei_key(raw, seg.seps, ctx)
     res: Resource = {"resourceType": "Specimen",
                      "id": ctx.rid("Specimen", key or f"{st.order_key}|{seg.value(1)}|{seg.index}"),
-                     "identifier": ids, "type": _cwe(seg, 4, st, check=False), "subject": st.subject()}
+                     "identifier": ids, "type": _cwe(seg, 4, st), "subject": st.subject()}
     collected = ctx.ts(seg.value(17, 1), "SPM-17")
     if collected:
         res["collection"] = {"collectedDateTime": collected.fhir}
@@ -610,6 +742,12 @@ def timing(seg: Segment, st: State) -> None:
     priority = vocab.PRIORITY.get(seg.value(9).upper())
     if st.order is not None and priority:
         st.order["priority"] = priority
+    if st.order is None and st.appointment is None:
+        _unused(seg, st, "no order or appointment")
+    elif st.appointment is None:
+        for n in (7, 8):  # start/end of an order's timing: no ServiceRequest element in our map, listed
+            if seg.value(n):
+                st.ctx.unmapped[f"TQ1-{n}(order timing)"] += 1
     if st.appointment is not None:
         start, end = _dt(seg, 7, st), _dt(seg, 8, st)
         if start and not st.appointment.get("start"):
@@ -701,29 +839,38 @@ def immunization(seg: Segment, st: State) -> None:
         st.order["_consumed"] = True  # IG VXU_V04: ORC feeds the Immunization, not a ServiceRequest
         if st.order.get("identifier"):
             res["identifier"] = st.order["identifier"]
+        # IG ORC[Immunization]: ORC-12 ordering provider -> performer (function OP). What the
+        # Immunization has no element for is listed, never dropped silently.
+        if st.order.get("requester"):
+            res["performer"] = [{"function": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0443",
+                                                          "code": "OP"}]}, "actor": st.order["requester"]}]
+            if st.order.get("contained"):
+                res["contained"] = st.order["contained"]
+        for key, field in (("requisition", "ORC-4"), ("authoredOn", "ORC-9")):
+            if st.order.get(key):
+                ctx.unmapped[f"{field}(no Immunization element)"] += 1
     amount = dt.decimal(seg.value(6))
     if amount is not None and amount != 999:
-        q: Resource = {"value": amount}
-        dt.add_unit(q, seg.value(7, 1) or seg.value(7, 2), seg.value(7, 2) or seg.value(7, 1), ctx, "RXA-7")
-        res["doseQuantity"] = q
+        res["doseQuantity"] = {"value": amount, **_unit(seg, 7, st)}
     info = seg.value(9, 1)
     if info in ("00", "01"):
         # NIP001: 00 = new record (primary source), 01 = historical.
         res["primarySource"] = info == "00"
     performer = _xcn(seg, 10, st)
     if performer:
-        res["performer"] = [{"function": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0443",
-                                                      "code": "AP"}]}, "actor": performer}]
+        administering = {"function": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0443",
+                                                  "code": "AP"}]}, "actor": performer}
+        res["performer"] = [*res.get("performer", []), administering]
     lot = seg.value(15)
     if lot:
         res["lotNumber"] = lot
     exp = ctx.ts(seg.value(16), "RXA-16")
     if exp:
-        res["expirationDate"] = exp.date if exp.precision != "month" else None
+        res["expirationDate"] = exp.date if exp.instant is not None else exp.fhir  # a date keeps its precision
     mfr = seg.value(17, 2) or seg.value(17, 1)
     if mfr:
         res["manufacturer"] = {"display": mfr}
-    refusal = _cwe(seg, 18, st, check=False)
+    refusal = _cwe(seg, 18, st)
     if refusal and status == "not-done":
         res["statusReason"] = refusal
     if status == "completed" and seg.value(20).upper() == "PA":
@@ -736,8 +883,9 @@ def immunization(seg: Segment, st: State) -> None:
 
 def route(seg: Segment, st: State) -> None:
     target = st.immunization if st.immunization is not None and st.medication is None else st.medication
-    rt, site = _cwe(seg, 1, st, check=False), _cwe(seg, 2, st, check=False)
+    rt, site = _cwe(seg, 1, st), _cwe(seg, 2, st)
     if target is None:
+        _unused(seg, st, "no immunization or medication")
         return
     if target["resourceType"] == "Immunization":
         if rt:
@@ -765,13 +913,12 @@ def medication(seg: Segment, st: State) -> None:
                      "id": ctx.rid("MedicationRequest", st.order_key or f"RXE|{seg.index}|{st.message_time}"),
                      "identifier": (st.order or {}).get("identifier"), "status": status, "intent": "order",
                      "medicationCodeableConcept": med, "subject": st.subject(), "encounter": st.ref(st.encounter),
-                     "authoredOn": (st.order or {}).get("authoredOn"), "requester": (st.order or {}).get("requester")}
+                     "authoredOn": (st.order or {}).get("authoredOn"), "requester": (st.order or {}).get("requester"),
+                     "contained": (st.order or {}).get("contained")}
     dose: Resource = {}
     amount = dt.decimal(seg.value(3))
     if amount is not None:
-        q: Resource = {"value": amount}
-        dt.add_unit(q, seg.value(5, 1), seg.value(5, 2) or seg.value(5, 1), ctx, "RXE-5")
-        dose["doseAndRate"] = [{"doseQuantity": q}]
+        dose["doseAndRate"] = [{"doseQuantity": {"value": amount, **_unit(seg, 5, st)}}]
     text = seg.text(1) if seg.value(1, 2) else ""
     instructions = "; ".join(dt.unescape_text(r, seg.seps) for r in seg.reps(21)) or seg.value(7, 2)
     if instructions or text:
@@ -781,9 +928,7 @@ def medication(seg: Segment, st: State) -> None:
     dispense: Resource = {}
     qty = dt.decimal(seg.value(10))
     if qty is not None:
-        q = {"value": qty}
-        dt.add_unit(q, seg.value(11, 1), seg.value(11, 2) or seg.value(11, 1), ctx, "RXE-11")
-        dispense["quantity"] = q
+        dispense["quantity"] = {"value": qty, **_unit(seg, 11, st)}
     refills = dt.decimal(seg.value(12))
     if isinstance(refills, int):
         dispense["numberOfRepeatsAllowed"] = refills
@@ -804,10 +949,16 @@ def medication_order(seg: Segment, st: State) -> None:
         return
     if st.order is not None:
         st.order["_consumed"] = True
+    order = st.order or {}
     res: Resource = {"resourceType": "MedicationRequest",
                      "id": ctx.rid("MedicationRequest", st.order_key or f"RXO|{seg.index}|{st.message_time}"),
-                     "status": vocab.MEDREQ_STATUS.get((st.order or {}).get("status", ""), "unknown"),
-                     "intent": "order", "medicationCodeableConcept": med, "subject": st.subject()}
+                     "identifier": order.get("identifier"),
+                     "status": vocab.MEDREQ_STATUS.get(order.get("status", ""), "unknown"),
+                     "intent": "order", "medicationCodeableConcept": med, "subject": st.subject(),
+                     "encounter": st.ref(st.encounter), "authoredOn": order.get("authoredOn"),
+                     "requester": order.get("requester"), "contained": order.get("contained")}
+    if order.get("requisition"):
+        res["groupIdentifier"] = order["requisition"]  # ORC-4 placer group number
     st.medication = st.add(drop_empty(res))
     st.notable = st.medication
 
@@ -830,7 +981,7 @@ def appointment(seg: Segment, st: State) -> None:
     reason = _cwe(seg, 7, st)
     if reason:
         res["reasonCode"] = [reason]
-    atype = _cwe(seg, 8, st, check=False)
+    atype = _cwe(seg, 8, st)
     if atype:
         res["appointmentType"] = atype
     start = end = None
@@ -853,9 +1004,10 @@ def appointment(seg: Segment, st: State) -> None:
 def resource(seg: Segment, st: State) -> None:
     """AIS/AIG/AIL/AIP -> Appointment.participant (or serviceType for AIS)."""
     if st.appointment is None:
+        _unused(seg, st, "no appointment")
         return
     if seg.name == "AIS":
-        svc = _cwe(seg, 3, st, check=False)
+        svc = _cwe(seg, 3, st)
         if svc:
             st.appointment.setdefault("serviceType", []).append(svc)
         start = _dt(seg, 4, st)
@@ -887,8 +1039,10 @@ def document(seg: Segment, st: State) -> None:
     if dtype:
         res["type"] = _v2("0270", dtype)
     created = ctx.ts(seg.value(4), "TXA-4")
-    if created and created.precision in ("second", "fraction", "minute", "hour"):
+    if created and created.instant is not None:
         res["date"] = created.fhir
+    elif created:
+        ctx.unmapped["TXA-4(date only: not an instant)"] += 1
     authors = [a for a in (dt.xcn_reference(r, seg.seps, ctx) for r in seg.reps(9) + seg.reps(5)) if a]
     if authors:
         res["author"] = authors
@@ -910,6 +1064,8 @@ def document_content(seg: Segment, st: State) -> None:
     """OBX in MDM -> DocumentReference.content (TX/FT/ST lines as text/plain; ED as its own media type)."""
     doc = st.document
     if doc is None:
+        if seg.reps(5):
+            raise QuarantineError("OBX with document content before any TXA (no DocumentReference to hold it)")
         st.ctx.unmapped["OBX(before TXA)"] += 1
         return
     vtype = seg.value(2).upper()
@@ -976,7 +1132,7 @@ def finish_documents(st: State) -> None:
                 res["participant"].insert(0, {"actor": st.ref(st.patient), "status": "accepted"})
             if bool(res.get("start")) != bool(res.get("end")):
                 _complete_appointment(res, st)
-        for key in [k for k, v in res.items() if v in (None, "", [], {}) and k != "content"]:
+        for key in [k for k, v in res.items() if (v is None or (not v and type(v) in _CONTAINERS)) and k != "content"]:
             del res[key]
         text = res.pop("_text", None)
         if text is not None:
@@ -1038,10 +1194,10 @@ ROLES: dict[str, Callable[[Segment, State], Any]] = {
 # Fields each role maps; other non-empty fields are reported as unmapped (e.g. "PID-9").
 MAPPED: dict[str, frozenset[int]] = {
     "PID": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 14, 15, 16, 19, 20, 24, 25, 29, 30}),
-    "PD1": frozenset({4}), "NK1": frozenset({1, 2, 3, 4, 5, 6}),
+    "PD1": frozenset({3, 4}), "NK1": frozenset({1, 2, 3, 4, 5, 6, 13}),
     "PV1": frozenset({1, 2, 3, 4, 7, 8, 9, 10, 14, 17, 19, 36, 44, 45}), "PV2": frozenset({3, 8, 9}),
-    "ORC": frozenset({1, 2, 3, 5, 9, 12}), "OBR": frozenset({1, 2, 3, 4, 5, 7, 8, 16, 22, 25, 27, 31, 32}),
-    "OBX": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 11, 14, 16, 17, 23}), "NTE": frozenset({1, 3}),
+    "ORC": frozenset({1, 2, 3, 4, 5, 9, 12, 21}), "OBR": frozenset({1, 2, 3, 4, 5, 7, 8, 16, 22, 25, 27, 31, 32}),
+    "OBX": frozenset({1, 2, 3, 4, 5, 6, 7, 8, 11, 14, 15, 16, 17, 23, 25}), "NTE": frozenset({1, 3}),
     "SPM": frozenset({1, 2, 4, 17, 18}), "TQ1": frozenset({1, 7, 8, 9}), "AL1": frozenset({1, 2, 3, 4, 5, 6}),
     "DG1": frozenset({1, 3, 4, 5, 20}), "PR1": frozenset({1, 3, 5}),
     "RXA": frozenset({1, 2, 3, 5, 6, 7, 9, 10, 15, 16, 17, 18, 20, 21}), "RXR": frozenset({1, 2}),
@@ -1050,4 +1206,10 @@ MAPPED: dict[str, frozenset[int]] = {
     "AIL": frozenset({1, 3}), "AIP": frozenset({1, 3}),
     "TXA": frozenset({1, 2, 4, 5, 9, 10, 12, 13, 17}), "MRG": frozenset({1, 7}),
     "MSH": frozenset({1, 2, 3, 4, 7, 9, 10, 11, 12, 18}), "EVN": frozenset({1, 2}),
+}
+# Roles that read fewer fields of their segment than the segment's main map: OBX as document content
+# (MDM) keeps only the content; OBR as an order (no report) has no report times or status.
+MAPPED_BY_ROLE: dict[str, frozenset[int]] = {
+    "document_content": frozenset({1, 2, 5}),
+    "order_detail": frozenset({1, 2, 3, 4, 5, 7, 16, 27, 31}),
 }

@@ -38,23 +38,34 @@ INTERPRETATION_V3 = frozenset({"<", ">", "A", "AA", "B", "D", "H", "HH", "HU", "
                                "NCL", "NEG", "NR", "ND", "POS", "QCF", "R", "RR", "S", "SDD", "SYN-R", "SYN-S",
                                "TOX", "U", "VS", "W", "WR", "EX", "EXP", "HX", "LX", "IND", "E", "CAR", "DET",
                                "H>", "L<", "HM", "LM", "CARRIER", "UNE", "OBX"})
-# IG 0085: A C D F P X W mapped; ext: R/S -> preliminary, I/O -> registered, U/V -> final, B -> amended, N -> unknown.
+# IG 0085 (ObservationResultStatusCodesInterpretation): A C D F P X W mapped. The IG leaves B I N O R S U V
+# unmapped; ext where the v2 definition names a FHIR status plainly: R (entered, not verified) and S (partial)
+# -> preliminary, I (specimen in lab) and O (order detail, no result) -> registered, U (changed to final) and
+# V (verified final) -> final, B (appended to a final) -> amended; N (not asked) -> unknown (plus
+# dataAbsentReason not-asked). Empty OBX-11 (required) or a code outside 0085 -> unknown, reported.
 OBSERVATION_STATUS = {"A": "amended", "C": "corrected", "D": "entered-in-error", "F": "final", "P": "preliminary",
                       "X": "cancelled", "W": "entered-in-error",
                       "R": "preliminary", "S": "preliminary", "I": "registered", "O": "registered", "U": "final",
                       "V": "final", "B": "amended", "N": "unknown"}
-# IG 0123: O I S registered, P preliminary, C corrected, R partial, F final, X cancelled;
-# ext: A/M -> partial, N -> registered, Y/Z (no order / no patient on record) -> unknown.
+# IG 0123 (ResultStatus[Non-Queries]): O I S registered, P preliminary, C corrected, R partial, F final,
+# X cancelled. ext (IG: unmapped): A (some results) and M (corrected, not final) -> partial, N (procedure
+# done, results pending) -> registered; Y/Z (no order / no patient on record; IG: "if not mapped, error")
+# -> unknown with an issue. Empty OBR-25 -> unknown, reported.
 REPORT_STATUS = {"O": "registered", "I": "registered", "S": "registered", "P": "preliminary", "C": "corrected",
                  "R": "partial", "F": "final", "X": "cancelled",
                  "A": "partial", "M": "partial", "N": "registered", "Y": "unknown", "Z": "unknown"}
 REPORT_RANK = {"registered": 0, "partial": 1, "preliminary": 2, "final": 3, "amended": 4, "corrected": 4,
                "appended": 4, "cancelled": 5, "entered-in-error": 6, "unknown": -1}
-ORDER_CONTROL_STATUS = {"NW": "active", "OK": "active", "SC": "active", "XO": "active", "XX": "active",
-                        "RP": "active", "RO": "active", "CA": "revoked", "OC": "revoked", "CR": "revoked",
-                        "DC": "revoked", "OD": "revoked", "DR": "revoked", "HD": "on-hold", "OH": "on-hold",
-                        "RL": "active", "OR": "active", "CH": "active", "RE": "completed", "SN": "draft",
-                        "PA": "active", "NA": "active"}
+# IG OrderControlCode[ServiceRequest.status] (0119; used when ORC-5 is empty): CA/HD are *requests*
+# (cancel/hold requested, not yet done) -> active, as the IG maps them; CR DC DF DR OC OD -> revoked,
+# HR OH -> on-hold, FU -> completed. ext: codes the IG leaves unmapped but whose meaning is plain.
+ORDER_CONTROL_STATUS = {"NW": "active", "OK": "active", "CA": "active", "HD": "active", "RL": "active",
+                        "RO": "active", "AF": "active", "PR": "active", "PY": "active", "RQ": "active",
+                        "CR": "revoked", "DC": "revoked", "DF": "revoked", "DR": "revoked", "OC": "revoked",
+                        "OD": "revoked", "HR": "on-hold", "OH": "on-hold", "FU": "completed",
+                        # ext (IG: unmapped)
+                        "SC": "active", "XO": "active", "XX": "active", "RP": "active", "OR": "active",
+                        "CH": "active", "PA": "active", "NA": "active", "RE": "completed", "SN": "draft"}
 ORDER_STATUS = {"A": "active", "CA": "revoked", "CM": "completed", "DC": "revoked", "ER": "entered-in-error",
                 "HD": "on-hold", "IP": "active", "RP": "revoked", "SC": "active"}
 MEDREQ_STATUS = {"active": "active", "revoked": "cancelled", "on-hold": "on-hold", "completed": "completed",
