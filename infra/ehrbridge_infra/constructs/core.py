@@ -5,13 +5,7 @@ the alarm topic and the shared Lambda layer.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import aws_cdk as cdk
-import jsii
 from aws_cdk import Acknowledgment, Validations
 from aws_cdk import aws_backup as backup
 from aws_cdk import aws_dynamodb as dynamodb
@@ -26,38 +20,8 @@ from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from ehrbridge import resources as spec
-from ehrbridge_infra.constants import LAMBDA_PYTHON_VERSION, LAYER_SOURCE, LOG_RETENTION_DAYS, REPO_ROOT
-
-# Provided by the Lambda runtime; keeping them out keeps the layer small.
-_EXCLUDED_FROM_LAYER = {"boto3", "botocore", "s3transfer", "jmespath", "urllib3", "python-dateutil", "six"}
-
-
-@jsii.implements(cdk.ILocalBundling)
-class PipLayerBundler:
-    """Builds the layer without Docker: pip --platform for the Lambda runtime, then our package."""
-
-    def __init__(self, python_version: str = LAMBDA_PYTHON_VERSION, platform: str = "manylinux2014_aarch64") -> None:
-        self.python_version = python_version
-        self.platform = platform
-
-    def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_kwargs: object) -> bool:
-        import tomllib
-
-        project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-        requirements = [r for r in project["dependencies"]
-                        if r.split("[")[0].split(">")[0].split("=")[0].strip().lower() not in _EXCLUDED_FROM_LAYER]
-        target = Path(output_dir) / "python"
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target),
-                        "--platform", self.platform, "--only-binary=:all:", "--implementation", "cp",
-                        "--python-version", self.python_version, *requirements], check=True)
-        shutil.copytree(LAYER_SOURCE / "ehrbridge", target / "ehrbridge",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
-        # Only the R4B models are used: trimming the rest cuts the layer by ~18 MB.
-        models = target / "fhir" / "resources"
-        for child in models.iterdir() if models.exists() else []:
-            if child.is_dir() and child.name not in {"R4B", "core", "__pycache__"}:
-                shutil.rmtree(child)
-        return True
+from ehrbridge_infra.constants import LAMBDA_PYTHON_VERSION, LAYER_SOURCE, LOG_RETENTION_DAYS
+from ehrbridge_infra.packaging import PipLayerBundler
 
 
 class CoreResources(Construct):
@@ -76,7 +40,16 @@ class CoreResources(Construct):
             conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
                                     f"arn:{cdk.Aws.PARTITION}:logs:{region}:{cdk.Aws.ACCOUNT_ID}:*"}}))
 
-        self.alarm_topic = sns.Topic(self, "AlarmTopic", master_key=self.key, enforce_ssl=True,
+        # Alarm notifications hold alarm names and states, no PHI: their own key, so CloudWatch (which
+        # must encrypt what it publishes to an encrypted topic) is never granted the data key.
+        self.alarm_key = kms.Key(self, "AlarmKey", enable_key_rotation=True,
+                                 description="ehrbridge: alarm notifications topic",
+                                 removal_policy=cdk.RemovalPolicy.RETAIN)
+        self.alarm_key.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchAlarmsPublishToEncryptedTopic",
+            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")], resources=["*"]))
+        self.alarm_topic = sns.Topic(self, "AlarmTopic", master_key=self.alarm_key, enforce_ssl=True,
                                      display_name="ehrbridge alarms")
 
         self._network()
@@ -221,4 +194,4 @@ class CoreResources(Construct):
         return env
 
 
-__all__ = ["LOG_RETENTION_DAYS", "CoreResources", "PipLayerBundler"]
+__all__ = ["LOG_RETENTION_DAYS", "CoreResources"]

@@ -28,6 +28,7 @@ from ehrbridge import resources as spec
 from ehrbridge.contracts.tenant import SECRET_PREFIX
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
+from ehrbridge_infra.nag import iam5_resource
 
 RUNBOOK = "docs/runbooks/onboarding-a-tenant.md#alarms"
 
@@ -67,16 +68,14 @@ class TokenRefresh(Construct):
         # The tenant list is a scan of the state table's config items.
         role.add_to_principal_policy(iam.PolicyStatement(actions=["dynamodb:Scan"],
                                                          resources=[core.tables["state"].table_arn]))
+        # Ids rendered from the same ARNs: they match with and without a concrete account/region.
         Validations.of(self.refresher).acknowledge(
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
-                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*]",
+            Acknowledgment(id=iam5_resource(stack, f"{secrets_arn}/*"),
                            reason="Reads the secrets of every onboarded tenant (tenants are added at runtime) "
                                   "and nothing outside the ehrbridge/tenants/ prefix."),
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
-                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*/token-*]",
+            Acknowledgment(id=iam5_resource(stack, f"{secrets_arn}/*/token-*"),
                            reason="Writes only the per-tenant token secrets (the suffix is Secrets Manager's)."),
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
-                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*/credentials-*]",
+            Acknowledgment(id=iam5_resource(stack, f"{secrets_arn}/*/credentials-*"),
                            reason="Stores a rotated refresh token where a vendor app issues them."),
             Acknowledgment(id="HIPAA.Security-LambdaDLQ",
                            reason="Invoked by EventBridge Scheduler every minute without retries: a failed run is "

@@ -241,6 +241,10 @@ class TokenRefresher:
         now = self.clock()
         remaining = max(0.0, token.remaining(now)) if token is not None else 0.0
         emit_metric("TokenSecondsRemaining", tenant=tenant_id, value=remaining, unit=MetricUnit.Seconds)
+        # Health relative to the tenant's own lifetime (10 s tokens are normal at some vendors): the alarm's input.
+        lifetime = token.lifetime_s if token is not None else 0.0
+        emit_metric("TokenLifetimeRemainingRatio", tenant=tenant_id,
+                    value=round(min(1.0, remaining / lifetime), 4) if lifetime > 0 else 0.0, unit=MetricUnit.NoUnit)
         if token is not None:
             emit_metric("TokenAgeSeconds", tenant=tenant_id, value=max(0.0, now - token.issued_at),
                         unit=MetricUnit.Seconds)
