@@ -138,8 +138,11 @@ def find_runtime_python(python_version: str = LAMBDA_PYTHON_VERSION) -> str | No
     for candidate in candidates:
         if not candidate:
             continue
-        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                               capture_output=True, text=True, check=False)
+        try:
+            probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                   capture_output=True, text=True, check=False, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
         if probe.returncode == 0 and probe.stdout.strip() == python_version:
             return candidate
     return None

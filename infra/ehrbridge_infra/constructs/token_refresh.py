@@ -26,6 +26,7 @@ from constructs import Construct
 
 from ehrbridge import resources as spec
 from ehrbridge.contracts.tenant import SECRET_PREFIX
+from ehrbridge.observability import names
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
 from ehrbridge_infra.nag import iam5_resource
@@ -48,7 +49,8 @@ def _insights(aggregate: str, metric: str, label: str, *, worst_tenant: bool = F
 
 class TokenRefresh(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, core: CoreResources,
-                 failure_threshold: int = 3, unauthorized_threshold: int = 5) -> None:
+                 failure_threshold: int = 3, unauthorized_threshold: int = 5,
+                 token_ratio_threshold: float = 0.1) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         fn_spec = spec.function("token_refresh")
@@ -119,9 +121,13 @@ class TokenRefresh(Construct):
               unauthorized_threshold, ge, f"{unauthorized_threshold}+ FHIR 401s for one tenant in 5 minutes")
         alarm("UnauthorizedAfterRefresh", _insights("SUM", "UnauthorizedAfterRefresh", "401 after a fresh token"),
               1, ge, "a freshly refreshed token was refused: credentials revoked or app disabled at the site")
-        alarm("TokenAge", _insights("MIN", "TokenSecondsRemaining", "least time left on any token"),
-              30, cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-              "a tenant's token is about to expire (or has) without being refreshed", evaluation_periods=2)
+        # Relative to each tenant's own lifetime: a vendor issuing 30 s tokens is healthy at 20 s left,
+        # one issuing 1 h tokens is not. The refresher emits the ratio (seconds left / lifetime).
+        alarm("TokenAge", _insights("MIN", names.TOKEN_LIFETIME_REMAINING_RATIO.name,
+                                    "least share of its lifetime left on any token"),
+              token_ratio_threshold, cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+              f"a tenant's token has under {token_ratio_threshold:.0%} of its lifetime left (or has expired) "
+              "twice in a row without being refreshed", evaluation_periods=2)
         alarm("ResourceDenied", _insights("SUM", "ResourceDenied", "403 denials",
                                           dimensions="service, tenant, resource_type"),
               1, ge, "a FHIR server answered 403 for a granted resource type; the type is skipped until fixed")
@@ -152,18 +158,21 @@ class TokenRefresh(Construct):
                 allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD,
                 cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED),
             minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021,
-            price_class=cloudfront.PriceClass.PRICE_CLASS_100)
+            price_class=cloudfront.PriceClass.PRICE_CLASS_100,
+            # Every viewer request, cache hits included (the bucket's own logs see only origin fetches).
+            enable_logging=True, log_bucket=core.access_logs, log_file_prefix="cloudfront/jwks/")
         Validations.of(self.jwks_distribution).acknowledge(
             Acknowledgment(id="AwsSolutions-CFR1",
                            reason="EHR vendors fetch the JWKS from their own regions; public keys need no geo "
                                   "restriction."),
             Acknowledgment(id="AwsSolutions-CFR2",
-                           reason="Static, public, read-only JSON (public keys); a WAF adds cost, not protection."),
-            Acknowledgment(id="AwsSolutions-CFR3",
-                           reason="Origin requests are logged by the bucket's server access logs."),
+                           reason="Serves one static public JSON document per tenant (GET/HEAD only, from an S3 "
+                                  "origin); there is no application behind it for a WAF to protect."),
             Acknowledgment(id="AwsSolutions-CFR4",
-                           reason="The default CloudFront domain certificate; attach a custom domain + TLS 1.2 "
-                                  "certificate per deployment (docs/runbooks/key-rotation.md)."))
+                           reason="Uses the default *.cloudfront.net certificate, with which CloudFront sets the "
+                                  "viewer TLS policy itself; the content is public keys. To enforce TLSv1.2_2021, "
+                                  "attach an ACM certificate and alias per deployment "
+                                  "(docs/runbooks/key-rotation.md)."))
         cdk.CfnOutput(self, "JwksBucketName", value=self.jwks_bucket.bucket_name,
                       description="EHRBRIDGE_JWKS_BUCKET for `ehrbridge keys rotate`")
         cdk.CfnOutput(self, "JwksBaseUrl", value=f"https://{self.jwks_distribution.distribution_domain_name}",
