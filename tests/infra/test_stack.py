@@ -176,5 +176,6 @@ def test_every_alarm_runbook_link_resolves(synth: Synth) -> None:
         for path, anchor in links:
             doc = REPO / path
             assert doc.is_file(), f"{name}: {path} does not exist"
-            if anchor:
-                assert anchor in _anchors(doc.read_text()), f"{name}: no section #{anchor} in {path}"
+            # A section of its own, not just a document: the on-call lands on what to do.
+            assert anchor, f"{name}: {path} without a #section"
+            assert anchor in _anchors(doc.read_text()), f"{name}: no section #{anchor} in {path}"
