@@ -54,8 +54,9 @@ class PipelineMonitoring(Construct):
             id="tenant", label="Tenant", type=cw.VariableType.PATTERN, value=TENANT_PATTERN,
             input_type=cw.VariableInputType.SELECT,
             values=cw.Values.from_values(*(cw.VariableValue(value=t) for t in tenants)) if tenants else
+            # Every tenant, HL7 or FHIR, passes the normalizer: the tenants seen there in the last hours.
             cw.Values.from_search(f'{{{names.NAMESPACE},service,tenant,message_type}} '
-                                  f'MetricName="{names.HL7_INGESTED.name}"', "tenant"),
+                                  f'MetricName="{names.NORMALIZED.name}"', "tenant"),
             default_value=cw.DefaultValue.value(tenants[0]) if tenants else cw.DefaultValue.FIRST)
         self.overview = cw.Dashboard(self, "Overview", dashboard_name=f"{core.prefix}-overview",
                                      default_interval=cdk.Duration.hours(3))
