@@ -25,6 +25,8 @@ class StageConfig(BaseModel):
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,15}$")
     account: str | None = Field(default=None, pattern=r"^\d{12}$")
     region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    # Two AZs for the VPC; default "<region>a", "<region>b" (no account lookup at synth).
+    availability_zones: tuple[str, ...] = ()
     alarm_emails: tuple[str, ...] = ()
     tenants_dir: str | None = None  # relative to the repository root
     mllp_allowed_cidrs: tuple[str, ...] = ()
@@ -39,6 +41,13 @@ class StageConfig(BaseModel):
             network = ipaddress.ip_network(cidr, strict=True)
             if network.prefixlen == 0:
                 raise ValueError("mllp_allowed_cidrs must name sender networks, not the whole internet")
+        return value
+
+    @field_validator("availability_zones")
+    @classmethod
+    def _zones(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if value and len(value) < 2:
+            raise ValueError("availability_zones: name at least two (the NLB and the functions span them)")
         return value
 
     @field_validator("alarm_emails")

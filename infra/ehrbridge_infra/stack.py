@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aws_cdk as cdk
+from aws_cdk import Acknowledgment, Validations
 from constructs import Construct
 
 from ehrbridge_infra.config import StageConfig
@@ -30,3 +31,17 @@ class EhrbridgeStack(cdk.Stack):
                                             desired_count=config.bridge_desired_count)
         cdk.Tags.of(self).add("app", "ehrbridge")
         cdk.Tags.of(self).add("data-classification", "phi")
+        if not cdk.Token.is_unresolved(self.region):
+            Validations.of(self).acknowledge(Acknowledgment(
+                id="CloudFormation-Validate::W3010",
+                reason="The subnets' AZs are named on purpose (availability_zones below): a concrete-environment "
+                       "synth must not depend on an account lookup that `cdk deploy --app cdk.out` cannot do."))
+
+    @property
+    def availability_zones(self) -> list[str]:
+        """With a concrete region CDK would look the AZs up in the account at synth; without credentials it
+        writes placeholders ("dummy1a") that `cdk deploy --app cdk.out` cannot resolve. Name them instead:
+        the stage's, or "<region>a", "<region>b" (present in every region)."""
+        if cdk.Token.is_unresolved(self.region):
+            return super().availability_zones  # environment-agnostic: Fn::GetAZs at deploy
+        return list(self.config.availability_zones) or [f"{self.region}a", f"{self.region}b"]

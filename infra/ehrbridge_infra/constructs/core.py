@@ -66,6 +66,7 @@ class CoreResources(Construct):
     def _network(self) -> None:
         flow_logs = logs.LogGroup(self, "FlowLogs", encryption_key=self.key,
                                   retention=logs.RetentionDays.ONE_YEAR, removal_policy=cdk.RemovalPolicy.RETAIN)
+        # Two AZs: the stack's (EhrbridgeStack names them, so a concrete synth looks nothing up).
         self.vpc = ec2.Vpc(self, "Vpc", max_azs=2, nat_gateways=1, restrict_default_security_group=True,
                            subnet_configuration=[
                                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC,
