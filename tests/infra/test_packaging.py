@@ -77,6 +77,20 @@ def test_byte_code_needs_an_interpreter_of_the_runtime_version(tmp_path: Path, m
     assert not list(tmp_path.rglob("*.pyc"))  # never byte-code of another version
 
 
+def test_byte_code_is_written_by_an_interpreter_of_the_target_version(tmp_path: Path) -> None:
+    """The compile path itself, with this interpreter standing in for the runtime's version."""
+    import sys
+
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("X = 1\n")
+    assert packaging.compile_bytecode(tmp_path, version) is True
+    [pyc] = list(tmp_path.rglob("*.pyc"))
+    assert pyc.name == f"m.cpython-{version.replace('.', '')}.pyc"
+    # unchecked-hash: flags word 0b01 (hash-based, do not check the source)
+    assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b01
+
+
 def _asset_dir(synth: Synth, s3_key: object) -> Path:
     """The bundled directory behind an S3 key of the template (``<hash>.zip`` -> ``asset.<hash>``)."""
     assert isinstance(s3_key, str), s3_key
