@@ -42,6 +42,8 @@ def insights(metric: MetricName, aggregate: str, label: str, *, period: cdk.Dura
         query += " WHERE " + " AND ".join(f"{key} = '{value}'" for key, value in sorted(where.items()))
     if group_by:
         query += f" GROUP BY {', '.join(group_by)}"
+        # One series per group: a dynamic label names each (a fixed label would repeat on every line).
+        label = f"{label} " + " ".join(f"${{PROP('Dim.{dim}')}}" for dim in group_by)
     if top is not None:
         query += f" ORDER BY {aggregate}() DESC LIMIT {top}"
     return cw.MathExpression(expression=query, label=label, period=period or cdk.Duration.minutes(5),
