@@ -30,21 +30,17 @@ from ehrbridge.observability import names
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
 from ehrbridge_infra.nag import iam5_resource
+from ehrbridge_infra.observability import insights
 
 RUNBOOK = "docs/runbooks/onboarding-a-tenant.md#alarms"
 
 
-def _insights(aggregate: str, metric: str, label: str, *, worst_tenant: bool = False,
-              dimensions: str = "service, tenant") -> cw.MathExpression:
-    """Metrics Insights over every tenant (tenants are data, not deploy-time constants).
-
-    ``dimensions`` must be the metric's exact dimension set (emit_metric: service, tenant [+ one]).
-    ``worst_tenant``: group by tenant and keep the top one, so a cluster at one tenant alarms.
-    """
-    query = f'SELECT {aggregate}({metric}) FROM SCHEMA("ehrbridge", {dimensions})'  # noqa: S608 - constants
-    if worst_tenant:
-        query += f" GROUP BY tenant ORDER BY {aggregate}() DESC LIMIT 1"
-    return cw.MathExpression(expression=query, label=label, period=cdk.Duration.minutes(5))
+def _insights(aggregate: str, metric: names.MetricName, label: str, *, worst_tenant: bool = False) -> cw.MathExpression:
+    """Metrics Insights over every tenant (tenants are data, not deploy-time constants), on the metric's
+    emitted dimension set. ``worst_tenant``: group by tenant and keep the top one, so a cluster at one
+    tenant alarms."""
+    return insights(metric, aggregate, label, group_by=("tenant",) if worst_tenant else (),
+                    top=1 if worst_tenant else None)
 
 
 class TokenRefresh(Construct):
@@ -113,23 +109,22 @@ class TokenRefresh(Construct):
             self.alarms[name] = created
 
         ge = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
-        alarm("RefreshFailures", _insights("MAX", "TokenRefreshConsecutiveFailures",
+        alarm("RefreshFailures", _insights("MAX", names.TOKEN_REFRESH_CONSECUTIVE_FAILURES,
                                            "worst consecutive refresh failures"),
               failure_threshold, ge, f"a tenant's token refresh failed {failure_threshold}+ times in a row")
         alarm("Unauthorized401Cluster",
-              _insights("SUM", "Unauthorized401", "401s of the worst tenant", worst_tenant=True),
+              _insights("SUM", names.UNAUTHORIZED_401, "401s of the worst tenant", worst_tenant=True),
               unauthorized_threshold, ge, f"{unauthorized_threshold}+ FHIR 401s for one tenant in 5 minutes")
-        alarm("UnauthorizedAfterRefresh", _insights("SUM", "UnauthorizedAfterRefresh", "401 after a fresh token"),
+        alarm("UnauthorizedAfterRefresh", _insights("SUM", names.UNAUTHORIZED_AFTER_REFRESH, "401 after a fresh token"),
               1, ge, "a freshly refreshed token was refused: credentials revoked or app disabled at the site")
         # Relative to each tenant's own lifetime: a vendor issuing 30 s tokens is healthy at 20 s left,
         # one issuing 1 h tokens is not. The refresher emits the ratio (seconds left / lifetime).
-        alarm("TokenAge", _insights("MIN", names.TOKEN_LIFETIME_REMAINING_RATIO.name,
+        alarm("TokenAge", _insights("MIN", names.TOKEN_LIFETIME_REMAINING_RATIO,
                                     "least share of its lifetime left on any token"),
               token_ratio_threshold, cw.ComparisonOperator.LESS_THAN_THRESHOLD,
               f"a tenant's token has under {token_ratio_threshold:.0%} of its lifetime left (or has expired) "
               "twice in a row without being refreshed", evaluation_periods=2)
-        alarm("ResourceDenied", _insights("SUM", "ResourceDenied", "403 denials",
-                                          dimensions="service, tenant, resource_type"),
+        alarm("ResourceDenied", _insights("SUM", names.RESOURCE_DENIED, "403 denials"),
               1, ge, "a FHIR server answered 403 for a granted resource type; the type is skipped until fixed")
         alarm("RefresherNotRunning", fn.metric_invocations(period=cdk.Duration.minutes(5), statistic="Sum"),
               1, cw.ComparisonOperator.LESS_THAN_THRESHOLD, "the token refresher has not run for 5 minutes",
