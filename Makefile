@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test bench lint synth deploy clean install
+.PHONY: demo test bench chaos lint synth deploy clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
+
+## Chaos suite on the local twin: per scenario, messages in / delivered / quarantined / dead-lettered /
+## duplicated / lost (fails unless lost = 0 and duplicated = 0). A short form runs inside `make test`.
+chaos: $(STAMP)
+	$(BIN)/ehrbridge local chaos
 
 ## Benchmarks: each prints its figures and the ratio to its baseline, measured in the same run.
 bench: $(STAMP)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CORPUS = SHARED / "hl7corpus"
+# The HL7 v2 test corpus lives in the repository (origin and licence of each file: SOURCES.md there).
+CORPUS = REPO / "tests" / "data" / "hl7corpus"
 
 # No test may reach a real AWS endpoint: fake credentials and loopback only.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

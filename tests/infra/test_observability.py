@@ -160,7 +160,7 @@ def test_quarantine_is_a_work_list_alarmed_on_new_items_per_tenant_and_reason(sy
     assert 'SUM("Quarantined") FROM SCHEMA("ehrbridge", service, tenant, reason)' in query
     assert "GROUP BY tenant, reason" in query and "LIMIT 1" in query
     assert alarm["Threshold"] >= 1 and alarm["AlarmActions"] and alarm["OKActions"]
-    assert "new-quarantines" in alarm["AlarmDescription"]
+    assert "quarantine.md#quarantine-new" in alarm["AlarmDescription"]
 
 
 def test_token_health_is_judged_against_each_tenants_lifetime(synth: Synth) -> None:

@@ -128,7 +128,7 @@ class PipelineMonitoring(Construct):
             comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             alarm_description="New quarantined messages for a tenant and reason: work for the data steward "
-                              f"(runbook: {RUNBOOK}#new-quarantines)"))
+                              "(runbook: docs/runbooks/quarantine.md#quarantine-new)"))
         self.new_quarantines_alarm.add_ok_action(self.action)
 
     # ---- widgets --------------------------------------------------------------------------------

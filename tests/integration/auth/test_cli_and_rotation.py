@@ -60,7 +60,7 @@ def test_tenants_check_passes_with_a_full_grant_and_fails_clearly_without_a_toke
     ok = CliRunner().invoke(app, ["tenants", "check", str(_yaml(tmp_path, sandbox))])
     assert ok.exit_code == 0 and "result: ok" in ok.output
     bad = CliRunner().invoke(app, ["tenants", "check", str(_yaml(tmp_path, sandbox, client_id="not-registered"))])
-    assert bad.exit_code == 1 and "token: FAILED (invalid_client)" in bad.output
+    assert bad.exit_code == 1 and "token: FAILED (invalid_client: unknown client (" in bad.output
 
 
 def test_tenants_add_list_show_remove_on_the_twin(tmp_path: Path, twin: Any, sandbox: SandboxEHR) -> None:

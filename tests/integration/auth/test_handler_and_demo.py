@@ -37,7 +37,7 @@ def test_scheduled_handler_refreshes_due_tenants_once(twin: Any, sandbox: Sandbo
     handler = load_handler(REPO / "functions" / "token_refresh" / "handler.py")
     event = {"source": "aws.scheduler", "detail-type": "Scheduled Event"}
     first = handler(event, _Context())
-    assert first == {"refreshed": 1, "fresh": 0, "throttled": 0, "failed": 0, "skipped": 0}
+    assert first == {"refreshed": 1, "fresh": 0, "throttled": 0, "failed": 0, "skipped": 0, "on_demand": 0}
     second = handler(event, _Context())  # a minute later in real life: the token is still fresh
     assert second["fresh"] == 1 and second["refreshed"] == 0
     assert sandbox.token_requests() == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,7 @@ from ehrbridge.mllp.app import AwsTargets, build_bridge
 from ehrbridge.mllp.certs import LocalPki, make_test_pki
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge
 from tests import support
+from tests.conftest import CORPUS
 
 ORU = (b"MSH|^~\\&|DEMOLAB|LABFAC|EHRBRIDGE|HOSP|20240102030405||ORU^R01^ORU_R01|{cid}|P|2.5.1\r"
        b"PID|1||MRN{n}^^^MRN^MR||DOE^JANE||19800101|F\r"
@@ -90,4 +90,4 @@ def drain_queue(twin, name: str = "hl7-inbound") -> list[dict]:  # type: ignore[
 
 
 def sample(path: str) -> bytes:
-    return (Path(__file__).resolve().parents[3].parent / "shared" / "hl7corpus" / path).read_bytes()
+    return (CORPUS / path).read_bytes()

@@ -8,9 +8,8 @@ from pathlib import Path
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.hl7.message import split_messages
 from ehrbridge.normalize.engine import NormalizeResult, normalize_hl7
+from tests.conftest import CORPUS, REPO
 
-REPO = Path(__file__).resolve().parents[3]
-CORPUS = REPO.parent / "shared" / "hl7corpus"
 DEMO_TENANT = REPO / "events" / "tenants" / "demo-health.yaml"
 
 

@@ -70,12 +70,41 @@ def test_onboarding_rejects_invalid_config_before_storing_anything() -> None:
 def test_remove_deletes_config_and_credentials() -> None:
     tenants, creds = InMemoryTenantStore(), InMemoryCredentialStore()
     onboard(tenant(), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"))
-    assert remove("acme-health", tenants=tenants, credentials=creds)
+    assert remove("acme-health", tenants=tenants, credentials=creds).found
     with pytest.raises(TenantNotFound):
         tenants.get("acme-health")
     with pytest.raises(CredentialsError):
         creds.get("acme-health")
-    assert not remove("acme-health", tenants=tenants)
+    assert not remove("acme-health", tenants=tenants).found
+
+
+def test_remove_revokes_and_deletes_a_live_token_and_add_again_needs_a_decision() -> None:
+    import time
+
+    from pydantic import SecretStr
+
+    from ehrbridge.auth.credentials import SecretPendingDeletion
+    from ehrbridge.auth.tokens import CachedToken, InMemoryTokenStore
+
+    tenants, creds, tokens = InMemoryTenantStore(), InMemoryCredentialStore(), InMemoryTokenStore()
+    onboard(tenant(), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"), tokens=tokens)
+    now = time.time()
+    tokens.put("acme-health", CachedToken(access_token=SecretStr("live-1"), issued_at=now, expires_at=now + 300,
+                                          expires_in=300))
+    revoked: list[str] = []
+    result = remove("acme-health", tenants=tenants, credentials=creds, tokens=tokens,
+                    revoke=lambda cfg, cred, token: revoked.append(token) or "revoked")
+    assert revoked == ["live-1"] and result.revocation == "revoked" and result.token_deleted
+    assert tokens.get("acme-health") is None
+    with pytest.raises(SecretPendingDeletion):
+        onboard(tenant(), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"))
+    with pytest.raises(CredentialsError, match="needs new ones"):
+        onboard(tenant(), tenants=tenants, credentials=creds, pending="replace")
+    with pytest.raises(SecretPendingDeletion):  # the refused replace deleted nothing
+        creds.get("acme-health")
+    assert onboard(tenant(), tenants=tenants, credentials=creds, private_key_pem=pem("RS384"),
+                   pending="restore").credentials_action == "restored"
+    assert creds.get("acme-health").active_key() is not None
 
 
 def test_rotation_publishes_old_and_new_until_retired() -> None:

@@ -162,3 +162,61 @@ def test_assertion_audience_override_for_proxied_sites() -> None:
                          algorithms=["RS384"]).claims
     assert claims["aud"] == "https://proxy.example/oauth2/token"
     assert str(endpoint.requests[0].url) == TOKEN_URL
+
+
+def _revocation_server(revocation: bool, answer: int = 200) -> tuple[list[httpx.Request], httpx.MockTransport]:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("/.well-known/smart-configuration"):
+            config = {"token_endpoint": TOKEN_URL}
+            if revocation:
+                config["revocation_endpoint"] = "https://ehr.example/oauth2/revoke"
+            return httpx.Response(200, json=config)
+        if request.url.path == "/oauth2/revoke":
+            return httpx.Response(answer, json={} if answer == 200 else {"error": "invalid_client",
+                                                                          "error_description": "bad assertion"})
+        return httpx.Response(404)
+
+    return seen, httpx.MockTransport(handle)
+
+
+def test_revoke_posts_the_token_with_client_authentication_where_the_vendor_offers_rfc7009() -> None:
+    from urllib.parse import parse_qs
+
+    seen, transport = _revocation_server(revocation=True)
+    outcome = TokenClient(httpx.Client(transport=transport)).revoke(tenant(), credentials(), "access-123")
+    assert outcome == "revoked"
+    form = {k: v[0] for k, v in parse_qs(seen[-1].content.decode()).items()}
+    assert seen[-1].url.path == "/oauth2/revoke"
+    assert form["token"] == "access-123" and form["token_type_hint"] == "access_token"
+    assert form["client_assertion_type"].endswith("jwt-bearer") and form["client_assertion"]
+    assert "grant_type" not in form and "scope" not in form
+
+    _seen, refusing = _revocation_server(revocation=True, answer=401)
+    with pytest.raises(TokenEndpointError) as err:
+        TokenClient(httpx.Client(transport=refusing)).revoke(tenant(), credentials(), "access-123")
+    assert err.value.detail.startswith("invalid_client: bad assertion")
+
+    seen, plain = _revocation_server(revocation=False)
+    assert TokenClient(httpx.Client(transport=plain)).revoke(tenant(), credentials(), "access-123") == "not_supported"
+    assert all(not r.url.path.endswith("revoke") for r in seen)
+
+
+def test_network_errors_name_the_url_and_error_descriptions_are_kept() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client = TokenClient(httpx.Client(transport=httpx.MockTransport(refuse)), sleep=lambda s: None, max_attempts=1)
+    with pytest.raises(TokenEndpointError) as err:
+        client.request_token(tenant(), credentials(), ["system/Patient.rs"])
+    assert err.value.reason == "network" and TOKEN_URL in err.value.detail
+    with pytest.raises(TokenEndpointError) as err:
+        client.discover("https://ehr.example/fhir")
+    assert "https://ehr.example/fhir/.well-known/smart-configuration" in err.value.detail
+    clock = FakeClock()
+    endpoint = ScriptedEndpoint([(401, {"error": "invalid_client", "error_description": "signature\n invalid"}, {})])
+    with pytest.raises(TokenEndpointError) as err:
+        _client(endpoint, clock).request_token(tenant(), credentials(), ["system/Patient.rs"])
+    assert err.value.reason == "invalid_client" and err.value.detail.startswith("invalid_client: signature invalid")

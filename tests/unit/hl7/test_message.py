@@ -9,8 +9,8 @@ import hl7
 import pytest
 
 from ehrbridge.hl7.message import ParseError, Separators, parse, split_messages, unescape
+from tests.conftest import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "hl7corpus"
 SEPS = Separators()
 
 

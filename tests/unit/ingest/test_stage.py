@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,7 @@ from ehrbridge.contracts.claim_check import ClaimCheck
 from ehrbridge.contracts.envelope import Envelope, new_envelope, patient_key_for
 from ehrbridge.ingest.stage import Hl7Ingest
 from ehrbridge.pipeline.stages import Quarantine
-
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "hl7corpus"
+from tests.conftest import CORPUS
 
 ORU = (b"MSH|^~\\&|DEMOLAB|LABFAC|EHRBRIDGE|HOSP|20240102030405||ORU^R01^ORU_R01|{cid}|P|2.5.1\r"
        b"PID|1||MRN{n}^^^MRN^MR||DOE^JANE||19800101|F\r"

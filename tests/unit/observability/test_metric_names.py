@@ -30,20 +30,23 @@ class Emission:
         return bool(re.fullmatch(self.name, metric.name)) if self.is_pattern else self.name == metric.name
 
 
-def _names(node: ast.expr, loops: list[ast.For]) -> list[tuple[str, bool]]:
+def _names(node: ast.expr, loops: list[ast.For], constants: dict[str, str]) -> list[tuple[str, bool]]:
     """The metric name(s) a call's first argument can take; empty when it cannot be told statically."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [(node.value, False)]
     if isinstance(node, ast.JoinedStr):
         return [("".join(re.escape(v.value) if isinstance(v, ast.Constant) else ".+" for v in node.values), True)]
     if isinstance(node, ast.IfExp):
-        return _names(node.body, loops) + _names(node.orelse, loops)
+        return _names(node.body, loops, constants) + _names(node.orelse, loops, constants)
     # names.QUARANTINED.name / QUARANTINED.name
     if isinstance(node, ast.Attribute) and node.attr == "name":
         inner = node.value
         attr = inner.attr if isinstance(inner, ast.Attribute) else getattr(inner, "id", None)
         if attr and isinstance(getattr(names, attr, None), names.MetricName):
             return [(getattr(names, attr).name, False)]
+    # REMAINING_RATIO_METRIC = "TokenLifetimeRemainingRatio" at module level, then emit_metric(REMAINING_RATIO_METRIC)
+    if isinstance(node, ast.Name) and node.id in constants:
+        return [(constants[node.id], False)]
     # for decision, name in (("link", "IdentityLinked"), ...): emit_metric(name, ...)
     if isinstance(node, ast.Name):
         for loop in reversed(loops):
@@ -72,11 +75,15 @@ def emissions() -> list[Emission]:
     for path in SOURCES:
         if path.name == "__init__.py" and path.parent.name == "observability":
             continue  # the definitions themselves
-        for node, loops in _with_enclosing_loops(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        constants = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                     and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+                     for t in n.targets if isinstance(t, ast.Name)}
+        for node, loops in _with_enclosing_loops(tree):
             if not (isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None))
                     in ("emit_metric", "timed")) or not node.args:
                 continue
-            resolved = _names(node.args[0], loops)
+            resolved = _names(node.args[0], loops, constants)
             where = f"{path.relative_to(REPO)}:{node.lineno}"
             assert resolved, f"{where}: metric name must be a literal or a names entry"
             keywords = [k.arg for k in node.keywords if k.arg not in NOT_DIMENSIONS]

@@ -9,9 +9,9 @@ import pytest
 
 from ehrbridge.hl7.message import ParseError, parse, split_messages
 from ehrbridge.terminology import ucum
+from tests.conftest import CORPUS
 
 ucumvert = pytest.importorskip("ucumvert", reason="dev dependency (pyproject [dev]); the oracle for the subset")
-CORPUS = Path(__file__).resolve().parents[3].parent / "shared" / "hl7corpus"
 CURATED = ["mg/dL", "10*3/uL", "mm[Hg]", "{cells}/uL", "meq/L", "/min", "kg/m2", "%", "g/(24.h)", "mL/min/{1.73_m2}",
            "[IU]/L", "U/L", "fL", "Cel", "1", "ug/dL", "mmol/L", "[lb_av]", "[degF]", "10*6/uL", "pg", "s-1", "ng/mL",
            "mL/min", "10*9/L", "[arb'U]/mL", "[CFU]/mL", "mosm/kg", "[pH]", "cm[H2O]", "mm/h", "%{HbA1c}", "{ratio}",

@@ -26,6 +26,19 @@ class CredentialsError(RuntimeError):
     """Credentials are missing or unusable. Text names the tenant and the problem, never material."""
 
 
+class SecretPendingDeletion(CredentialsError):
+    """The tenant's secret exists but is scheduled for deletion (``tenants remove`` earlier).
+
+    Neither read nor silently overwritten: the operator restores it or replaces it, deliberately.
+    """
+
+    def __init__(self, tenant_id: str, name: str, deletion_date: datetime | None) -> None:
+        when = f" on {deletion_date:%Y-%m-%d %H:%M} UTC" if deletion_date else ""
+        super().__init__(f"the credentials secret of tenant {tenant_id} ({name}) is scheduled for deletion{when} "
+                         f"(tenant removed earlier)")
+        self.tenant_id, self.name, self.deletion_date = tenant_id, name, deletion_date
+
+
 class KeyMaterial(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
@@ -88,21 +101,41 @@ class CredentialStore(Protocol):
 
     def delete(self, tenant_id: str, *, recovery_days: int = 7) -> None: ...
 
+    def restore(self, tenant_id: str) -> None: ...
+
+    def purge(self, tenant_id: str) -> None: ...
+
 
 class InMemoryCredentialStore:
+    """Same semantics as Secrets Manager, deletion window included (for unit tests)."""
+
     def __init__(self) -> None:
         self._items: dict[str, str] = {}
+        self._deleted: dict[str, str] = {}
 
     def get(self, tenant_id: str) -> TenantCredentials:
+        if tenant_id in self._deleted:
+            raise SecretPendingDeletion(tenant_id, credentials_secret_name(tenant_id), None)
         if tenant_id not in self._items:
             raise CredentialsError(f"no credentials stored for tenant {tenant_id}")
         return TenantCredentials.from_secret_string(self._items[tenant_id], tenant_id)
 
     def put(self, tenant_id: str, credentials: TenantCredentials) -> None:
+        if tenant_id in self._deleted:
+            raise SecretPendingDeletion(tenant_id, credentials_secret_name(tenant_id), None)
         self._items[tenant_id] = credentials.to_secret_string()
 
     def delete(self, tenant_id: str, *, recovery_days: int = 7) -> None:
+        if tenant_id in self._items:
+            self._deleted[tenant_id] = self._items.pop(tenant_id)
+
+    def restore(self, tenant_id: str) -> None:
+        if tenant_id in self._deleted:
+            self._items[tenant_id] = self._deleted.pop(tenant_id)
+
+    def purge(self, tenant_id: str) -> None:
         self._items.pop(tenant_id, None)
+        self._deleted.pop(tenant_id, None)
 
 
 class SecretsManagerCredentialStore:
@@ -122,15 +155,63 @@ class SecretsManagerCredentialStore:
             value = self.sm.get_secret_value(SecretId=name)["SecretString"]
         except self.sm.exceptions.ResourceNotFoundException:
             raise CredentialsError(f"no credentials stored for tenant {tenant_id} ({name})") from None
+        except self.sm.exceptions.InvalidRequestException:
+            deletion = pending_deletion(self.sm, name)
+            if deletion is None:
+                raise
+            raise SecretPendingDeletion(tenant_id, name, deletion) from None
         return TenantCredentials.from_secret_string(value, tenant_id)
 
     def put(self, tenant_id: str, credentials: TenantCredentials) -> None:
-        put_secret(self.sm, credentials_secret_name(tenant_id), credentials.to_secret_string(),
-                   self.kms_key_id, tenant_id, "credentials")
+        name = credentials_secret_name(tenant_id)
+        try:
+            put_secret(self.sm, name, credentials.to_secret_string(), self.kms_key_id, tenant_id, "credentials")
+        except self.sm.exceptions.InvalidRequestException:
+            # Secrets Manager refuses a new version of a secret scheduled for deletion: the
+            # operator restores or replaces it deliberately (`tenants add --restore/--replace`).
+            deletion = pending_deletion(self.sm, name)
+            if deletion is None:
+                raise
+            raise SecretPendingDeletion(tenant_id, name, deletion) from None
 
     def delete(self, tenant_id: str, *, recovery_days: int = 7) -> None:
         with contextlib.suppress(self.sm.exceptions.ResourceNotFoundException):
             self.sm.delete_secret(SecretId=credentials_secret_name(tenant_id), RecoveryWindowInDays=recovery_days)
+
+    def restore(self, tenant_id: str) -> None:
+        """Cancel a scheduled deletion: the secret (all its keys and versions) comes back as it was."""
+        self.sm.restore_secret(SecretId=credentials_secret_name(tenant_id))
+
+    def purge(self, tenant_id: str) -> None:
+        """Delete now, without a recovery window, so a new secret of the same name can be created."""
+        purge_secret(self.sm, credentials_secret_name(tenant_id))
+
+
+def pending_deletion(sm: Any, name: str) -> datetime | None:
+    """When the secret is scheduled for deletion, that date; None if it is live or absent."""
+    from botocore.exceptions import ClientError
+
+    try:
+        described = sm.describe_secret(SecretId=name)
+    except ClientError:  # absent, or no DescribeSecret permission (the functions' roles): unknown
+        return None
+    deleted = described.get("DeletedDate")
+    return deleted if isinstance(deleted, datetime) or deleted is None else None
+
+
+def purge_secret(sm: Any, name: str, *, wait_s: float = 30.0) -> None:
+    """Force-delete a secret and wait until its name is free (deletion is asynchronous in AWS)."""
+    import time
+
+    with contextlib.suppress(sm.exceptions.ResourceNotFoundException):
+        sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            sm.describe_secret(SecretId=name)
+        except sm.exceptions.ResourceNotFoundException:
+            return
+        time.sleep(0.5)
 
 
 def put_secret(sm: Any, name: str, value: str, kms_key_id: str, tenant_id: str, kind: str) -> None:

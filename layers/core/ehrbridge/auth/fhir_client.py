@@ -2,6 +2,9 @@
 
 - Types the token was not granted (or that answered 403 before) are skipped without a call:
   a partial grant degrades coverage, it does not cause a retry loop.
+- Tokens are refreshed on demand: every attempt (retries included) takes the token from the
+  refresher, which refreshes it first when it is near expiry (single flight per tenant). A tenant
+  whose tokens live 10-60 s is served this way, without waiting for the schedule or a 401.
 - 401: count ``Unauthorized401`` (per tenant), refresh once through the same single-flight lock,
   retry once; a second 401 fails loudly (metric again, exception). 401 clusters alarm in CDK.
 - 403: the type is recorded as denied for the tenant (state table), alerted, and not retried.
@@ -121,14 +124,14 @@ class FhirClient:
             raise ScopeNotGranted(f"{resource_type} not granted to tenant {tenant_id}; skipped",
                                   resource_type=resource_type, code="not_granted")
         url, query = self._target(path_or_url, params)
-        response = self._send(method, url, query, token, resource_type)
+        response, token = self._send(method, url, query, token, resource_type)
         if response.status_code == 401:
             emit_metric("Unauthorized401", tenant=tenant_id)
             logger.warning("401 from FHIR server; refreshing once", extra={"tenant_id": tenant_id,
                                                                            "resource_type": resource_type})
             token = self.refresher.refresh(self.tenant, force=True,
                                            stale_access_token=token.access_token.get_secret_value())
-            response = self._send(method, url, query, token, resource_type)
+            response, token = self._send(method, url, query, token, resource_type)
             if response.status_code == 401:
                 emit_metric("Unauthorized401", tenant=tenant_id)
                 emit_metric("UnauthorizedAfterRefresh", tenant=tenant_id)
@@ -158,12 +161,16 @@ class FhirClient:
         return f"{self.base_url}/{path_or_url.lstrip('/')}", {**self._params, **(params or {})}
 
     def _send(self, method: str, url: str, query: dict[str, str] | None, token: CachedToken,
-              resource_type: str | None) -> httpx.Response:
-        headers = {**self._headers, "Authorization": f"Bearer {token.access_token.get_secret_value()}"}
+              resource_type: str | None) -> tuple[httpx.Response, CachedToken]:
+        """Send with bounded retries; returns the response and the token that was sent with it."""
         retryable = self.tenant.profile.retryable_statuses
         dimension = {"resource_type": resource_type} if resource_type else {}
         for attempt in range(1, self.max_attempts + 1):
             retry_after: float | None = None
+            if attempt > 1:
+                # A backoff can outlast a short-lived token: take a current one (refreshed on demand).
+                token = self.refresher.get_token(self.tenant)
+            headers = {**self._headers, "Authorization": f"Bearer {token.access_token.get_secret_value()}"}
             try:
                 with timed("FhirCallLatency", tenant=self.tenant.tenant_id, **dimension):
                     response = self.http.request(method, url, params=query, headers=headers)
@@ -175,7 +182,7 @@ class FhirClient:
             else:
                 emit_metric(f"FhirCall{response.status_code // 100}xx", tenant=self.tenant.tenant_id, **dimension)
                 if response.status_code not in retryable or attempt == self.max_attempts:
-                    return response
+                    return response, token
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), time.time(),
                                                 self.max_retry_after_s)
             delay = retry_after if retry_after is not None else random.uniform(0, min(8.0, 0.5 * 2 ** attempt))

@@ -6,6 +6,11 @@
   loses the race waits for the winner's token instead of asking the endpoint again.
 - A 429's ``Retry-After`` becomes ``not_before`` in the state table, so the next scheduled run
   does not storm the endpoint; our own per-minute budget (athena: 50/min) is checked first.
+- The schedule keeps long-lived tokens warm; a tenant whose tokens live shorter than the schedule
+  can bridge (10-60 s are seen in the field) is left to on-demand refresh by the FHIR client
+  (``get_token``: refreshed when near expiry, single flight per tenant). Token health is judged
+  relative to each tenant's lifetime: ``TokenLifetimeRemainingRatio`` (remaining / lifetime, 0..1)
+  per kept-warm tenant after each scheduled run; on-demand tenants count ``TokenOnDemand`` instead.
 - Backend clients re-run client_credentials; where an app holds a refresh token (user-facing
   vendor apps) the refresh grant is used and the rotated refresh token stored.
 """
@@ -26,15 +31,22 @@ from ehrbridge.auth.keys import KeyMaterialError
 from ehrbridge.auth.scopes import ScopeError, resource_permissions, scopes_for
 from ehrbridge.auth.state import RefreshState
 from ehrbridge.auth.token_endpoint import TokenClient, TokenEndpointError, TokenEndpointThrottled
-from ehrbridge.auth.tokens import CachedToken, TokenStore
+from ehrbridge.auth.tokens import REFRESH_SCHEDULE_S, CachedToken, TokenStore, kept_warm
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.observability import MetricUnit, emit_metric, logger
 
+# Metric names the CDK alarms and dashboards read (infra/ uses the same strings).
+REMAINING_RATIO_METRIC = "TokenLifetimeRemainingRatio"
+ON_DEMAND_METRIC = "TokenOnDemand"
+
 
 class RefreshFailed(RuntimeError):
-    def __init__(self, tenant_id: str, reason: str, *, retry_after: float | None = None) -> None:
-        super().__init__(f"token refresh failed for tenant {tenant_id}: {reason}")
+    def __init__(self, tenant_id: str, reason: str, *, retry_after: float | None = None,
+                 detail: str | None = None) -> None:
+        super().__init__(f"token refresh failed for tenant {tenant_id}: {detail or reason}")
         self.tenant_id, self.reason, self.retry_after = tenant_id, reason, retry_after
+        # For a person: the server's error_description and the URL called (reason is the short code).
+        self.detail = detail or reason
 
 
 class RefreshThrottled(RefreshFailed):
@@ -48,6 +60,7 @@ class RefreshSummary:
     throttled: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    on_demand: list[str] = field(default_factory=list)  # lifetime shorter than the schedule can keep warm
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in vars(self).items()}
@@ -67,8 +80,9 @@ class TokenRefresher:
     def __init__(self, *, credentials: CredentialStore, tokens: TokenStore, state: RefreshState,
                  token_client: TokenClient | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, lease_s: float = 90.0, peer_wait_s: float = 15.0,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None, schedule_s: float = REFRESH_SCHEDULE_S) -> None:
         self.credentials, self.tokens, self.state = credentials, tokens, state
+        self.schedule_s = schedule_s  # period of the scheduled refresh run
         self.token_client = token_client or TokenClient(clock=clock, sleep=sleep)
         self.clock, self.sleep = clock, sleep
         # The lease outlives a whole token request with its retries (budget 20 s + 4 x 10 s timeouts),
@@ -133,6 +147,14 @@ class TokenRefresher:
         ordered = sorted(enabled, key=lambda t: stable_fraction(t.tenant_id, "spread"))
         for tenant in ordered:
             tenant_id = tenant.tenant_id
+            current = self.tokens.get(tenant_id, fresh=True)
+            lifetime = current.lifetime_s if current is not None else float(tenant.profile.token_lifetime_s)
+            if not kept_warm(lifetime, self.schedule_s):
+                # A token refreshed now would lapse before the next run: leave it to the FHIR client,
+                # which refreshes on demand, instead of spending the vendor's token budget every minute.
+                summary.on_demand.append(tenant_id)
+                emit_metric(ON_DEMAND_METRIC, tenant=tenant_id)
+                continue
             wait = start + stable_fraction(tenant_id, "spread") * spread_s - self.clock()
             if wait > 0 and self.clock() + wait < deadline - 5:
                 self.sleep(wait)
@@ -177,10 +199,10 @@ class TokenRefresher:
         except TokenEndpointThrottled as err:
             retry_after = err.retry_after or 60.0
             self._failed(tenant_id, "throttled", not_before=self.clock() + retry_after)
-            raise RefreshThrottled(tenant_id, "throttled", retry_after=retry_after) from None
+            raise RefreshThrottled(tenant_id, "throttled", retry_after=retry_after, detail=err.detail) from None
         except TokenEndpointError as err:
-            self._failed(tenant_id, err.reason)
-            raise RefreshFailed(tenant_id, err.reason) from None
+            self._failed(tenant_id, err.detail)
+            raise RefreshFailed(tenant_id, err.reason, detail=err.detail) from None
         except (CredentialsError, KeyMaterialError, ScopeError) as err:
             self._failed(tenant_id, type(err).__name__)
             raise RefreshFailed(tenant_id, str(err)) from None
@@ -241,10 +263,11 @@ class TokenRefresher:
         now = self.clock()
         remaining = max(0.0, token.remaining(now)) if token is not None else 0.0
         emit_metric("TokenSecondsRemaining", tenant=tenant_id, value=remaining, unit=MetricUnit.Seconds)
-        # Health relative to the tenant's own lifetime (10 s tokens are normal at some vendors): the alarm's input.
-        lifetime = token.lifetime_s if token is not None else 0.0
-        emit_metric("TokenLifetimeRemainingRatio", tenant=tenant_id,
-                    value=round(min(1.0, remaining / lifetime), 4) if lifetime > 0 else 0.0, unit=MetricUnit.NoUnit)
+        # Health relative to the tenant's own lifetime: a 300 s and a 3600 s token both read ~0.4-1.0
+        # after a run, and 0 means the refresher failed to keep a kept-warm tenant's token alive.
+        emit_metric(REMAINING_RATIO_METRIC, tenant=tenant_id,
+                    value=round(token.remaining_ratio(now), 4) if token is not None else 0.0,
+                    unit=MetricUnit.NoUnit)
         if token is not None:
             emit_metric("TokenAgeSeconds", tenant=tenant_id, value=max(0.0, now - token.issued_at),
                         unit=MetricUnit.Seconds)

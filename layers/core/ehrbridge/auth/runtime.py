@@ -7,22 +7,27 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 from ehrbridge.auth.credentials import SecretsManagerCredentialStore
 from ehrbridge.auth.fhir_client import FhirClient
 from ehrbridge.auth.refresher import TokenRefresher
 from ehrbridge.auth.state import DynamoRefreshState
-from ehrbridge.auth.tokens import SecretsManagerTokenStore
+from ehrbridge.auth.tokens import REFRESH_SCHEDULE_S, SecretsManagerTokenStore
 from ehrbridge.aws.settings import table_name
 from ehrbridge.contracts.tenant import TenantConfig
+
+# The token_refresh schedule's period, if the stack deploys another than one minute.
+SCHEDULE_ENV = "EHRBRIDGE_REFRESH_SCHEDULE_S"
 
 
 @cache
 def refresher() -> TokenRefresher:
     """Secrets Manager (credentials, token cache) + the state table (lock, budget, coverage)."""
     return TokenRefresher(credentials=SecretsManagerCredentialStore(), tokens=SecretsManagerTokenStore(),
-                          state=DynamoRefreshState(table_name("state")))
+                          state=DynamoRefreshState(table_name("state")),
+                          schedule_s=float(os.environ.get(SCHEDULE_ENV, REFRESH_SCHEDULE_S)))
 
 
 _clients: dict[str, tuple[TenantConfig, FhirClient]] = {}

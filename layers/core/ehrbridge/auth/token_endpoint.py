@@ -34,16 +34,30 @@ DISCOVERY_TTL_S = 3600.0
 
 class TokenEndpointError(RuntimeError):
     def __init__(self, message: str, *, status: int | None = None, error: str | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, description: str | None = None, url: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
         self.retry_after = retry_after
+        self.description = description  # the server's error_description: tells invalid_client cases apart
+        self.url = url  # which endpoint (discovery or token) failed
 
     @property
     def reason(self) -> str:
         """Short PHI/secret-free reason for logs and the status record."""
         return self.error or (f"http_{self.status}" if self.status else "network")
+
+    @property
+    def detail(self) -> str:
+        """For a person: the reason, the server's description and the URL that was called."""
+        text = self.reason
+        if self.description:
+            text += f": {self.description}"
+        elif not self.error:
+            text += f": {self}"
+        if self.url and self.url not in text:
+            text += f" ({self.url})"
+        return text
 
 
 class TokenEndpointThrottled(TokenEndpointError):
@@ -57,6 +71,7 @@ class SmartConfiguration:
     signing_algs: tuple[str, ...] = ()
     capabilities: tuple[str, ...] = ()
     scopes_supported: tuple[str, ...] = ()
+    revocation_endpoint: str | None = None  # RFC 7009, where the vendor offers one
 
     def scope_version(self) -> ScopeVersion | None:
         if "permission-v2" in self.capabilities:
@@ -113,13 +128,14 @@ class TokenClient:
             cached = self._discovery.get(base)
         if cached and time.monotonic() - cached[0] < DISCOVERY_TTL_S:
             return cached[1]
+        url = f"{base}/.well-known/smart-configuration"
         try:
-            response = self.http.get(f"{base}/.well-known/smart-configuration", headers={"Accept": "application/json"})
+            response = self.http.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as err:
-            raise TokenEndpointError(f"smart-configuration unreachable ({type(err).__name__})") from None
+            raise TokenEndpointError(f"smart-configuration unreachable ({type(err).__name__})", url=url) from None
         if response.status_code != 200:
             raise TokenEndpointError(f"smart-configuration answered {response.status_code}",
-                                     status=response.status_code)
+                                     status=response.status_code, url=url)
         try:
             data = response.json()
             config = SmartConfiguration(
@@ -127,9 +143,10 @@ class TokenClient:
                 auth_methods=tuple(data.get("token_endpoint_auth_methods_supported", ())),
                 signing_algs=tuple(data.get("token_endpoint_auth_signing_alg_values_supported", ())),
                 capabilities=tuple(data.get("capabilities", ())),
-                scopes_supported=tuple(data.get("scopes_supported", ())))
+                scopes_supported=tuple(data.get("scopes_supported", ())),
+                revocation_endpoint=str(data["revocation_endpoint"]) if data.get("revocation_endpoint") else None)
         except (ValueError, KeyError, TypeError):
-            raise TokenEndpointError("smart-configuration has no token_endpoint") from None
+            raise TokenEndpointError("smart-configuration has no token_endpoint", url=url) from None
         with self._lock:
             self._discovery[base] = (time.monotonic(), config)
         return config
@@ -167,13 +184,13 @@ class TokenClient:
             try:
                 response = self.http.post(url, data=form, auth=auth, headers={"Accept": "application/json"})
             except httpx.HTTPError as err:
-                failure = TokenEndpointError(f"token endpoint unreachable ({type(err).__name__})")
+                failure = TokenEndpointError(f"token endpoint unreachable ({type(err).__name__})", url=url)
                 retry_after = None
             else:
                 emit_metric("TokenEndpointResponse", tenant=tenant.tenant_id, endpoint=f"token_{response.status_code}")
                 if response.status_code == 200:
                     return self._parse(tenant, response, scopes, issued_at)
-                failure, retry_after = self._failure(response)
+                failure, retry_after = self._failure(response, url)
                 if response.status_code not in profile.token_retryable_statuses or failure.error in _DEFINITIVE_ERRORS:
                     raise failure
             now = self.clock()
@@ -184,7 +201,8 @@ class TokenClient:
             if attempt >= self.max_attempts or now + delay > deadline:
                 if retry_after is not None or failure.status == 429:
                     raise TokenEndpointThrottled(str(failure), status=failure.status, error=failure.error,
-                                                 retry_after=retry_after if retry_after is not None else delay)
+                                                 retry_after=retry_after if retry_after is not None else delay,
+                                                 description=failure.description, url=url)
                 raise failure
             self.sleep(delay)
 
@@ -217,18 +235,47 @@ class TokenClient:
         raise CredentialsError(f"tenant {tenant.tenant_id}: no usable credentials for {tenant.vendor} "
                                f"(supported: {', '.join(methods)})")
 
-    def _failure(self, response: httpx.Response) -> tuple[TokenEndpointError, float | None]:
-        error = None
+    def _failure(self, response: httpx.Response, url: str) -> tuple[TokenEndpointError, float | None]:
+        error = description = None
         try:
             body = response.json()
             if isinstance(body, dict) and isinstance(body.get("error"), str):
                 error = body["error"][:64]
+            if isinstance(body, dict) and isinstance(body.get("error_description"), str):
+                # Server text about our request (never about a patient); bounded and one line.
+                description = " ".join(body["error_description"].split())[:200] or None
         except ValueError:
             pass
         retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock(), self.max_retry_after_s)
         kind = TokenEndpointThrottled if response.status_code == 429 else TokenEndpointError
         return kind(f"token endpoint answered {response.status_code}" + (f" ({error})" if error else ""),
-                    status=response.status_code, error=error, retry_after=retry_after), retry_after
+                    status=response.status_code, error=error, retry_after=retry_after, description=description,
+                    url=url), retry_after
+
+    # ---- revocation (RFC 7009) ------------------------------------------------------
+    def revoke(self, tenant: TenantConfig, credentials: TenantCredentials, access_token: str) -> str:
+        """Revoke an access token where the server advertises ``revocation_endpoint``.
+
+        Returns ``revoked`` or ``not_supported``; raises TokenEndpointError when the server refused.
+        Backend-services tokens are short-lived, so a vendor without revocation is not an error:
+        the token dies at its expiry.
+        """
+        if tenant.fhir_base_url is None:
+            return "not_supported"
+        endpoint = self.discover(str(tenant.fhir_base_url)).revocation_endpoint
+        if not endpoint:
+            return "not_supported"
+        form, auth, _kid = self._form(tenant, credentials, [], self.token_url(tenant))
+        data = {k: v for k, v in form.items() if k.startswith("client_assertion")}
+        data.update(token=access_token, token_type_hint="access_token")  # noqa: S106 - RFC 7009 hint, not a secret
+        try:
+            response = self.http.post(endpoint, data=data, auth=auth, headers={"Accept": "application/json"})
+        except httpx.HTTPError as err:
+            raise TokenEndpointError(f"revocation endpoint unreachable ({type(err).__name__})",
+                                     url=endpoint) from None
+        if response.status_code == 200:  # RFC 7009: 200 also for an unknown or expired token
+            return "revoked"
+        raise self._failure(response, endpoint)[0]
 
     def _parse(self, tenant: TenantConfig, response: httpx.Response, scopes: list[str],
                issued_at: float) -> TokenResponse:

@@ -26,10 +26,25 @@ MIN_REFRESH_MARGIN_S = 120
 REFRESH_MARGIN_FRACTION = 0.10
 
 
+# The token_refresh schedule (EventBridge Scheduler, rate(1 minute)); infra/ deploys this period.
+REFRESH_SCHEDULE_S = 60.0
+VALIDITY_SKEW_S = 5.0
+
+
 def refresh_margin_s(lifetime_s: float) -> float:
     """max(120 s, 10 %) of the lifetime, but never more than half of it: a 60 s token would
     otherwise be "due" from birth and every FHIR call would ask for a new one."""
     return min(max(MIN_REFRESH_MARGIN_S, REFRESH_MARGIN_FRACTION * lifetime_s), lifetime_s / 2)
+
+
+def kept_warm(lifetime_s: float, schedule_s: float = REFRESH_SCHEDULE_S) -> bool:
+    """Whether the scheduled refresher can keep this tenant's token valid between two runs.
+
+    A run leaves a token with more than ``refresh_margin_s`` left; it must still be valid one
+    period later. Shorter-lived tokens (10-60 s are seen in the field) are refreshed on demand by
+    the FHIR client instead: refreshing them every minute only burns the token-endpoint budget.
+    """
+    return refresh_margin_s(lifetime_s) > schedule_s + VALIDITY_SKEW_S
 
 
 class CachedToken(BaseModel):
@@ -52,7 +67,7 @@ class CachedToken(BaseModel):
     def remaining(self, now: float | None = None) -> float:
         return self.expires_at - (time.time() if now is None else now)
 
-    def is_valid(self, now: float | None = None, skew_s: float = 5.0) -> bool:
+    def is_valid(self, now: float | None = None, skew_s: float = VALIDITY_SKEW_S) -> bool:
         return self.remaining(now) > skew_s
 
     def refresh_due(self, now: float | None = None, jitter_s: float = 0.0) -> bool:
@@ -60,6 +75,12 @@ class CachedToken(BaseModel):
 
     def granted(self) -> GrantedScopes:
         return GrantedScopes.parse(self.granted_scope)
+
+    def remaining_ratio(self, now: float | None = None) -> float:
+        """Share of the lifetime still left, in [0, 1]: token health judged per tenant's lifetime."""
+        if self.lifetime_s <= 0:
+            return 0.0
+        return min(1.0, max(0.0, self.remaining(now) / self.lifetime_s))
 
     def same_token(self, access_token: str | None) -> bool:
         return access_token is not None and self.access_token.get_secret_value() == access_token
@@ -76,6 +97,8 @@ class TokenStore(Protocol):
     def put(self, tenant_id: str, token: CachedToken) -> None: ...
 
     def forget(self, tenant_id: str) -> None: ...
+
+    def delete(self, tenant_id: str) -> None: ...
 
 
 class InMemoryTokenStore:
@@ -96,9 +119,13 @@ class InMemoryTokenStore:
         with self._lock:
             self._items.pop(tenant_id, None)
 
+    def delete(self, tenant_id: str) -> None:
+        self.forget(tenant_id)
+
 
 class SecretsManagerTokenStore:
-    """Token secrets, with a per-process copy reused while it has more than ``local_margin_s`` left."""
+    """Token secrets, with a per-process copy reused while it has more than ``local_margin_s`` left
+    (or, for a token living less than that, while it is not yet due for refresh)."""
 
     def __init__(self, kms_key_id: str | None = None, sm: Any = None, local_margin_s: float = 60.0) -> None:
         self.kms_key_id = kms_key_id or os.environ.get(KMS_KEY_ENV) or resources.KMS_KEY_ALIAS
@@ -115,12 +142,13 @@ class SecretsManagerTokenStore:
         if not fresh:
             with self._lock:
                 local = self._local.get(tenant_id)
-            if local is not None and local.remaining() > self.local_margin_s:
+            if local is not None and local.remaining() > min(self.local_margin_s,
+                                                             refresh_margin_s(local.lifetime_s)):
                 return local
         try:
             text = self.sm.get_secret_value(SecretId=token_secret_name(tenant_id))["SecretString"]
-        except self.sm.exceptions.ResourceNotFoundException:
-            return None
+        except (self.sm.exceptions.ResourceNotFoundException, self.sm.exceptions.InvalidRequestException):
+            return None  # absent, or scheduled for deletion (tenant removed): no token
         try:
             token = CachedToken.model_validate_json(text)
         except ValidationError:
@@ -138,6 +166,13 @@ class SecretsManagerTokenStore:
     def forget(self, tenant_id: str) -> None:
         with self._lock:
             self._local.pop(tenant_id, None)
+
+    def delete(self, tenant_id: str) -> None:
+        """Delete the cached token now, no recovery window: a token must not outlive its tenant."""
+        from ehrbridge.auth.credentials import purge_secret
+
+        self.forget(tenant_id)
+        purge_secret(self.sm, token_secret_name(tenant_id))
 
 
 def _dumps(data: dict[str, Any]) -> str:

@@ -6,17 +6,15 @@ a token, a private key (except the file `keys generate` writes) or a client secr
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from ehrbridge.cli.common import command_output, echo, print_json
 
 tenants_app = typer.Typer(help="Onboard, inspect, check and remove tenants (health systems).", no_args_is_help=True)
 keys_app = typer.Typer(help="Client-assertion signing keys: generate, rotate (with a published JWKS).",
@@ -26,50 +24,11 @@ sandbox_app = typer.Typer(help="The sandbox EHR (FHIR R4 + SMART Backend Service
 
 StateTable = Annotated[str | None, typer.Option("--state-table", help="state table name (default: from the "
                                                                        "EHRBRIDGE_TABLE_STATE environment variable)")]
-_STDOUT: contextvars.ContextVar[Any] = contextvars.ContextVar("stdout", default=None)
-AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Expected failures become one clear line on stderr and exit code 1, never a stack trace."""
-    # Metrics (EMF) and library output go to stderr; stdout carries only the command's result,
-    # so `--json` output stays parseable.
-    import logging
-
-    from ehrbridge.auth.credentials import CredentialsError
-    from ehrbridge.auth.keys import KeyMaterialError
-    from ehrbridge.auth.refresher import RefreshFailed
-    from ehrbridge.auth.scopes import ScopeError
-    from ehrbridge.aws.settings import MissingSetting
-    from ehrbridge.contracts.envelope import ContractError
-    from ehrbridge.contracts.tenant_store import TenantNotFound
-    from ehrbridge.observability import logger
-    from ehrbridge.tenants.keys import RotationError
-
-    token = _STDOUT.set(sys.stdout)
-    # The Powertools handler holds the stdout it was created with: point it at stderr too.
-    streams = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
-    previous = [h.setStream(sys.stderr) for h in streams]
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    except (ContractError, CredentialsError, KeyMaterialError, TenantNotFound, RotationError, MissingSetting,
-            ScopeError, RefreshFailed) as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    except OSError as err:
-        typer.secho(f"error: {err.strerror or type(err).__name__}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    finally:
-        _STDOUT.reset(token)
-        for handler, stream in zip(streams, previous, strict=True):
-            if stream is not None:
-                handler.setStream(stream)
-
-
-def _echo(text: str = "") -> None:
-    typer.echo(text, file=_STDOUT.get() or sys.stdout)
+AsJson = Annotated[bool, typer.Option("--json", help="machine-readable output: always one JSON object on stdout")]
+# Expected failures become one clear line (or one JSON object with --json), never a stack trace;
+# library metrics/logs stay off the terminal unless `ehrbridge --verbose`.
+_errors = command_output
+_echo = echo
 
 
 def _store(state_table: str | None) -> Any:
@@ -79,8 +38,7 @@ def _store(state_table: str | None) -> Any:
     return DynamoTenantStore(state_table or table_name("state"))
 
 
-def _print(data: Any) -> None:
-    _echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+_print = print_json
 
 
 # ---- tenants --------------------------------------------------------------------------
@@ -93,36 +51,56 @@ def tenants_add(
                                                                "client secret (never pass it as an argument)")] = None,
     refresh_token_env: Annotated[str | None, typer.Option(help="name of an environment variable holding a "
                                                                "refresh token (user-facing vendor apps only)")] = None,
+    restore_credentials: Annotated[bool, typer.Option(
+        "--restore-credentials", help="the tenant was removed and its credentials secret is scheduled for "
+                                      "deletion: restore it (old keys kept, a new key is added on top)")] = False,
+    replace_credentials: Annotated[bool, typer.Option(
+        "--replace-credentials", help="the tenant was removed and its credentials secret is scheduled for "
+                                      "deletion: delete it for good now and store new credentials")] = False,
     state_table: StateTable = None,
     as_json: AsJson = False,
 ) -> None:
     """Validate TENANT.yaml, store its credentials in Secrets Manager (KMS) and its config in the tenant store."""
-    with _errors():
-        from ehrbridge.auth.credentials import SecretsManagerCredentialStore
+    with _errors(as_json):
+        from ehrbridge.auth.credentials import SecretPendingDeletion, SecretsManagerCredentialStore
+        from ehrbridge.auth.tokens import SecretsManagerTokenStore
+        from ehrbridge.cli.common import OperatorError
         from ehrbridge.contracts.tenant import TenantConfig
         from ehrbridge.tenants.onboarding import onboard
 
+        if restore_credentials and replace_credentials:
+            raise OperatorError("--restore-credentials and --replace-credentials exclude each other")
         tenant = TenantConfig.from_yaml(config)
         pem = private_key_file.read_text(encoding="ascii") if private_key_file else None
         secret = _from_env(client_secret_env)
         refresh = _from_env(refresh_token_env)
-        result = onboard(tenant, tenants=_store(state_table), credentials=SecretsManagerCredentialStore(),
-                         private_key_pem=pem, client_secret=secret, refresh_token=refresh)
+        pending = "restore" if restore_credentials else "replace" if replace_credentials else "fail"
+        try:
+            result = onboard(tenant, tenants=_store(state_table), credentials=SecretsManagerCredentialStore(),
+                             private_key_pem=pem, client_secret=secret, refresh_token=refresh,
+                             tokens=SecretsManagerTokenStore(), pending=pending)  # type: ignore[arg-type]
+        except SecretPendingDeletion as err:
+            raise OperatorError(f"{err}. Pass --restore-credentials to bring it back (its keys stay registered "
+                                f"with the vendor) or --replace-credentials to delete it now and store new "
+                                f"credentials; see docs/runbooks/onboarding-a-tenant.md") from None
         out = {"tenant_id": result.tenant.tenant_id, "vendor": result.tenant.vendor, "key_id": result.kid,
                "scopes": result.scopes, "resource_types": result.resource_types,
-               "credentials_secret": result.tenant.credentials_secret if result.credentials_stored else None}
+               "credentials_secret": result.tenant.credentials_secret if result.credentials_stored else None,
+               "credentials_action": result.credentials_action}
         if as_json:
             _print(out)
         else:
             _echo(f"tenant {out['tenant_id']} ({out['vendor']}) stored")
             _echo(f"  scopes: {' '.join(out['scopes']) or '(none: no workflows)'}")
-            _echo(f"  credentials: {out['credentials_secret'] or 'unchanged'}")
+            _echo(f"  credentials: {out['credentials_secret'] or 'unchanged'}"
+                  + (f" (secret scheduled for deletion was {result.credentials_action})"
+                     if result.credentials_action else ""))
 
 
 @tenants_app.command("list")
 def tenants_list(state_table: StateTable = None, as_json: AsJson = False) -> None:
     """List configured tenants."""
-    with _errors():
+    with _errors(as_json):
         rows = [{"tenant_id": t.tenant_id, "vendor": t.vendor, "workflows": list(t.workflows),
                  "fhir_base_url": str(t.fhir_base_url) if t.fhir_base_url else None}
                 for t in _store(state_table).list()]
@@ -138,11 +116,11 @@ def tenants_list(state_table: StateTable = None, as_json: AsJson = False) -> Non
 @tenants_app.command("show")
 def tenants_show(tenant_id: str, state_table: StateTable = None, as_json: AsJson = False) -> None:
     """Config, scopes, token status (expiry, granted/denied, failures) and key ids; never secrets."""
-    with _errors():
+    with _errors(as_json):
         from ehrbridge.auth.credentials import CredentialsError, SecretsManagerCredentialStore
         from ehrbridge.auth.scopes import scopes_for
         from ehrbridge.auth.state import DynamoRefreshState
-        from ehrbridge.auth.tokens import SecretsManagerTokenStore
+        from ehrbridge.auth.tokens import SecretsManagerTokenStore, kept_warm
 
         store = _store(state_table)
         tenant = store.get(tenant_id)
@@ -157,7 +135,9 @@ def tenants_show(tenant_id: str, state_table: StateTable = None, as_json: AsJson
                "token": None if token is None else {
                    "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at)),
                    "seconds_remaining": round(token.remaining()), "granted_scope": token.granted_scope,
-                   "key_id": token.kid},
+                   "key_id": token.kid, "lifetime_s": round(token.lifetime_s),
+                   "remaining_ratio": round(token.remaining_ratio(), 3),
+                   "refresh": "scheduled" if kept_warm(token.lifetime_s) else "on demand (FHIR client)"},
                "refresh": {"consecutive_failures": status.consecutive_failures,
                            "last_failure_reason": status.last_failure_reason,
                            "denied_types": status.denied_types, "server_denied_types": status.server_denied_types},
@@ -172,21 +152,45 @@ def tenants_remove(
     keep_credentials: Annotated[bool, typer.Option(help="keep the credentials secret")] = False,
     recovery_days: Annotated[int, typer.Option(min=7, max=30, help="Secrets Manager recovery window")] = 7,
     state_table: StateTable = None,
+    as_json: AsJson = False,
 ) -> None:
-    """Remove a tenant's config and (recoverably) schedule deletion of its secrets."""
-    with _errors():
+    """Remove a tenant: revoke (where the vendor allows) and delete its access token, schedule the
+    credentials' deletion (recoverable), drop its config and refresh state."""
+    with _errors(as_json):
         from ehrbridge.auth.credentials import SecretsManagerCredentialStore
         from ehrbridge.auth.state import DynamoRefreshState
+        from ehrbridge.auth.token_endpoint import TokenClient
+        from ehrbridge.auth.tokens import SecretsManagerTokenStore
         from ehrbridge.tenants.onboarding import remove
 
         if not yes and not typer.confirm(f"remove tenant {tenant_id}?"):
             raise typer.Exit(1)
         store = _store(state_table)
-        found = remove(tenant_id, tenants=store,
-                       credentials=None if keep_credentials else SecretsManagerCredentialStore(),
-                       recovery_days=recovery_days)
+        token_client = TokenClient(max_attempts=2, budget_s=10.0)
+        try:
+            result = remove(tenant_id, tenants=store, credentials=SecretsManagerCredentialStore(),
+                            tokens=SecretsManagerTokenStore(), revoke=token_client.revoke,
+                            delete_credentials=not keep_credentials, recovery_days=recovery_days)
+        finally:
+            token_client.close()
         DynamoRefreshState(store.table_name).clear(tenant_id)
-        _echo(f"tenant {tenant_id} removed" if found else f"tenant {tenant_id} was not configured")
+        token_text = {"revoked": "revoked at the vendor and deleted",
+                      "not_supported": "deleted (the vendor offers no revocation; it expires on its own)",
+                      "revoke_failed": "deleted, but revocation failed (it expires on its own)",
+                      "not_attempted": "deleted", "none": "none live"}.get(result.revocation, result.revocation)
+        if as_json:
+            _print({"tenant_id": tenant_id, "found": result.found, "token": result.revocation,
+                    "token_deleted": result.token_deleted, "credentials_scheduled_for_deletion":
+                    result.credentials_scheduled, "recovery_days": recovery_days if result.credentials_scheduled
+                    else None, "notes": result.notes})
+            return
+        _echo(f"tenant {tenant_id} removed" if result.found else f"tenant {tenant_id} was not configured")
+        _echo(f"  access token: {token_text}")
+        _echo("  credentials: " + (f"scheduled for deletion in {recovery_days} days (tenants add "
+                                   f"--restore-credentials brings them back)" if result.credentials_scheduled
+                                   else "kept"))
+        for note in result.notes:
+            _echo(f"  note: {note}")
 
 
 @tenants_app.command("check")
@@ -198,8 +202,9 @@ def tenants_check(
     """Get a token, print requested vs granted scopes and probe each workflow's resource types.
 
     Exit code 0: all ok; 2: degraded (denied or unsupported types); 1: no token / error.
+    With --json, stdout always carries exactly one JSON object (``ok: false`` and ``error`` on failure).
     """
-    with _errors():
+    with _errors(as_json):
         from ehrbridge.auth.credentials import (
             CredentialsError,
             InMemoryCredentialStore,
@@ -233,9 +238,12 @@ def tenants_check(
                 raise CredentialsError(f"{err}; or set private_key_file in the YAML") from None
         # A private token cache and state: a check never disturbs the production token.
         refresher = TokenRefresher(credentials=credentials, tokens=InMemoryTokenStore(), state=InMemoryRefreshState())
-        report = check_tenant(config, refresher)
+        try:
+            report = check_tenant(config, refresher)
+        finally:
+            refresher.token_client.close()
         if as_json:
-            _print(report.to_dict())
+            _print({"ok": report.token_obtained, **report.to_dict()})
         else:
             _print_check(report)
         if not report.token_obtained:
@@ -364,8 +372,9 @@ def _print_show(out: dict[str, Any]) -> None:
     _echo(f"  requested scopes: {' '.join(out['scopes']) or '-'}")
     token = out["token"]
     if token:
-        _echo(f"  token: expires {token['expires_at']} ({token['seconds_remaining']} s left), "
-                   f"granted: {token['granted_scope'] or '(nothing)'}")
+        _echo(f"  token: expires {token['expires_at']} ({token['seconds_remaining']} s left of "
+              f"{token['lifetime_s']} s; refreshed {token['refresh']}), "
+              f"granted: {token['granted_scope'] or '(nothing)'}")
     else:
         _echo("  token: none yet")
     refresh = out["refresh"]
@@ -380,11 +389,14 @@ def _print_show(out: dict[str, Any]) -> None:
 
 def _print_check(report: Any) -> None:
     _echo(f"tenant {report.tenant_id} ({report.vendor})")
+    if report.requested_scopes is not None:
+        _echo(f"  requested: {' '.join(report.requested_scopes)}")
     if not report.token_obtained:
         _echo(f"  token: FAILED ({report.error})")
         return
     _echo(f"  token: obtained, expires_in {report.expires_in:.0f} s")
-    _echo(f"  requested: {' '.join(report.requested_scopes)}")
+    for warning in report.warnings:
+        _echo(f"  warning: {warning}")
     _echo(f"  granted:   {report.granted_raw or '(nothing)'}")
     for probe in report.probes:
         _echo(f"  {probe.resource_type:<20} {probe.status.upper():<12} {probe.detail}")

@@ -30,7 +30,7 @@ from ehrbridge.contracts.envelope import Envelope, stable_id
 from ehrbridge.hl7.wire import WireError, decode_detailed, is_batch, normalize_segment_ends, read_msh, split_batch
 from ehrbridge.mllp.message import patient_key
 from ehrbridge.observability import emit_metric, logger
-from ehrbridge.pipeline.stages import BlobStoreLike, Quarantine, archive_key
+from ehrbridge.pipeline.stages import BlobStoreLike, Quarantine, archive_key, archive_metadata
 
 STAGE = "hl7_ingest"
 
@@ -55,7 +55,7 @@ class Hl7Ingest:
                 raise RuntimeError("claim-checked body but no claim-check store configured")
             envelope = self.claim_check.inbound(envelope)
         raw = self._raw_bytes(envelope)
-        self.archive.put(archive_key(envelope), raw, "x-application/hl7-v2+er7")
+        self.archive.put(archive_key(envelope), raw, "x-application/hl7-v2+er7", metadata=archive_metadata(envelope))
         results = self.split(envelope, raw)
         good = [r.envelope for r in results if r.problem is None]
         for result in results:

@@ -81,6 +81,8 @@ TOKEN_AGE_SECONDS = MetricName("TokenAgeSeconds")
 # Seconds left / the token's own lifetime (0..1): token health judged against each tenant's lifetime,
 # so a vendor issuing 30 s tokens is not permanently "about to expire".
 TOKEN_LIFETIME_REMAINING_RATIO = MetricName("TokenLifetimeRemainingRatio")
+# A tenant whose tokens live shorter than the schedule can bridge: refreshed on demand by the FHIR client.
+TOKEN_ON_DEMAND = MetricName("TokenOnDemand")
 SCOPE_DENIED_RESOURCE_TYPES = MetricName("ScopeDeniedResourceTypes")
 TOKEN_ENDPOINT_RESPONSE = MetricName("TokenEndpointResponse", "endpoint")
 UNAUTHORIZED_401 = MetricName("Unauthorized401")

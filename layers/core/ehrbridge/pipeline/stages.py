@@ -20,6 +20,20 @@ def archive_key(envelope: Envelope, suffix: str = "raw") -> str:
     return f"{suffix}/{envelope.tenant_id}/{day}/{envelope.message_id}"
 
 
+# S3 user metadata is limited to 2 KB per object (keys and values, US-ASCII).
+_ARCHIVE_METADATA_MAX = 1800
+
+
+def archive_metadata(envelope: Envelope) -> dict[str, str]:
+    """The envelope without its body, beside the archived raw bytes: `ehrbridge replay` rebuilds the
+    inbound envelope (same message id, attributes, patient key) from it. PHI-free: ids, kind,
+    hashed patient key, PHI-free attributes."""
+    head = envelope.model_dump_json(exclude={"body", "body_ref"}, exclude_none=True)
+    if len(head) <= _ARCHIVE_METADATA_MAX and head.isascii():
+        return {"envelope": head}
+    return {"received-at": envelope.received_at.isoformat(), "message-id": envelope.message_id}
+
+
 class Quarantine:
     """Input that can't be mapped: body kept in S3 with the reasons, and a queue message to act on."""
 
@@ -32,7 +46,10 @@ class Quarantine:
         record = {"message_id": envelope.message_id, "correlation_id": envelope.correlation_id,
                   "tenant_id": envelope.tenant_id, "stage": stage,
                   "kind": envelope.kind, "reasons": list(reasons),
-                  "quarantined_at": datetime.now(UTC).isoformat()}
+                  "quarantined_at": datetime.now(UTC).isoformat(),
+                  # Everything but the body (kept beside it): `ehrbridge quarantine release` rebuilds
+                  # the envelope from it. PHI-free: ids, kind, hashed patient key, attributes.
+                  "envelope": envelope.model_dump(mode="json", exclude={"body"}, exclude_none=True)}
         self.store.put(key + ".reason.json", json.dumps(record).encode(), "application/json")
         self.store.put(key + ".body", envelope.body_bytes() if envelope.body is not None else b"",
                        "application/octet-stream")

@@ -10,7 +10,8 @@ import httpx
 
 from ehrbridge.auth.fhir_client import FhirCallError, FhirClient, ResourceDenied, ScopeNotGranted
 from ehrbridge.auth.refresher import RefreshFailed, TokenRefresher
-from ehrbridge.auth.scopes import WORKFLOW_RESOURCES, resource_permissions
+from ehrbridge.auth.scopes import WORKFLOW_RESOURCES, ScopeError, resource_permissions
+from ehrbridge.auth.tokens import REFRESH_SCHEDULE_S, kept_warm
 from ehrbridge.contracts.tenant import TenantConfig
 
 ProbeStatus = Literal["ok", "denied", "unsupported", "error"]
@@ -30,11 +31,13 @@ class CheckReport:
     vendor: str
     token_obtained: bool = False
     expires_in: float | None = None
-    requested_scopes: list[str] = field(default_factory=list)
+    # What we asked for (known even when no token came back); None only if it could not be derived.
+    requested_scopes: list[str] | None = None
     granted_scopes: list[str] = field(default_factory=list)
     granted_raw: str = ""
     probes: list[Probe] = field(default_factory=list)
-    error: str | None = None
+    error: str | None = None  # reason code, the server's error_description, the URL that failed
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def denied_types(self) -> list[str]:
@@ -54,16 +57,26 @@ class CheckReport:
         return data
 
 
-def check_tenant(tenant: TenantConfig, refresher: TokenRefresher, *, http: httpx.Client | None = None) -> CheckReport:
+def check_tenant(tenant: TenantConfig, refresher: TokenRefresher, *, http: httpx.Client | None = None,
+                 schedule_s: float = REFRESH_SCHEDULE_S) -> CheckReport:
     report = CheckReport(tenant_id=tenant.tenant_id, vendor=tenant.vendor)
+    try:
+        report.requested_scopes = refresher.requested_scopes(tenant)
+    except ScopeError:
+        report.requested_scopes = None
     try:
         token = refresher.get_token(tenant)
     except RefreshFailed as err:
-        report.error = err.reason
+        report.error = err.detail
         return report
     report.token_obtained = True
     report.expires_in = token.expires_in
     report.requested_scopes = token.requested_scopes
+    if not kept_warm(token.expires_in, schedule_s):
+        report.warnings.append(
+            f"token lifetime {token.expires_in:.0f} s is too short for the {schedule_s:.0f} s refresh schedule: "
+            f"the scheduled refresher leaves this tenant to on-demand refresh by the FHIR client (each "
+            f"poll may ask the token endpoint for a new token; check the vendor's token-request limits)")
     report.granted_raw = token.granted_scope
     report.granted_scopes = token.granted().normalized()
     client = FhirClient(tenant, refresher, http=http, max_attempts=2)

@@ -1,0 +1,1 @@
+"""Operator tooling: status, DLQ redrive, archive replay, the quarantine work list."""
