@@ -38,9 +38,12 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## Synthesize the CDK app; the Lambda layer is built locally for the Lambda runtime (pip --platform, no Docker).
+STAGE ?= dev
+
+## Synthesize the CDK app for STAGE (infra/stages/$(STAGE).yaml); the Lambda layer is built locally for the
+## Lambda runtime (pip --platform, no Docker). docs/deploy.md has the whole procedure.
 synth: $(STAMP)
-	cd infra && ../$(BIN)/python app.py
+	cd infra && EHRBRIDGE_STAGE=$(STAGE) ../$(BIN)/python app.py
 
 deploy: synth
 	cd infra && npx --yes aws-cdk@2 deploy --app cdk.out

@@ -61,7 +61,7 @@ def test_alarms_cover_failures_401_clusters_and_token_age(synth: Synth) -> None:
             assert "runbook: docs/runbooks/" in props["AlarmDescription"]
             expressions += [m.get("Expression", "") for m in props.get("Metrics", [])]
     joined = "\n".join(expressions)
-    for metric in ("TokenRefreshConsecutiveFailures", "Unauthorized401", "TokenSecondsRemaining",
+    for metric in ("TokenRefreshConsecutiveFailures", "Unauthorized401", "TokenLifetimeRemainingRatio",
                    "UnauthorizedAfterRefresh", "ResourceDenied"):
         assert metric in joined, metric
     assert "GROUP BY tenant" in joined  # 401 clusters are per tenant

@@ -5,13 +5,7 @@ the alarm topic and the shared Lambda layer.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import aws_cdk as cdk
-import jsii
 from aws_cdk import Acknowledgment, Validations
 from aws_cdk import aws_backup as backup
 from aws_cdk import aws_dynamodb as dynamodb
@@ -22,46 +16,18 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as sns_subscriptions
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
 from ehrbridge import resources as spec
-from ehrbridge_infra.constants import LAMBDA_PYTHON_VERSION, LAYER_SOURCE, LOG_RETENTION_DAYS, REPO_ROOT
-
-# Provided by the Lambda runtime; keeping them out keeps the layer small.
-_EXCLUDED_FROM_LAYER = {"boto3", "botocore", "s3transfer", "jmespath", "urllib3", "python-dateutil", "six"}
-
-
-@jsii.implements(cdk.ILocalBundling)
-class PipLayerBundler:
-    """Builds the layer without Docker: pip --platform for the Lambda runtime, then our package."""
-
-    def __init__(self, python_version: str = LAMBDA_PYTHON_VERSION, platform: str = "manylinux2014_aarch64") -> None:
-        self.python_version = python_version
-        self.platform = platform
-
-    def try_bundle(self, output_dir: str, *, image: cdk.DockerImage, **_kwargs: object) -> bool:
-        import tomllib
-
-        project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-        requirements = [r for r in project["dependencies"]
-                        if r.split("[")[0].split(">")[0].split("=")[0].strip().lower() not in _EXCLUDED_FROM_LAYER]
-        target = Path(output_dir) / "python"
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target),
-                        "--platform", self.platform, "--only-binary=:all:", "--implementation", "cp",
-                        "--python-version", self.python_version, *requirements], check=True)
-        shutil.copytree(LAYER_SOURCE / "ehrbridge", target / "ehrbridge",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
-        # Only the R4B models are used: trimming the rest cuts the layer by ~18 MB.
-        models = target / "fhir" / "resources"
-        for child in models.iterdir() if models.exists() else []:
-            if child.is_dir() and child.name not in {"R4B", "core", "__pycache__"}:
-                shutil.rmtree(child)
-        return True
+from ehrbridge_infra.constants import LAMBDA_PYTHON_VERSION, LAYER_SOURCE, LOG_RETENTION_DAYS
+from ehrbridge_infra.packaging import PipLayerBundler
 
 
 class CoreResources(Construct):
-    def __init__(self, scope: Construct, construct_id: str, *, prefix: str = spec.DEFAULT_PREFIX) -> None:
+    def __init__(self, scope: Construct, construct_id: str, *, prefix: str = spec.DEFAULT_PREFIX,
+                 alarm_emails: tuple[str, ...] = ()) -> None:
         super().__init__(scope, construct_id)
         self.prefix = prefix
 
@@ -76,8 +42,19 @@ class CoreResources(Construct):
             conditions={"ArnLike": {"kms:EncryptionContext:aws:logs:arn":
                                     f"arn:{cdk.Aws.PARTITION}:logs:{region}:{cdk.Aws.ACCOUNT_ID}:*"}}))
 
-        self.alarm_topic = sns.Topic(self, "AlarmTopic", master_key=self.key, enforce_ssl=True,
+        # Alarm notifications hold alarm names and states, no PHI: their own key, so CloudWatch (which
+        # must encrypt what it publishes to an encrypted topic) is never granted the data key.
+        self.alarm_key = kms.Key(self, "AlarmKey", enable_key_rotation=True,
+                                 description="ehrbridge: alarm notifications topic",
+                                 removal_policy=cdk.RemovalPolicy.RETAIN)
+        self.alarm_key.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchAlarmsPublishToEncryptedTopic",
+            actions=["kms:Decrypt", "kms:GenerateDataKey*"],
+            principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")], resources=["*"]))
+        self.alarm_topic = sns.Topic(self, "AlarmTopic", master_key=self.alarm_key, enforce_ssl=True,
                                      display_name="ehrbridge alarms")
+        for email in alarm_emails:  # each address confirms its subscription once
+            self.alarm_topic.add_subscription(sns_subscriptions.EmailSubscription(email))
 
         self._network()
         self._buckets()
@@ -89,6 +66,7 @@ class CoreResources(Construct):
     def _network(self) -> None:
         flow_logs = logs.LogGroup(self, "FlowLogs", encryption_key=self.key,
                                   retention=logs.RetentionDays.ONE_YEAR, removal_policy=cdk.RemovalPolicy.RETAIN)
+        # Two AZs: the stack's (EhrbridgeStack names them, so a concrete synth looks nothing up).
         self.vpc = ec2.Vpc(self, "Vpc", max_azs=2, nat_gateways=1, restrict_default_security_group=True,
                            subnet_configuration=[
                                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC,
@@ -104,8 +82,10 @@ class CoreResources(Construct):
                                traffic_type=ec2.FlowLogTrafficType.ALL)})
         Validations.of(self.vpc).acknowledge(
             Acknowledgment(id="HIPAA.Security-VPCNoUnrestrictedRouteToIGW",
-                           reason="Only the public subnets route to the internet gateway; they hold the NAT "
-                                  "gateway and the MLLP load balancer, never functions or tasks."),
+                           reason="Only the public subnets route to the internet gateway. They hold the NAT "
+                                  "gateway (egress for functions and tasks) and, only when "
+                                  "ehrbridge:mllpInternetFacing=true, the MLLP load balancer; never functions or "
+                                  "tasks, which run in the private subnets."),
             Acknowledgment(id="HIPAA.Security-IAMNoInlinePolicy",
                            reason="Flow-log delivery role policy generated by CDK, attached only to that role."))
         # Functions only talk out over HTTPS (AWS APIs, EHR FHIR endpoints).
@@ -127,7 +107,8 @@ class CoreResources(Construct):
             Acknowledgment(id="HIPAA.Security-S3DefaultEncryptionKMS",
                            reason="S3 server access logging delivers only to SSE-S3 encrypted buckets."),
             Acknowledgment(id="HIPAA.Security-S3BucketReplicationEnabled",
-                           reason="Cross-region replication is a per-deployment decision (docs/operations.md)."))
+                           reason="Access logs are operational records, not PHI; cross-region replication is a "
+                                  "per-deployment decision (docs/operations.md#data-protection-decisions)."))
         self.buckets: dict[str, s3.Bucket] = {}
         for bucket_spec in spec.BUCKETS:
             bucket = s3.Bucket(
@@ -137,8 +118,10 @@ class CoreResources(Construct):
                 server_access_logs_prefix=f"{bucket_spec.name}/", removal_policy=cdk.RemovalPolicy.RETAIN)
             Validations.of(bucket).acknowledge(Acknowledgment(
                 id="HIPAA.Security-S3BucketReplicationEnabled",
-                reason="Cross-region replication is a per-deployment decision (docs/operations.md); "
-                       "versioning and AWS Backup cover recovery in-region."))
+                reason="Cross-region replication is a per-deployment decision (PHI residency; "
+                       "docs/operations.md#data-protection-decisions). In-region, versioning keeps every "
+                       "overwritten or deleted object version and the bucket is retained on stack deletion; "
+                       "AWS Backup covers the tables only."))
             self.buckets[bucket_spec.name] = bucket
 
     # ---- queues -------------------------------------------------------------------
@@ -221,4 +204,4 @@ class CoreResources(Construct):
         return env
 
 
-__all__ = ["LOG_RETENTION_DAYS", "CoreResources", "PipLayerBundler"]
+__all__ = ["LOG_RETENTION_DAYS", "CoreResources"]

@@ -19,6 +19,7 @@ from constructs import Construct
 from ehrbridge import resources as spec
 from ehrbridge_infra.constants import FUNCTIONS_DIR
 from ehrbridge_infra.constructs.core import CoreResources
+from ehrbridge_infra.packaging import FunctionBundler
 
 
 class PipelineFunction(Construct):
@@ -44,8 +45,9 @@ class PipelineFunction(Construct):
             self, "Function", function_name=f"{core.prefix}-{function.name.replace('_', '-')}",
             runtime=core.runtime, architecture=lambda_.Architecture.ARM_64,
             handler="handler.lambda_handler",
-            code=lambda_.Code.from_asset(str(FUNCTIONS_DIR / function.name),
-                                         exclude=["__pycache__", "*.pyc"]),
+            code=lambda_.Code.from_asset(str(FUNCTIONS_DIR / function.name), bundling=cdk.BundlingOptions(
+                image=cdk.DockerImage.from_registry("unused-local-bundling-only"),
+                local=FunctionBundler(FUNCTIONS_DIR / function.name))),
             layers=[core.layer], role=self.role, log_group=self.log_group,
             logging_format=lambda_.LoggingFormat.JSON,
             timeout=cdk.Duration.seconds(function.timeout_s), memory_size=function.memory_mb,

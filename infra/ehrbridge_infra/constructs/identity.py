@@ -14,19 +14,18 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from constructs import Construct
 
+from ehrbridge.observability import names
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
+from ehrbridge_infra.observability import insights
 
 EVENT_BUS_ENV = "EHRBRIDGE_EVENT_BUS"  # read by ehrbridge.identity.events
-NAMESPACE = "ehrbridge"
 SERVICE = "identity_matcher"
 
 
-def _insights(metric: str, stat: str, period: cdk.Duration, label: str) -> cw.MathExpression:
+def _insights(metric: names.MetricName, stat: str, period: cdk.Duration, label: str) -> cw.MathExpression:
     # A Metrics Insights query aggregates every tenant's series into one: alarms need no tenant list.
-    # Built from constants only; a CloudWatch query, not a database.
-    query = f'SELECT {stat}("{metric}") FROM SCHEMA("{NAMESPACE}", service, tenant) WHERE service = \'{SERVICE}\''  # noqa: S608
-    return cw.MathExpression(expression=query, period=period, label=label, using_metrics={})
+    return insights(metric, stat, label, period=period, where={"service": SERVICE})
 
 
 class IdentityExtras(Construct):
@@ -54,17 +53,17 @@ class IdentityExtras(Construct):
             self.alarms.append(created)
 
         alarm("ReviewBacklogAge",
-              _insights("IdentityReviewOldestAge", "MAX", cdk.Duration.minutes(15), "oldest open review (s)"),
+              _insights(names.IDENTITY_REVIEW_OLDEST_AGE, "MAX", cdk.Duration.minutes(15), "oldest open review (s)"),
               review_backlog_age_s, 2,
               f"An identity review item has waited over {review_backlog_age_s // 3600} h "
               "(runbook: docs/identity.md#alarm-review-backlog-age)")
         alarm("ReviewRate",
-              _insights("IdentityReview", "AVG", cdk.Duration.hours(1), "share of records sent to review"),
+              _insights(names.IDENTITY_REVIEW, "AVG", cdk.Duration.hours(1), "share of records sent to review"),
               review_rate, 3,
               f"More than {review_rate:.0%} of records land in the review band for 3 h: the score distribution "
               "shifted (runbook: docs/identity.md#alarm-score-distribution-shift)")
         alarm("ScoreShift",
-              _insights("IdentityMatchScore", "AVG", cdk.Duration.hours(1), "mean best-candidate score (%)"),
+              _insights(names.IDENTITY_MATCH_SCORE, "AVG", cdk.Duration.hours(1), "mean best-candidate score (%)"),
               min_mean_score_pct, 6,
               f"Mean best-candidate match score below {min_mean_score_pct:.0f}% for 6 h: a feed changed "
               "(identifiers, placeholders, formats) (runbook: docs/identity.md#alarm-score-distribution-shift)",

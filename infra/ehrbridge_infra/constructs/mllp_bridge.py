@@ -27,9 +27,10 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from ehrbridge import resources as spec
-from ehrbridge.mllp import metrics as m
+from ehrbridge.observability import names
 from ehrbridge_infra.constants import REPO_ROOT
 from ehrbridge_infra.constructs.core import CoreResources
+from ehrbridge_infra.observability import insights, series
 
 MLLP_PORT = 2575
 HEALTH_PORT = 8080
@@ -226,11 +227,10 @@ class MllpBridgeService(Construct):
         period = cdk.Duration.minutes(5)
 
         def acks(code: str) -> cw.Metric:
-            return cw.Metric(namespace="ehrbridge", metric_name="MllpAcks", statistic="Sum", period=period,
-                             dimensions_map={"service": SERVICE_NAME, "message_type": code})
+            return series(names.MLLP_ACKS, "Sum", {"service": SERVICE_NAME, "message_type": code}, period=period)
 
-        bad = {f"n{c}": acks(c) for c in ("AE", "AR", "CE", "CR")}
-        good = {f"p{c}": acks(c) for c in ("AA", "CA")}
+        bad = {f"n{c}": acks(c) for c in names.ACK_CODES_NACK}
+        good = {f"p{c}": acks(c) for c in names.ACK_CODES_OK}
         nack_rate = cw.MathExpression(
             expression=f"({' + '.join(f'FILL({k}, 0)' for k in bad)}) / "
                        f"MAX([1, {' + '.join(f'FILL({k}, 0)' for k in (*bad, *good))}])",
@@ -240,8 +240,7 @@ class MllpBridgeService(Construct):
             self, "NackRate", threshold=NACK_RATE_ALARM, evaluation_periods=2,
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             alarm_description="More than 5% of HL7 ACKs are AE/AR (runbook: docs/runbooks/mllp-bridge.md#nack-rate)"))
-        latency = cw.Metric(namespace="ehrbridge", metric_name="MllpAckLatency", statistic="p99", period=period,
-                            dimensions_map={"service": SERVICE_NAME})
+        latency = series(names.MLLP_ACK_LATENCY, "p99", {"service": SERVICE_NAME}, period=period)
         self.alarms.append(latency.create_alarm(
             self, "AckLatencyP99", threshold=ACK_P99_ALARM_MS, evaluation_periods=3, datapoints_to_alarm=2,
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
@@ -253,8 +252,8 @@ class MllpBridgeService(Construct):
             treat_missing_data=cw.TreatMissingData.BREACHING,
             alarm_description="No healthy MLLP bridge task behind the NLB "
                               "(runbook: docs/runbooks/mllp-bridge.md#no-healthy-tasks)"))
-        cert_days = cw.Metric(namespace="ehrbridge", metric_name="MllpCertDaysToExpiry", statistic="Minimum",
-                              period=cdk.Duration.hours(1), dimensions_map={"service": SERVICE_NAME})
+        cert_days = series(names.MLLP_CERT_DAYS_TO_EXPIRY, "Minimum", {"service": SERVICE_NAME},
+                           period=cdk.Duration.hours(1))
         self.alarms.append(cert_days.create_alarm(
             self, "CertExpiring", threshold=CERT_DAYS_ALARM, evaluation_periods=1,
             comparison_operator=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
@@ -262,10 +261,8 @@ class MllpBridgeService(Construct):
             alarm_description="The MLLP server certificate expires in less than 21 days "
                               "(runbook: docs/runbooks/mllp-bridge.md#certificate-rotation)"))
         # Every failure code (read_*/write_*) in one series: a Metrics Insights query needs no code list.
-        store_failed = cw.MathExpression(
-            expression=f'SELECT SUM({m.ACK_STORE_FAILED}) FROM SCHEMA("ehrbridge", service, message_type) '  # noqa: S608
-                       f"WHERE service = '{SERVICE_NAME}'",  # constants only; a CloudWatch query, not a database
-            using_metrics={}, period=period, label="ACK store failures")
+        store_failed = insights(names.MLLP_ACK_STORE_FAILED, "SUM", "ACK store failures", period=period,
+                                fleet=True, where={"service": SERVICE_NAME})
         self.alarms.append(store_failed.create_alarm(
             self, "AckStoreFailing", threshold=ACK_STORE_FAILED_ALARM, evaluation_periods=3, datapoints_to_alarm=2,
             treat_missing_data=cw.TreatMissingData.NOT_BREACHING,

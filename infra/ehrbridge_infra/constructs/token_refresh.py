@@ -26,28 +26,27 @@ from constructs import Construct
 
 from ehrbridge import resources as spec
 from ehrbridge.contracts.tenant import SECRET_PREFIX
+from ehrbridge.observability import names
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
+from ehrbridge_infra.nag import iam5_resource
+from ehrbridge_infra.observability import insights
 
 RUNBOOK = "docs/runbooks/onboarding-a-tenant.md#alarms"
 
 
-def _insights(aggregate: str, metric: str, label: str, *, worst_tenant: bool = False,
-              dimensions: str = "service, tenant") -> cw.MathExpression:
-    """Metrics Insights over every tenant (tenants are data, not deploy-time constants).
-
-    ``dimensions`` must be the metric's exact dimension set (emit_metric: service, tenant [+ one]).
-    ``worst_tenant``: group by tenant and keep the top one, so a cluster at one tenant alarms.
-    """
-    query = f'SELECT {aggregate}({metric}) FROM SCHEMA("ehrbridge", {dimensions})'  # noqa: S608 - constants
-    if worst_tenant:
-        query += f" GROUP BY tenant ORDER BY {aggregate}() DESC LIMIT 1"
-    return cw.MathExpression(expression=query, label=label, period=cdk.Duration.minutes(5))
+def _insights(aggregate: str, metric: names.MetricName, label: str, *, worst_tenant: bool = False) -> cw.MathExpression:
+    """Metrics Insights over every tenant (tenants are data, not deploy-time constants), on the metric's
+    emitted dimension set. ``worst_tenant``: group by tenant and keep the top one, so a cluster at one
+    tenant alarms."""
+    return insights(metric, aggregate, label, group_by=("tenant",) if worst_tenant else (),
+                    top=1 if worst_tenant else None)
 
 
 class TokenRefresh(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, core: CoreResources,
-                 failure_threshold: int = 3, unauthorized_threshold: int = 5) -> None:
+                 failure_threshold: int = 3, unauthorized_threshold: int = 5,
+                 token_ratio_threshold: float = 0.1) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         fn_spec = spec.function("token_refresh")
@@ -67,16 +66,14 @@ class TokenRefresh(Construct):
         # The tenant list is a scan of the state table's config items.
         role.add_to_principal_policy(iam.PolicyStatement(actions=["dynamodb:Scan"],
                                                          resources=[core.tables["state"].table_arn]))
+        # Ids rendered from the same ARNs: they match with and without a concrete account/region.
         Validations.of(self.refresher).acknowledge(
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
-                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*]",
+            Acknowledgment(id=iam5_resource(stack, f"{secrets_arn}/*"),
                            reason="Reads the secrets of every onboarded tenant (tenants are added at runtime) "
                                   "and nothing outside the ehrbridge/tenants/ prefix."),
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
-                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*/token-*]",
+            Acknowledgment(id=iam5_resource(stack, f"{secrets_arn}/*/token-*"),
                            reason="Writes only the per-tenant token secrets (the suffix is Secrets Manager's)."),
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
-                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*/credentials-*]",
+            Acknowledgment(id=iam5_resource(stack, f"{secrets_arn}/*/credentials-*"),
                            reason="Stores a rotated refresh token where a vendor app issues them."),
             Acknowledgment(id="HIPAA.Security-LambdaDLQ",
                            reason="Invoked by EventBridge Scheduler every minute without retries: a failed run is "
@@ -112,19 +109,22 @@ class TokenRefresh(Construct):
             self.alarms[name] = created
 
         ge = cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD
-        alarm("RefreshFailures", _insights("MAX", "TokenRefreshConsecutiveFailures",
+        alarm("RefreshFailures", _insights("MAX", names.TOKEN_REFRESH_CONSECUTIVE_FAILURES,
                                            "worst consecutive refresh failures"),
               failure_threshold, ge, f"a tenant's token refresh failed {failure_threshold}+ times in a row")
         alarm("Unauthorized401Cluster",
-              _insights("SUM", "Unauthorized401", "401s of the worst tenant", worst_tenant=True),
+              _insights("SUM", names.UNAUTHORIZED_401, "401s of the worst tenant", worst_tenant=True),
               unauthorized_threshold, ge, f"{unauthorized_threshold}+ FHIR 401s for one tenant in 5 minutes")
-        alarm("UnauthorizedAfterRefresh", _insights("SUM", "UnauthorizedAfterRefresh", "401 after a fresh token"),
+        alarm("UnauthorizedAfterRefresh", _insights("SUM", names.UNAUTHORIZED_AFTER_REFRESH, "401 after a fresh token"),
               1, ge, "a freshly refreshed token was refused: credentials revoked or app disabled at the site")
-        alarm("TokenAge", _insights("MIN", "TokenSecondsRemaining", "least time left on any token"),
-              30, cw.ComparisonOperator.LESS_THAN_THRESHOLD,
-              "a tenant's token is about to expire (or has) without being refreshed", evaluation_periods=2)
-        alarm("ResourceDenied", _insights("SUM", "ResourceDenied", "403 denials",
-                                          dimensions="service, tenant, resource_type"),
+        # Relative to each tenant's own lifetime: a vendor issuing 30 s tokens is healthy at 20 s left,
+        # one issuing 1 h tokens is not. The refresher emits the ratio (seconds left / lifetime).
+        alarm("TokenAge", _insights("MIN", names.TOKEN_LIFETIME_REMAINING_RATIO,
+                                    "least share of its lifetime left on any token"),
+              token_ratio_threshold, cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+              f"a tenant's token has under {token_ratio_threshold:.0%} of its lifetime left (or has expired) "
+              "twice in a row without being refreshed", evaluation_periods=2)
+        alarm("ResourceDenied", _insights("SUM", names.RESOURCE_DENIED, "403 denials"),
               1, ge, "a FHIR server answered 403 for a granted resource type; the type is skipped until fixed")
         alarm("RefresherNotRunning", fn.metric_invocations(period=cdk.Duration.minutes(5), statistic="Sum"),
               1, cw.ComparisonOperator.LESS_THAN_THRESHOLD, "the token refresher has not run for 5 minutes",
@@ -153,18 +153,21 @@ class TokenRefresh(Construct):
                 allowed_methods=cloudfront.AllowedMethods.ALLOW_GET_HEAD,
                 cache_policy=cloudfront.CachePolicy.CACHING_OPTIMIZED),
             minimum_protocol_version=cloudfront.SecurityPolicyProtocol.TLS_V1_2_2021,
-            price_class=cloudfront.PriceClass.PRICE_CLASS_100)
+            price_class=cloudfront.PriceClass.PRICE_CLASS_100,
+            # Every viewer request, cache hits included (the bucket's own logs see only origin fetches).
+            enable_logging=True, log_bucket=core.access_logs, log_file_prefix="cloudfront/jwks/")
         Validations.of(self.jwks_distribution).acknowledge(
             Acknowledgment(id="AwsSolutions-CFR1",
                            reason="EHR vendors fetch the JWKS from their own regions; public keys need no geo "
                                   "restriction."),
             Acknowledgment(id="AwsSolutions-CFR2",
-                           reason="Static, public, read-only JSON (public keys); a WAF adds cost, not protection."),
-            Acknowledgment(id="AwsSolutions-CFR3",
-                           reason="Origin requests are logged by the bucket's server access logs."),
+                           reason="Serves one static public JSON document per tenant (GET/HEAD only, from an S3 "
+                                  "origin); there is no application behind it for a WAF to protect."),
             Acknowledgment(id="AwsSolutions-CFR4",
-                           reason="The default CloudFront domain certificate; attach a custom domain + TLS 1.2 "
-                                  "certificate per deployment (docs/runbooks/key-rotation.md)."))
+                           reason="Uses the default *.cloudfront.net certificate, with which CloudFront sets the "
+                                  "viewer TLS policy itself; the content is public keys. To enforce TLSv1.2_2021, "
+                                  "attach an ACM certificate and alias per deployment "
+                                  "(docs/runbooks/key-rotation.md)."))
         cdk.CfnOutput(self, "JwksBucketName", value=self.jwks_bucket.bucket_name,
                       description="EHRBRIDGE_JWKS_BUCKET for `ehrbridge keys rotate`")
         cdk.CfnOutput(self, "JwksBaseUrl", value=f"https://{self.jwks_distribution.distribution_domain_name}",

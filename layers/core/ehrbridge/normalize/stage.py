@@ -3,8 +3,8 @@
 Output contract (docs/normalization.md): one envelope per source message,
 ``envelope.derive(kind=<input kind>, body=<Bundle JSON>, body_encoding="json")``; patient_key kept
 (set from the normalized patient when the input had none); attributes add ``source_event_time``,
-``structure`` and counts. Metrics per tenant and message type: Normalized, Quarantined (by reason
-class), UnmappedSegments, CodeRepairs.
+``structure`` and counts. Metrics per tenant and message type: Normalized, UnmappedSegments,
+CodeRepairs; quarantines are counted by ``Quarantine.put`` per tenant and reason class.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
 from ehrbridge.hl7.message import split_messages
 from ehrbridge.normalize.engine import NormalizeResult, normalize_hl7
 from ehrbridge.observability import emit_metric, logger
+from ehrbridge.observability.names import reason_class
+
+__all__ = ["STAGE", "NormalizerStage", "build_normalizer_stage", "normalize_envelope", "reason_class"]
 from ehrbridge.pipeline.consumer import Consumer
 from ehrbridge.pipeline.stages import Quarantine
 from ehrbridge.pipeline.wiring import stage_io
@@ -36,15 +39,6 @@ def normalize_envelope(envelope: Envelope, tenant: TenantConfig) -> NormalizeRes
         return normalize_fhir(body, tenant, message_id=envelope.message_id)
     return normalize_hl7(body, tenant, source_id=envelope.attributes.get("source_id"),
                          message_id=envelope.message_id)
-
-
-def reason_class(reason: str) -> str:
-    """A low-cardinality label for a reason (metric dimension values must not explode)."""
-    head = reason.split(":")[0].strip()
-    for prefix in ("unsupported message type", "unparseable HL7", "invalid FHIR", "mapping failed"):
-        if head.startswith(prefix):
-            return prefix
-    return head.split(" ")[0][:40] or "other"
 
 
 class NormalizerStage:
@@ -79,10 +73,7 @@ class NormalizerStage:
         result = normalize_envelope(envelope, tenant)
         tenant_id = envelope.tenant_id
         if not result.ok:
-            self.quarantine.put(envelope, result.reasons, STAGE)
-            for reason in result.reasons:
-                emit_metric(f"QuarantinedBy_{reason_class(reason).replace(' ', '_')}", tenant=tenant_id,
-                            message_type=envelope.kind)
+            self.quarantine.put(envelope, result.reasons, STAGE)  # counts Quarantined per tenant and reason
             return result
         attributes = {"source_event_time": result.source_event_time, "structure": result.structure,
                       "unmapped": str(len(result.unmapped)), "repairs": str(len(result.repairs))}

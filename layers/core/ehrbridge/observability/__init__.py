@@ -2,7 +2,7 @@
 
 Conventions (docs/architecture.md): JSON logs with tenant_id / message_id / correlation_id and
 never PHI; EMF metrics in namespace ``ehrbridge`` with dimension ``tenant`` plus at most one of
-``resource_type``, ``endpoint``, ``message_type``.
+``resource_type``, ``endpoint``, ``message_type``, ``reason``. Names and dimension sets: ``names``.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+from ehrbridge.observability.names import NAMESPACE, SECONDARY_DIMENSIONS
 from ehrbridge.observability.phi import PhiRedactionFilter, scrub
 
-NAMESPACE = "ehrbridge"
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "ehrbridge")
-SECONDARY_DIMENSIONS = frozenset({"resource_type", "endpoint", "message_type"})
-
 
 
 class LazyTracer:

@@ -10,6 +10,7 @@ from ehrbridge.aws.s3 import InMemoryBlobStore, S3BlobStore
 from ehrbridge.aws.sqs import Publisher
 from ehrbridge.contracts.envelope import Envelope
 from ehrbridge.observability import emit_metric, logger
+from ehrbridge.observability.names import QUARANTINED, quarantine_reason
 
 BlobStoreLike = S3BlobStore | InMemoryBlobStore
 
@@ -55,7 +56,8 @@ class Quarantine:
         notice = envelope.derive(kind="Quarantine", body=json.dumps({**record, "body_key": key + ".body"}),
                                  message_id=envelope.message_id)
         self.queue.publish([notice])
-        emit_metric("Quarantined", tenant=envelope.tenant_id, message_type=envelope.kind)
+        # Per tenant and reason: the alarm on new quarantines groups by both (a quarantine is a work item).
+        emit_metric(QUARANTINED.name, tenant=envelope.tenant_id, reason=quarantine_reason(stage, reasons))
         logger.warning("quarantined", extra={"stage": stage, "reasons": list(reasons)})
         return key
 
