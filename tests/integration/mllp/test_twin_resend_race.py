@@ -74,7 +74,7 @@ def test_two_workers_taking_the_same_new_message_at_once_answer_one_stored_ack( 
     answers, figures = asyncio.run(run())
     pairs = [(answers[i], answers[i + 1]) for i in range(0, len(answers), 2)]
     # Both copies were committed (FIFO dedup keeps one), one conditional write won, the other answered with it.
-    assert all(x == y and parse_ack(x).code == "AA" for x, y in pairs)
+    assert all(x == y and parse_ack(x).code == "AA" for x, y in pairs), [(x, y, figures) for x, y in pairs if x != y]
     assert [failed for _, _, failed in figures] == [0, 0]
     assert sum(committed for _, committed, _ in figures) == 2 * len(MESSAGES)
     stored = {item["sk"]["S"].split("#")[0] for item in state_items(twin)}

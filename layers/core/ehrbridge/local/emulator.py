@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -98,9 +99,12 @@ class TwinStats:
 class TwinDispatcher(DomainDispatcherApplication):
     """moto's host/body-based dispatcher with one lock per service around each request."""
 
-    def __init__(self) -> None:
+    def __init__(self, profile_dir: str | None = None) -> None:
         super().__init__(create_backend_app)
         self.stats = TwinStats()
+        # Diagnostics: one cProfile per service, enabled only while its lock is held (one thread at a time).
+        self.profile_dir = profile_dir
+        self._profiles: dict[str, Any] = {}
         self._stats_lock = threading.Lock()
         self._registry = threading.Lock()  # held while creating a service lock, and by moto_api
         self._locks: dict[str, threading.Lock] = {}
@@ -137,7 +141,10 @@ class TwinDispatcher(DomainDispatcherApplication):
         with self._stats_lock:
             if waited_ms > self.stats.lock_wait_ms_max.get(service, 0.0):
                 self.stats.lock_wait_ms_max[service] = round(waited_ms, 1)
+        profile = self._profile(service)
         try:
+            if profile is not None:
+                profile.enable()
             result = app(environ, capture)
             try:
                 body = b"".join(result)  # produced under the lock: a lazy body would read state after it
@@ -149,10 +156,30 @@ class TwinDispatcher(DomainDispatcherApplication):
             self._count(self.stats.exceptions, f"{service}:{type(err).__name__}")
             raise
         finally:
+            if profile is not None:
+                profile.disable()
             release()
         if status and status[-1][:1] == "5":
             self._count(self.stats.server_errors, service)
         return [body]
+
+    def _profile(self, service: str) -> Any:
+        if not self.profile_dir or service == "moto_api":
+            return None
+        profile = self._profiles.get(service)
+        if profile is None:
+            import cProfile
+
+            profile = self._profiles[service] = cProfile.Profile()
+        return profile
+
+    def dump_profiles(self) -> None:
+        """Write ``<profile_dir>/<service>.prof`` (pstats format) for every profiled service."""
+        if not self.profile_dir:
+            return
+        os.makedirs(self.profile_dir, exist_ok=True)
+        for service, profile in list(self._profiles.items()):
+            profile.dump_stats(os.path.join(self.profile_dir, f"{service}.prof"))
 
     def _acquire(self, service: str) -> Callable[[], None]:
         lock = self._lock_for(service)
@@ -447,8 +474,9 @@ def harden_moto() -> None:
 
 
 # ---- serving ---------------------------------------------------------------------------------
-def make_server(host: str = "127.0.0.1", port: int = 0) -> Any:
-    """A threaded WSGI server running the hardened emulator (call ``serve_forever``)."""
+def make_server(host: str = "127.0.0.1", port: int = 0, *, profile_dir: str | None = None) -> Any:
+    """A threaded WSGI server running the hardened emulator (call ``serve_forever``; the dispatcher is
+    ``server.app``). ``profile_dir``: profile each service's request handling (see ``--profile-dir``)."""
     import logging
 
     from moto.moto_server.werkzeug_app import MotoRequestHandler
@@ -456,7 +484,11 @@ def make_server(host: str = "127.0.0.1", port: int = 0) -> Any:
 
     harden_moto()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the dev server logs every request line
-    return werkzeug_server(host, port, TwinDispatcher(), threaded=True, request_handler=MotoRequestHandler)
+    return werkzeug_server(host, port, TwinDispatcher(profile_dir), threaded=True, request_handler=MotoRequestHandler)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -464,8 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The ehrbridge local twin's emulator (hardened moto server).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--profile-dir", default=os.environ.get("EHRBRIDGE_TWIN_PROFILE_DIR") or None,
+                        help="Profile each service's request handling; <dir>/<service>.prof written on exit "
+                             "(SIGTERM/SIGINT). Slows the emulator down; for finding where its time goes.")
     args = parser.parse_args(argv)
-    server = make_server(args.host, args.port)
+    server = make_server(args.host, args.port, profile_dir=args.profile_dir)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: close the socket, write the profiles
     port = server.server_address[1]
     os.environ.setdefault("MOTO_PORT", str(port))  # what moto.server sets for URLs it builds
     print(f"ready {port}", flush=True)
@@ -478,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
+        server.app.dump_profiles()
     return 0
 
 
