@@ -30,6 +30,7 @@ ehrbridge.local.emulator`` or ``MotoServer``'s thread); the patches hold for mot
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import signal
@@ -96,6 +97,18 @@ class TwinStats:
                           sort_keys=True)
 
 
+def _buffer_body(environ: dict[str, Any]) -> None:
+    """Replace a Content-Length request body by its bytes in memory (moto's dispatcher does the same when
+    it reads a body to find the service)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    stream = environ.get("wsgi.input")
+    if length > 0 and stream is not None and not isinstance(stream, io.BytesIO):
+        environ["wsgi.input"] = io.BytesIO(stream.read(length))
+
+
 class TwinDispatcher(DomainDispatcherApplication):
     """moto's host/body-based dispatcher with one lock per service around each request."""
 
@@ -135,6 +148,7 @@ class TwinDispatcher(DomainDispatcherApplication):
             status.append(status_line)
             return start_response(status_line, headers, exc_info)
 
+        _buffer_body(environ)  # read the upload before taking the lock: a slow sender must not hold it
         started = time.perf_counter()
         release = self._acquire_all() if service == "moto_api" else self._acquire(service)
         waited_ms = (time.perf_counter() - started) * 1000
