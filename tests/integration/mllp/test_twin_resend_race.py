@@ -20,9 +20,11 @@ from .test_resend_durable import later, send_raw, settled, state_items
 
 pytestmark = pytest.mark.integration
 MESSAGES = range(1, 11)
-# A fresh worker's first store call also creates its boto3 client: on a loaded CI machine that alone can
-# pass the 1 s default and the lookup is skipped (counted). These tests are about the race, not latency.
+# These tests are about the race, not latency: on a loaded CI machine a fresh worker's first store call
+# (which also creates its boto3 client) can pass the 1 s store default, and a commit the directory's 3 s
+# ACK timeout (the sender then gets AE and would resend): both are given room here.
 STORE_TIMEOUT_S = 15.0
+ACK_TIMEOUT_S = 8.0  # under send_raw's 10 s client timeout
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +41,8 @@ def worker_figures(*bridges) -> list[tuple[int, int, int]]:  # type: ignore[no-u
 def test_two_workers_resending_the_same_msh10_concurrently_get_the_original_ack(  # type: ignore[no-untyped-def]
         twin, pki, moto_server, monkeypatch) -> None:
     errors_before = moto_server.stats()["errors_total"]
-    behind = settings_for(pki, ack_store_timeout_s=STORE_TIMEOUT_S)  # the default: ACK stored after it is sent
+    # The default write-behind: the ACK stored after it is sent.
+    behind = settings_for(pki, ack_store_timeout_s=STORE_TIMEOUT_S, ack_timeout_s=ACK_TIMEOUT_S)
 
     async def run():  # type: ignore[no-untyped-def]
         async with running(behind, twin) as first:
@@ -63,7 +66,8 @@ def test_two_workers_taking_the_same_new_message_at_once_answer_one_stored_ack( 
         twin, pki, moto_server) -> None:
     errors_before = moto_server.stats()["errors_total"]
     # Write-through: the ACK is stored before it is sent.
-    through = settings_for(pki, ack_store_write_behind=False, ack_store_timeout_s=STORE_TIMEOUT_S)
+    through = settings_for(pki, ack_store_write_behind=False, ack_store_timeout_s=STORE_TIMEOUT_S,
+                           ack_timeout_s=ACK_TIMEOUT_S)
 
     async def run():  # type: ignore[no-untyped-def]
         async with running(through, twin) as b, running(through, twin) as c:
