@@ -539,9 +539,9 @@ def poison(run: ChaosRun, size: int) -> list[str]:
 @contextlib.contextmanager
 def _quiet(log_file: Path) -> Iterator[None]:
     """Functions' JSON logs and EMF lines go to a file: the terminal gets the table."""
-    from ehrbridge.local.demo import _pipeline_output_to
+    from ehrbridge.local.demo import pipeline_output_to
 
-    with open(log_file, "a", encoding="utf-8") as stream, _pipeline_output_to(stream):
+    with open(log_file, "a", encoding="utf-8") as stream, pipeline_output_to(stream):
         yield
 
 

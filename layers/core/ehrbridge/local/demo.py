@@ -170,7 +170,7 @@ def run_demo(*, events_dir: Path = DEFAULT_EVENTS, tenant_file: Path = DEFAULT_T
     log_dir = output_dir or Path(tempfile.mkdtemp(prefix="ehrbridge-demo-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     # The functions' JSON logs and EMF metrics go to a file, so stdout carries only the summary.
-    with (open(log_dir / "pipeline.log", "w", encoding="utf-8") as log_file, _pipeline_output_to(log_file),
+    with (open(log_dir / "pipeline.log", "w", encoding="utf-8") as log_file, pipeline_output_to(log_file),
           MotoServer() as server, contextlib.ExitStack() as stack):
         twin = provision(server.endpoint, visibility_timeout_s=1)
         activate(twin)
@@ -203,7 +203,8 @@ def run_demo(*, events_dir: Path = DEFAULT_EVENTS, tenant_file: Path = DEFAULT_T
 
 
 @contextmanager
-def _pipeline_output_to(stream: TextIO) -> Iterator[None]:
+def pipeline_output_to(stream: TextIO) -> Iterator[None]:
+    """The functions' JSON logs, EMF metrics (stdout) and warnings to ``stream``, process-wide."""
     from ehrbridge.observability import logger
 
     handler = logger.registered_handler

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -154,3 +155,22 @@ class PipelineRunner:
                 return True
             time.sleep(idle_sleep_s)  # messages in flight: wait for their visibility timeout
         return False
+
+    def run_until_stopped(self, stop: threading.Event, *, idle_sleep_s: float = 0.05) -> None:
+        """Poll every mapping until ``stop`` is set (``ehrbridge local up --run-functions``).
+
+        One thread delivers to every function in turn, as the demo does: the handlers share Powertools'
+        process-wide logger and metrics, which Lambda never runs concurrently in one process. A failed
+        poll (the twin restarting, a reset) is logged and retried, so the consumers outlive it.
+        """
+        while not stop.is_set():
+            delivered = 0
+            for mapping in self.mappings:
+                try:
+                    delivered += mapping.poll_once()
+                except Exception as err:  # the twin is local and may be restarted under us: keep polling
+                    logger.warning("poll failed; retrying", extra={"function": mapping.function_name,
+                                                                   "error_type": type(err).__name__})
+                    stop.wait(1.0)
+            if not delivered:
+                stop.wait(idle_sleep_s)

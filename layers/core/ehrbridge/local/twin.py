@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import boto3
 from ehrbridge import resources
 from ehrbridge.aws.clients import reset_clients
 
+STATS_PATH = "/_twin/stats"  # served by ehrbridge.local.emulator.TwinDispatcher
 LOCAL_REGION = "us-east-1"
 LOCAL_ACCOUNT = "123456789012"  # moto's default account id
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -27,35 +30,51 @@ LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
 
 
 class MotoServer:
-    """moto in server mode, bound to loopback only.
+    """The twin's emulator: moto in server mode, bound to loopback only, hardened for concurrent
+    traffic (``ehrbridge.local.emulator``: one lock per service, SQS without its per-message
+    slow paths, FIFO deduplication over SQS's 5-minute window).
 
-    By default a thread of this process (fast, used by `local up` and the demo); with
-    ``separate_process=True`` a real ``moto.server`` process, so tests exercise the same HTTP
-    boundary a subprocess (the bridge, the CLI) sees.
+    By default a thread of this process (fast, used by the demo); with ``separate_process=True`` its
+    own process (``python -m ehrbridge.local.emulator``), so tests exercise the same HTTP boundary a
+    subprocess (the bridge, the CLI) sees and the emulator gets a core of its own. ``stock=True``
+    runs moto exactly as shipped (the load benchmark's baseline).
     """
 
-    def __init__(self, port: int = 0, *, separate_process: bool = False) -> None:
+    def __init__(self, port: int = 0, *, separate_process: bool = False, stock: bool = False) -> None:
         self.port = port
         self.separate_process = separate_process
+        self.stock = stock
         self.endpoint = ""
         self._server: Any = None
+        self._thread: threading.Thread | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> MotoServer:
         if self.separate_process:
             self._start_process()
             return self
-        from moto.server import ThreadedMotoServer
+        if self.stock:
+            from moto.server import ThreadedMotoServer
 
-        # The dev server logs every request line to stderr; keep local runs readable.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
+            # The dev server logs every request line to stderr; keep local runs readable.
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+            self._server.start()
+            host, port = self._server.get_host_and_port()
+        else:
+            from ehrbridge.local.emulator import make_server
+
+            self._server = make_server("127.0.0.1", self.port)
+            self._thread = threading.Thread(target=self._server.serve_forever, name="ehrbridge-twin", daemon=True)
+            self._thread.start()
+            host, port = self._server.server_address[:2]
         self.endpoint = f"http://{host}:{port}"
         return self
 
     def _start_process(self, attempts: int = 3) -> None:
+        if not self.stock:
+            self._start_emulator_process()
+            return
         for _ in range(attempts):
             port = self.port or _free_port()
             self._process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -70,6 +89,25 @@ class MotoServer:
                     time.sleep(0.1)
             self._stop_process()  # port taken between probe and bind, or slow start: try another
         raise RuntimeError("moto server process did not start")
+
+    def _start_emulator_process(self, timeout_s: float = 60.0) -> None:
+        # The child binds (port 0: the kernel picks) and then reports its port: no probe-then-bind race.
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "ehrbridge.local.emulator", "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self._process.stdout is not None
+        ready, _, _ = select.select([self._process.stdout], [], [], timeout_s)
+        line = self._process.stdout.readline().decode("ascii", "replace").split() if ready else []
+        self._process.stdout.close()
+        if len(line) != 2 or line[0] != "ready":
+            self._stop_process()
+            raise RuntimeError("the twin's emulator process did not start")
+        self.endpoint = f"http://127.0.0.1:{int(line[1])}"
+
+    def stats(self) -> dict[str, Any]:
+        """The emulator's request, 5xx and exception counts (hardened emulator only)."""
+        with urllib.request.urlopen(f"{self.endpoint}{STATS_PATH}", timeout=10) as response:  # noqa: S310
+            return dict(json.loads(response.read()))
 
     def _stop_process(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -88,7 +126,14 @@ class MotoServer:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
+            if self.stock:
+                self._server.stop()
+            else:
+                self._server.shutdown()
+                self._server.server_close()
+                if self._thread is not None:
+                    self._thread.join(timeout=10)
+                    self._thread = None
             self._server = None
         self._stop_process()
 
