@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("demo")]
 
 def test_every_scenario_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     results = {r.name: r for r in run_scenarios(size=6, workdir=tmp_path)}
-    assert set(results) == {"bridge-kill-9", "sqs-outage", "handler-crash", "poison"}
+    assert set(results) == {"bridge-kill-9", "sqs-outage", "handler-crash", "poison", "poller-every-fault"}
     for result in results.values():
         assert result.error is None, result
         assert result.lost == 0 and result.duplicated == 0 and result.in_flight == 0, result
@@ -32,6 +32,14 @@ def test_every_scenario_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert poison.notes["redriven"] == poison.notes["poisoned"] and poison.notes["kept_invalid"] == 1
     assert any(reason.startswith("invalid envelope") for reason in poison.notes["dlq_reasons"])
     assert poison.delivered == 6 and poison.dead_lettered == 1
+    polled = results["poller-every-fault"]
+    assert polled.delivered == polled.messages_in == polled.notes["versions_in_scope"] > 0
+    assert polled.notes["superseded_versions"] > 0  # the source changed under the crawl
+    fired = polled.notes["faults"]  # every fault actually fired (a check that cannot pass with faults off)
+    for kind in ("429_delta", "429_date", "429_epoch", "truncated", "outcome_in_200", "slow", "token_expired",
+                 "mutated"):
+        assert fired.get(kind, 0) > 0, (kind, fired)
+    assert any(fired.get(str(status), 0) for status in (500, 502, 503, 504)), fired
 
 
 def test_the_accounting_catches_a_lost_and_a_duplicated_message(tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ from tests.support import handler_import_modules, heavy_modules
 FORBIDDEN = ("fhir.resources", "fhir_core", "authlib", "hl7", "recordlinkage", "pandas", "rapidfuzz", "typer",
              "aws_xray_sdk", "moto", "ehrbridge.normalize", "ehrbridge.identity", "ehrbridge.sandbox",
              # httpx's own CLI (ehrbridge.lean_imports keeps it out: ~70 ms of CPU per cold start)
-             "click", "rich", "pygments")
+             "click", "rich", "pygments",
+             # signing (joserfc, cryptography) loads only when a token is requested; YAML only in the CLI
+             "joserfc", "cryptography", "yaml")
 
 
 @pytest.mark.parametrize("function", ["poll_dispatcher", "fhir_poller"])

@@ -11,8 +11,6 @@ from __future__ import annotations
 import secrets
 import time
 
-from joserfc import jwt
-
 from ehrbridge.auth.keys import SigningKey, algorithm_for
 
 MAX_ASSERTION_LIFETIME_S = 300  # the spec's hard ceiling
@@ -43,4 +41,6 @@ def build_client_assertion(*, key: SigningKey, kid: str, client_id: str, audienc
     claims = {"iss": client_id, "sub": client_id, "aud": audience, "iat": issued,
               "exp": issued + lifetime_s, "jti": new_jti()}
     header = {"alg": alg, "kid": kid, "typ": "JWT"}
+    from joserfc import jwt  # here, not at import: see ehrbridge.auth.keys
+
     return jwt.encode(header, claims, key, algorithms=[alg])

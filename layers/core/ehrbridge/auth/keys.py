@@ -6,12 +6,18 @@ strings (authlib imports any non-key as RSA, so an EC PEM fails: research/smart-
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from joserfc.jwk import ECKey, RSAKey
+# joserfc (and cryptography under it) load only when a key is made, read or used: a function whose
+# token is cached never signs, and the two are about a third of the poller's cold-start imports.
+if TYPE_CHECKING:
+    from joserfc.jwk import ECKey, RSAKey
+
+    SigningKey = RSAKey | ECKey
+else:
+    SigningKey = Any  # the union above, without importing joserfc
 
 Algorithm = Literal["RS384", "ES384"]
-SigningKey = RSAKey | ECKey
 SUPPORTED_ALGORITHMS: tuple[Algorithm, ...] = ("RS384", "ES384")
 MIN_RSA_BITS = 2048
 
@@ -22,6 +28,8 @@ class KeyMaterialError(ValueError):
 
 def generate_private_key(algorithm: Algorithm, rsa_bits: int = 3072) -> str:
     """A new private key as PKCS#8 PEM text."""
+    from joserfc.jwk import ECKey, RSAKey
+
     if algorithm == "RS384":
         if rsa_bits < MIN_RSA_BITS:
             raise KeyMaterialError(f"RSA keys need at least {MIN_RSA_BITS} bits")
@@ -35,6 +43,8 @@ def generate_private_key(algorithm: Algorithm, rsa_bits: int = 3072) -> str:
 
 def load_private_key(pem: str | bytes, algorithm: str) -> SigningKey:
     """PEM -> joserfc key of the type the algorithm needs (RS384: RSA >= 2048, ES384: EC P-384)."""
+    from joserfc.jwk import ECKey, RSAKey
+
     data = pem.encode("ascii") if isinstance(pem, str) else pem
     try:
         if algorithm == "RS384":
@@ -59,6 +69,8 @@ def load_private_key(pem: str | bytes, algorithm: str) -> SigningKey:
 
 
 def algorithm_for(key: SigningKey) -> Algorithm:
+    from joserfc.jwk import RSAKey
+
     return "RS384" if isinstance(key, RSAKey) else "ES384"
 
 

@@ -25,26 +25,26 @@ def chaos(
     out = sys.stdout
     if list_only:
         for spec in SCENARIOS.values():
-            out.write(f"{spec.name:<16} {spec.description}\n")
+            out.write(f"{spec.name:<20} {spec.description}\n")
         return
     unknown = [n for n in scenario or [] if n not in SCENARIOS]
     if unknown:
         typer.secho(f"error: unknown scenario(s) {', '.join(unknown)}; see --list", fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
-    header = f"{'scenario':<16}{'in':>6}{'delivered':>11}{'quarantined':>13}{'dead-lettered':>15}" \
+    header = f"{'scenario':<20}{'in':>6}{'delivered':>11}{'quarantined':>13}{'dead-lettered':>15}" \
              f"{'duplicated':>12}{'lost':>6}{'in flight':>11}{'seconds':>9}"
 
     def row(result: ScenarioResult) -> None:
         if as_json:
             return
-        out.write(f"{result.name:<16}{result.messages_in:>6}{result.delivered:>11}{result.quarantined:>13}"
+        out.write(f"{result.name:<20}{result.messages_in:>6}{result.delivered:>11}{result.quarantined:>13}"
                   f"{result.dead_lettered:>15}{result.duplicated:>12}{result.lost:>6}{result.in_flight:>11}"
                   f"{result.seconds:>9.1f}" + ("" if result.ok else "  FAILED") + "\n")
         notes: dict[str, Any] = dict(result.notes)
         if result.error:
             notes["error"] = result.error
         if notes:
-            out.write(f"{'':<16}{json.dumps(notes, sort_keys=True, default=str)}\n")
+            out.write(f"{'':<20}{json.dumps(notes, sort_keys=True, default=str)}\n")
         out.flush()
 
     if not as_json:

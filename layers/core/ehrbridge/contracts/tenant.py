@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     AnyHttpUrl,
     BaseModel,
@@ -134,6 +133,8 @@ class TenantConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TenantConfig:
+        import yaml  # the CLI reads YAML; the functions read tenants from the state table
+
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))

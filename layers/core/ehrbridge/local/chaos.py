@@ -10,8 +10,9 @@ traces every input by its correlation id to where it ended:
 - ``lost``: found nowhere. ``in`` counts the messages the pipeline took custody of (an ACKed
   message, a message on a queue); a sender keeps and resends what was not ACKed.
 
-Scenarios register themselves in ``SCENARIOS`` (``@scenario``), so a new one - e.g. the sandbox
-EHR throwing every fault at the FHIR poller at once, once the poller lands - is one function.
+Scenarios register themselves in ``SCENARIOS`` (``@scenario``): a new one is one function. The FHIR
+poller's scenario (``poller-every-fault``) accounts by resource version instead of HL7 message: its
+``in`` is the sandbox EHR's set of (type, id, version) in scope, traced by the poller's stable ids.
 """
 
 from __future__ import annotations
@@ -533,6 +534,56 @@ def poison(run: ChaosRun, size: int) -> list[str]:
                      kept_invalid=moved.kept_invalid, dlq_reasons=moved.reasons)
     # The invalid envelope is an input too: it must be accounted for (dead-lettered, with its reason).
     return [e.correlation_id for e in envelopes] + [f"invalid:{INVALID_BODY[:40]}"]
+
+
+POLLED_TYPES = ("Patient", "Observation")  # the labs workflow's searchable types the sandbox grants
+
+
+@scenario("poller-every-fault", "the sandbox EHR throws every fault at once at the dispatcher + fhir_poller "
+          "(429 bursts in each Retry-After form, 5xx, slow, truncated JSON, OperationOutcome in a 200, updates "
+          "under offset paging, tokens expiring mid-crawl); through normalize and identity to the lake")
+def poller_every_fault(run: ChaosRun, size: int) -> list[str]:
+    """``in`` = the server's (type, id, version) set in scope once it stops changing; each one must
+    reach the lake exactly once. Versions superseded during the crawl may arrive too (they existed)."""
+    from ehrbridge.aws.settings import table_name
+    from ehrbridge.contracts.tenant_store import DynamoTenantStore
+    from ehrbridge.local.polling import dispatch_once, expected_correlation_ids, onboard_sandbox_tenant, poller_mapping
+    from ehrbridge.local.twin import local_client
+    from ehrbridge.poll.cursor import DynamoCursorStore
+    from ehrbridge.poll.jobs import dispatch
+    from ehrbridge.poll.runtime import SqsJobQueue
+    from ehrbridge.sandbox.faults import Faults
+    from ehrbridge.sandbox.server import SandboxEHR
+
+    faults = Faults.everything(seed=17, rate=0.12)
+    patients = max(size, 12)  # enough pages per window for every fault to fire, even in the short form
+    base = run.tenant.model_copy(update={"rate_limits": run.tenant.rate_limits.model_copy(
+        update={"requests_per_second": 50.0})})
+    with SandboxEHR("generic", patients=patients, faults=faults, paging_style="offset", token_lifetime_s=10,
+                    max_page_size=5, observations_per_patient=(2, 5)) as sandbox:
+        tenant = onboard_sandbox_tenant(sandbox, base, workflows=("labs",))
+        jobs = SqsJobQueue(run.twin.queues["poll-jobs"], local_client("sqs", run.twin.endpoint))
+        state = table_name("state")
+        dispatched = [dispatch_once()["enqueued"]]
+        windows = 3  # mutations under the 1st; the 2nd gets what they changed; the 3rd re-reads the overlap
+        for window in range(windows):
+            if window:
+                faults.mutate_per_page = 0  # the source settles, so "in" is a fixed set
+                later = time.time() + window * 3600  # the scheduled dispatcher, one interval later or more
+                dispatched.append(dispatch(DynamoTenantStore(state).list(), DynamoCursorStore(state), jobs.send,
+                                           now=lambda at=later: at).counts()["enqueued"])
+            if not PipelineRunner([poller_mapping(run.twin, timeout_s=120), *run.mappings()]).run_until_drained(
+                    timeout_s=300, idle_sleep_s=0.05):
+                raise RuntimeError(f"window {window + 1} did not drain")
+        current = sandbox.current_versions(POLLED_TYPES)
+        requests = sandbox.fhir_requests()
+        injected = dict(sandbox.injector.injected)
+        run.notes.update(
+            versions_in_scope=len(current),
+            superseded_versions=len({v for v in sandbox.history if v[0] in POLLED_TYPES} - current),
+            poll_jobs_dispatched=dispatched, fhir_requests=len(requests),
+            faults={k: injected[k] for k in sorted(injected)})
+        return sorted(expected_correlation_ids(tenant.tenant_id, current))
 
 
 # ---- driver ------------------------------------------------------------------------------------

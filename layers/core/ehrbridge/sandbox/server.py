@@ -106,7 +106,8 @@ class SandboxEHR:
                  host: str = "127.0.0.1", port: int = 0, paging_session_ttl_s: float = 600.0,
                  jwks_cache_s: float = 0.0, token_delay_s: float = 0.0, paging_style: PagingStyle | None = None,
                  faults: Faults | None = None, observations_per_patient: tuple[int, int] = (3, 8),
-                 bulk_redirect_files: bool | None = None, bulk_status_polls: int = 2) -> None:
+                 bulk_redirect_files: bool | None = None, bulk_status_polls: int = 2,
+                 max_page_size: int | None = None) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the sandbox binds to loopback only")
         self.profile: VendorProfile = profile_for(vendor)
@@ -122,6 +123,8 @@ class SandboxEHR:
         self.assertions: list[AssertionRecord] = []
         self.resources = generate(patients, seed=seed, observations_per_patient=observations_per_patient)
         self.paging_style: PagingStyle = paging_style or self.profile.paging_style
+        # Servers may page smaller than `_count` asks (the spec makes it a hint): small pages, many of them.
+        self.max_page_size = min(max_page_size or self.profile.max_page_size, self.profile.max_page_size)
         self.faults = faults or Faults()
         self.injector = FaultInjector(self)
         # Every (type, id, versionId) that ever existed: what a poller may legitimately deliver.
@@ -463,7 +466,7 @@ class SandboxEHR:
             return 400, _outcome("required", f"required search parameter missing: {', '.join(missing)}")
         warnings: list[str] = []
         matches = self._filter(resource_type, query, warnings)
-        count = min(int(query.get("_count", [str(self.profile.max_page_size)])[0] or 1), self.profile.max_page_size)
+        count = min(int(query.get("_count", [str(self.max_page_size)])[0] or 1), self.max_page_size)
         count = max(count, 1)
         style = self.paging_style
         if style == "next_link":
