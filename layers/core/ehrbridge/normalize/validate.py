@@ -358,15 +358,23 @@ def check_bundle(bundle: dict[str, Any]) -> list[str]:
 
 
 def _check_bundle(bundle: dict[str, Any]) -> list[str]:
+    # One pass over the entries: the bundle-level rules (resource type, id, duplicates, app-2), the
+    # engine's entry shape ({fullUrl, resource, request: {method PUT, url}} with fullUrl = url =
+    # "<type>/<id>", checked by comparison) and the walk of each resource. Any other bundle or entry
+    # shape, or anything the walk refuses, goes through the full walk (_explain), which says why.
     problems: list[str] = []
     seen = set()
-    for entry in bundle.get("entry") or ():
+    entries = bundle.get("entry")
+    fast_ok = type(entries) is list and bool(entries)
+    for entry in entries or ():
         res = entry.get("resource") if type(entry) is dict else None
         if type(res) is not dict:
-            continue  # the walk below reports it
+            fast_ok = False
+            continue  # the full walk reports it
         rtype = res.get("resourceType")
         if rtype not in REQUIRED:
             problems.append(f"{rtype or 'resource'}: unexpected resource type")
+            fast_ok = False
             continue
         url = f"{rtype}/{res.get('id')}"
         if url in seen:
@@ -376,29 +384,17 @@ def _check_bundle(bundle: dict[str, Any]) -> list[str]:
             problems.append(f"{rtype}.id: required")
         if rtype == "Appointment" and bool(res.get("start")) != bool(res.get("end")):
             problems.append("Appointment: start and end must be given together (app-2)")
+        if fast_ok:
+            request = entry.get("request")
+            fast_ok = (len(entry) == 3 and entry.get("fullUrl") == url and is_id(res.get("id"))
+                       and type(request) is dict and len(request) == 2 and request.get("method") == "PUT"
+                       and request.get("url") == url and _valid(res, rtype))
     if bundle.get("resourceType") != "Bundle":
         problems.append("Bundle.resourceType: not Bundle")
         return problems
-    # The engine's entry shape ({fullUrl, resource, request: {method PUT, url}} with fullUrl = url =
-    # "<type>/<id>") is checked by comparison and the resources are walked; any other bundle or entry
-    # shape goes through the full walk.
-    entries = bundle.get("entry")
-    shell = {k: v for k, v in bundle.items() if k != "entry"}
-    own_shape = type(entries) is list and bool(entries) and all(_engine_entry(e) for e in entries)
-    if not (own_shape and _valid(shell, "Bundle") and all(_valid(e["resource"], e["resource"]["resourceType"])
-                                                          for e in entries)):
+    if not (fast_ok and _valid({k: v for k, v in bundle.items() if k != "entry"}, "Bundle")):
         _explain(bundle, "Bundle", "Bundle", problems)
     return problems
-
-
-def _engine_entry(entry: Any) -> bool:
-    if type(entry) is not dict or len(entry) != 3:
-        return False
-    res, request, url = entry.get("resource"), entry.get("request"), entry.get("fullUrl")
-    return (type(res) is dict and res.get("resourceType") in REQUIRED and type(url) is str
-            and url == f"{res['resourceType']}/{res.get('id')}" and is_id(res.get("id"))
-            and type(request) is dict and len(request) == 2 and request.get("method") == "PUT"
-            and request.get("url") == url)
 
 
 def validate_with_models(bundle: dict[str, Any]) -> list[str]:
