@@ -17,7 +17,10 @@ from ehrbridge.terminology.checks import LOINC, UCUM, check_code
 from ehrbridge.terminology.systems import local_system, system_uri
 
 _TRIPLETS = ((1, 2, 3), (4, 5, 6), (10, 11, 12))
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+# ASCII digits only (``\d`` matches any script's digits, which FHIR's decimal does not allow).
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
+# Far beyond any measured value; keeps int() under Python's 4,300-digit limit and every float finite.
+MAX_NUMBER_CHARS = 40
 
 
 def comps(raw: str, seps: Separators) -> list[str]:
@@ -35,7 +38,7 @@ def _sub(raw_comp: str, seps: Separators, s: int = 1) -> str:
 
 def decimal(text: str) -> float | int | None:
     t = text.strip()
-    if not _NUMBER.match(t):
+    if len(t) > MAX_NUMBER_CHARS or not _NUMBER.match(t):
         return None
     if "." in t:
         return float(t)
@@ -352,12 +355,13 @@ def reference_range(text: str, unit: dict[str, Any] | None) -> dict[str, Any] | 
     if not t:
         return None
     base = {k: unit[k] for k in ("unit", "system", "code") if unit and k in unit}
-    m = re.match(r"^\s*([+-]?\d+(?:\.\d+)?)\s*-\s*([+-]?\d+(?:\.\d+)?)\s*$", t)
+    m = re.match(r"^\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*-\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*$", t)
     if m:
-        return {"low": {"value": decimal(m.group(1)), **base}, "high": {"value": decimal(m.group(2)), **base},
-                "text": t}
-    m = re.match(r"^\s*(<=?|>=?)\s*([+-]?\d+(?:\.\d+)?)\s*$", t)
-    if m:
+        low, high = decimal(m.group(1)), decimal(m.group(2))
+        if low is not None and high is not None:
+            return {"low": {"value": low, **base}, "high": {"value": high, **base}, "text": t}
+    m = re.match(r"^\s*(<=?|>=?)\s*([+-]?[0-9]+(?:\.[0-9]+)?)\s*$", t)
+    if m and decimal(m.group(2)) is not None:
         key = "high" if m.group(1).startswith("<") else "low"
         return {key: {"value": decimal(m.group(2)), **base}, "text": t}
     return {"text": t}

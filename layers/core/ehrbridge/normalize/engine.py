@@ -7,14 +7,15 @@ transaction Bundle with deterministic ids -> fast structural check (``validate``
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ehrbridge.contracts.envelope import patient_key_for
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.hl7.message import Message, ParseError, parse
-from ehrbridge.hl7.timefmt import zone
+from ehrbridge.hl7.timefmt import fmt_offset, zone
 from ehrbridge.normalize import segments as seg_maps
 from ehrbridge.normalize import structures, validate
 from ehrbridge.normalize.context import (
@@ -36,6 +37,7 @@ class NormalizeResult:
     kind: str = "UNKNOWN"
     control_id: str = ""
     bundle: dict[str, Any] | None = None
+    bundle_json: str = ""  # the bundle as compact JSON (what the stage sends on; its size is a limit)
     reasons: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
     repairs: list[dict[str, str]] = field(default_factory=list)
@@ -79,6 +81,8 @@ def default_charset_for(tenant: TenantConfig, source_id: str | None) -> str:
 def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = None,
                   message_id: str = "") -> NormalizeResult:
     """Normalize one HL7 v2 message (bytes as received). Never raises for bad input: quarantines."""
+    if not data.strip():
+        return NormalizeResult("quarantined", kind="EMPTY", reasons=["empty input"])
     try:
         msg = parse(data, default_charset_for(tenant, source_id))
     except ParseError as err:
@@ -105,6 +109,7 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
     msh = msg.msh
     sender, facility = msh.value(3, 1) or msh.value(3, 2), msh.value(4, 1) or msh.value(4, 2)
     ctx = Ctx(tenant=tenant, zone_name=zone_for(tenant, source_id, sender), facility=facility, sender=sender)
+    check_limits(msg, tenant)
     counts: dict[str, int] = {}
     for s in msg.segments:
         counts[s.name] = counts.get(s.name, 0) + 1
@@ -144,18 +149,51 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
     resources.sort(key=lambda r: _ORDER.get(r["resourceType"], 10))
     provenance = _provenance(msg, ctx, st, event_ts.fhir, event_time, message_id, zsegments)
     resources.append(provenance)
+    limits = tenant.limits
+    if len(resources) > limits.max_resources_per_bundle:
+        raise QuarantineError(f"limit exceeded: {len(resources)} resources in the bundle "
+                              f"(max_resources_per_bundle {limits.max_resources_per_bundle})")
     bundle = _bundle(ctx, resources, msg, event_time)
     problems = validate.check_bundle(bundle)
     if problems:
         raise QuarantineError(*[f"invalid FHIR: {p}" for p in problems[:5]])
+    bundle_json = json.dumps(bundle, separators=(",", ":"))
+    if len(bundle_json) > limits.max_output_bytes:  # ASCII JSON: characters = bytes
+        raise QuarantineError(f"limit exceeded: bundle of {len(bundle_json)} bytes "
+                              f"(max_output_bytes {limits.max_output_bytes})")
     authority, value = st.patient_key or ("", "")
     return NormalizeResult(
-        "ok", kind=kind, control_id=msg.control_id, bundle=bundle, unmapped=_unmapped_list(ctx),
+        "ok", kind=kind, control_id=msg.control_id, bundle=bundle, bundle_json=bundle_json,
+        unmapped=_unmapped_list(ctx),
         repairs=ctx.repairs + [{"kind": "wire", "where": "message", "detail": c} for c in msg.cleanups],
         issues=ctx.issues, unmapped_systems=sorted(ctx.unmapped_systems), zone_applied=ctx.zone_applied,
         zone_gaps=ctx.zone_gaps, fields_mapped=ctx.fields_mapped,
         patient_key=patient_key_for(tenant.tenant_id, authority, value),
         structure=structure_name, segments=counts, source_event_time=event_time)
+
+
+def check_limits(msg: Message, tenant: TenantConfig) -> None:
+    """Segments and repetitions within the tenant's bounds, checked before any mapping builds anything."""
+    limits = tenant.limits
+    if len(msg.segments) > limits.max_segments:
+        raise QuarantineError(f"limit exceeded: {len(msg.segments)} segments (max_segments {limits.max_segments})")
+    rep = msg.seps.repetition
+    if not rep:
+        return
+    per_field, total = limits.max_repetitions_per_field, 0
+    for s in msg.segments:
+        fields = s.fields
+        for n in range(3 if s.name == "MSH" else 1, len(fields)):
+            value = fields[n]
+            if rep in value:
+                count = value.count(rep) + 1
+                total += count
+                if count > per_field:
+                    raise QuarantineError(f"limit exceeded: {s.name}-{n} has {count} repetitions "
+                                          f"(max_repetitions_per_field {per_field})")
+    if total > limits.max_repetitions_per_message:
+        raise QuarantineError(f"limit exceeded: {total} repetitions in the message "
+                              f"(max_repetitions_per_message {limits.max_repetitions_per_message})")
 
 
 def _instant(fhir_dt: str, zone_name: str = "UTC") -> str:
@@ -164,8 +202,13 @@ def _instant(fhir_dt: str, zone_name: str = "UTC") -> str:
     if len(fhir_dt) > 10:
         return fhir_dt
     year, month, day = [*fhir_dt.split("-"), "01", "01"][:3]
-    local = datetime(int(year), int(month), int(day), tzinfo=zone(zone_name))
-    return local.isoformat()
+    try:
+        local = datetime(int(year), int(month), int(day), tzinfo=zone(zone_name))
+        offset = local.utcoffset()
+    except (ValueError, OverflowError):
+        raise QuarantineError("date out of range for an instant (year 0001-9999)") from None
+    # Formatted here, not by isoformat: a zone's local mean time before ~1900 has seconds in its offset.
+    return f"{local.year:04d}-{local.month:02d}-{local.day:02d}T00:00:00{fmt_offset(offset or timedelta(0))}"
 
 
 def _unmapped_fields(s: Any, ctx: Ctx) -> None:

@@ -844,7 +844,8 @@ def appointment(seg: Segment, st: State) -> None:
     if end:
         res["end"] = end
     duration = dt.decimal(seg.value(9))
-    if isinstance(duration, int) and seg.value(10, 1).lower() in ("min", "minutes", ""):
+    # FHIR positiveInt: 1 .. 2,147,483,647.
+    if isinstance(duration, int) and 0 < duration < 2**31 and seg.value(10, 1).lower() in ("min", "minutes", ""):
         res["minutesDuration"] = duration
     st.appointment = st.add(res)
     st.notable = None
@@ -940,6 +941,16 @@ def document_content(seg: Segment, st: State) -> None:
         st.ctx.unmapped[f"OBX-5({vtype})"] += 1
 
 
+def fhir_datetime(value: Any) -> str:
+    """An aware datetime as a FHIR dateTime: 4-digit year, ``+hh:mm`` offset (isoformat can give neither)."""
+    from ehrbridge.hl7.timefmt import fmt_offset
+
+    text = f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    if value.microsecond:
+        text += f".{value.microsecond:06d}"
+    return text + fmt_offset(value.utcoffset())
+
+
 def _complete_appointment(res: Resource, st: State) -> None:
     """app-2: start and end together. End = start + duration when the sender gave one; else neither
     (the times stay in the archived message and the gap is reported)."""
@@ -947,9 +958,14 @@ def _complete_appointment(res: Resource, st: State) -> None:
 
     minutes = res.get("minutesDuration")
     if res.get("start") and isinstance(minutes, int) and len(res["start"]) > 10:
-        start = datetime.fromisoformat(res["start"])
-        res["end"] = (start + timedelta(minutes=minutes)).isoformat()
-        return
+        try:
+            start = datetime.fromisoformat(res["start"])
+            end = start + timedelta(minutes=minutes)
+        except (ValueError, OverflowError):  # past year 9999, or a form fromisoformat does not read
+            end = None
+        if end is not None:
+            res["end"] = fhir_datetime(end)
+            return
     res.pop("start", None)
     res.pop("end", None)
     st.ctx.issue("appointment-time-incomplete", "SCH-11")
