@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,15 +82,16 @@ def _new_control_id() -> str:
     return f"A{_prefix}{next(_counter):09d}"[:20]
 
 
+_VERSION = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){0,3}$")
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
-    head = version.split("^")[0].split("&")[0]
-    parts: list[int] = []
-    for piece in head.split(".")[:4]:
-        # ASCII digits only ('\u00b3'.isdigit() is True but int() refuses it), and short (no huge ints).
-        if not (piece.isascii() and piece.isdigit()) or len(piece) > 4:
-            break
-        parts.append(int(piece))
-    return tuple(parts) or (2, 5)
+    """MSH-12 as numbers; (2, 5) when it is not a plain dotted version (ASCII digits only:
+    '\u00b3'.isdigit() is True but int() refuses it)."""
+    head = version.split("^")[0].split("&")[0].strip()
+    if not _VERSION.match(head):
+        return (2, 5)
+    return tuple(int(piece) for piece in head.split("."))
 
 
 def _escape(text: str, header: MshHeader) -> str:
@@ -166,6 +168,8 @@ def _build(header: MshHeader, code: str, error: AckError | None, default_charset
     comp = enc[0] if enc else "^"
     sub = enc[3] if len(enc) > 3 else "&"
     version = header.version or "2.5"
+    if not _VERSION.match(version.split("^")[0].strip()):
+        version = "2.5"  # an unreadable MSH-12 is not echoed
     vt = _version_tuple(version)
     stamp = now.strftime("%Y%m%d%H%M%S%z") if now else _stamp()
     event = header.component(9, 2)

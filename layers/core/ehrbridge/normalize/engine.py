@@ -14,6 +14,7 @@ from typing import Any
 
 from ehrbridge.contracts.envelope import patient_key_for
 from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.hl7 import wire
 from ehrbridge.hl7.message import Message, ParseError, parse
 from ehrbridge.hl7.timefmt import fmt_offset, zone
 from ehrbridge.normalize import segments as seg_maps
@@ -86,7 +87,9 @@ def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = 
     try:
         msg = parse(data, default_charset_for(tenant, source_id))
     except ParseError as err:
-        return NormalizeResult("quarantined", reasons=[f"unparseable HL7: {err.reason}"])
+        kind, control_id = _header_facts(data)
+        return NormalizeResult("quarantined", kind=kind, control_id=control_id,
+                               reasons=[f"unparseable HL7: {err.reason}"])
     kind, control_id = msg.kind, msg.control_id
     try:
         return _map(msg, tenant, source_id, message_id)
@@ -96,6 +99,15 @@ def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = 
         # A bug or a shape we did not foresee: quarantine with the error type (no values: PHI).
         return NormalizeResult("quarantined", kind=kind, control_id=control_id,
                                reasons=[f"mapping failed: {type(err).__name__} (please report)"])
+
+
+def _header_facts(data: bytes) -> tuple[str, str]:
+    """(kind, MSH-10) of a message that could not be parsed, when its MSH can still be read (for the report)."""
+    try:
+        header = wire.read_msh(data)
+    except wire.WireError:
+        return "UNKNOWN", ""
+    return wire.printable(header.kind, 40), wire.printable(header.control_id, 64)
 
 
 def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: str) -> NormalizeResult:
