@@ -94,11 +94,10 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(piece) for piece in head.split("."))
 
 
-def _escape(text: str, header: MshHeader) -> str:
+def _escape(text: str, sep: str, enc: str) -> str:
     """HL7-escape free text so a reason can never break the ACK's structure."""
-    enc = header.encoding_characters
     esc = enc[2] if len(enc) > 2 else "\\"
-    table = {esc: f"{esc}E{esc}", header.field_separator: f"{esc}F{esc}", "\r": " ", "\n": " "}
+    table = {esc: f"{esc}E{esc}", sep: f"{esc}F{esc}", "\r": " ", "\n": " "}
     for ch, code in zip(enc[:2] + enc[3:4], "SRT", strict=False):
         table.setdefault(ch, f"{esc}{code}{esc}")
     return "".join(table.get(ch, ch) for ch in text)
@@ -161,10 +160,35 @@ def _ack_charset(header: MshHeader) -> str:
     return header.charset if header.charset and is_supported_charset(header.charset) else ""
 
 
+_STANDARD = "^~\\&"
+_SPARE = "^~\\&#$*!@%+;:?"
+
+
+def ack_delimiters(header: MshHeader) -> tuple[str, str]:
+    """(MSH-1, MSH-2) for the ACK: the sender's, completed to four distinct encoding characters.
+
+    A sender may send fewer than four (or ones that python-hl7 then completes with a default it already
+    uses, so nothing can parse the ACK): each missing or colliding one becomes the standard character
+    for its place, or a spare one, so the ACK always parses with the sender's own separators.
+    """
+    sep = header.field_separator or "|"
+    given = header.encoding_characters
+    used = {sep, "\r", "\n"}
+    chosen: list[str] = []
+    for place in range(4):
+        ch = given[place] if place < len(given) else ""
+        if not ch or ch in used or ch.isalnum() or ch.isspace():
+            ch = next(c for c in _STANDARD[place] + _SPARE if c not in used)
+        used.add(ch)
+        chosen.append(ch)
+    if len(given) > 4 and given[4] not in used and not given[4].isalnum() and not given[4].isspace():
+        chosen.append(given[4])  # truncation character (v2.7+)
+    return sep, "".join(chosen)
+
+
 def _build(header: MshHeader, code: str, error: AckError | None, default_charset: str, now: datetime | None,
            control_id: str | None) -> Ack:
-    sep = header.field_separator
-    enc = header.encoding_characters
+    sep, enc = ack_delimiters(header)
     comp = enc[0] if enc else "^"
     sub = enc[3] if len(enc) > 3 else "&"
     version = header.version or "2.5"
@@ -184,10 +208,10 @@ def _build(header: MshHeader, code: str, error: AckError | None, default_charset
     segments = [sep.join(msh)]
     msa = ["MSA", code, header.control_id]
     if error is not None:
-        msa.append(_escape(error.text, header)[:80])
+        msa.append(_escape(error.text, sep, enc)[:80])
     segments.append(sep.join(msa))
     if error is not None:
-        text = _escape(error.text, header)
+        text = _escape(error.text, sep, enc)
         label = ERROR_TEXT.get(error.code, "Application internal error")
         if vt >= (2, 5):
             location = ""

@@ -168,6 +168,7 @@ class MllpConnection(asyncio.Protocol):
         self.last_read = time.monotonic()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._in_next = False
+        self.refusing = False  # an oversized frame was read: bytes after it are dropped until the close
 
     # asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -185,6 +186,8 @@ class MllpConnection(asyncio.Protocol):
 
     def _received(self, data: bytes) -> None:
         self.last_read = time.monotonic()
+        if self.refusing:
+            return  # after an oversized frame nothing more is read: the connection closes after its AR
         decoder = self.decoder
         junk = decoder.junk_bytes
         try:
@@ -193,6 +196,7 @@ class MllpConnection(asyncio.Protocol):
             self.bridge.metrics.count(m.FRAMING_ERRORS, detail="too_large")
             # Frames completed in the same read are answered first, in order; then the refusal.
             frames = [*err.frames, _TooLarge(err)]
+            self.refusing = True
             self._pause()  # nothing after an oversized frame is read: the connection closes after its AR
         if decoder.junk_bytes != junk:
             self.bridge.metrics.count(m.FRAMING_ERRORS, detail="junk_skipped")
