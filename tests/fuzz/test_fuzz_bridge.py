@@ -10,6 +10,7 @@ never answered AE 207 ("not stored; resend").
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from ehrbridge.mllp.metrics import BridgeMetrics
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge, MllpConnection
 
 from . import stats
-from .strategies import hl7_bytes
+from .strategies import fan_out, hl7_bytes, inputs_per_example
 
 TARGET = "bridge_frames"
 TENANT = TenantConfig(tenant_id="t1", vendor="generic", mllp_sources=(
@@ -96,33 +97,43 @@ async def _run(pieces: list[bytes], limit: int) -> tuple[Counting, Transport, Si
     sink, quarantine = Sink(), Quarantine()
     settings = BridgeSettings(certfile=Path("unused.crt"), keyfile=Path("unused.key"), health_port=None,
                               ack_timeout_s=2)
-    bridge = MllpBridge(settings, [TENANT], GroupCommitter(sink, linger_s=0.0005),
+    bridge = MllpBridge(settings, [TENANT], GroupCommitter(sink, linger_s=0.0),
                         metrics=BridgeMetrics(interval=3600), ssl_context=_SSL,
                         quarantine=quarantine)  # type: ignore[arg-type]
     conn = Counting(bridge, limit)
     transport = Transport()
     conn.connection_made(transport)
     for piece in pieces:
-        for _ in range(2000):  # a paused transport delivers nothing (as asyncio's and uvloop's do)
+        for n in range(4000):  # a paused transport delivers nothing (as asyncio's and uvloop's do)
             if not transport.paused or transport.closed:
                 break
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0 if n < 200 else 0.001)
         if transport.closed:
             break
         conn.data_received(piece)
         await asyncio.sleep(0)
-    for _ in range(2000):
+    for n in range(4000):
         if not conn.busy and not conn.queue:
             break
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(0 if n < 200 else 0.001)
     await bridge.committer.close()
     return conn, transport, sink, quarantine, bridge
 
 
 @given(st.lists(hl7_bytes(), min_size=1, max_size=4), st.lists(st.integers(0, 20_000), max_size=5),
-       st.sampled_from([1 << 20, 2048]))
-def test_every_frame_gets_one_answer_and_one_fate(messages: list[bytes], cuts: list[int], limit: int) -> None:
-    stats.count(TARGET, "inputs")
+       st.sampled_from([1 << 20, 2048]), st.integers(0, 2**32 - 1))
+def test_every_frame_gets_one_answer_and_one_fate(messages: list[bytes], cuts: list[int], limit: int,
+                                                  seed: int) -> None:
+    _connection(messages, cuts, limit)
+    rng = random.Random(seed)  # the long form's fan-out: more connections per drawn example, reproducible
+    for _ in range(inputs_per_example() // 3):
+        more = [fan_out(m, rng.getrandbits(32), 2)[1] for m in messages]
+        _connection(more, [rng.randint(0, 20_000) for _ in cuts], limit)
+
+
+def _connection(messages: list[bytes], cuts: list[int], limit: int) -> None:
+    stats.count(TARGET, "connections")
+    stats.count(TARGET, "inputs", len(messages))
     stream = b"".join(frame(m) for m in messages)
     points = sorted({c for c in cuts if 0 < c < len(stream)})
     pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import random
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +20,7 @@ from ehrbridge.mllp.framing import END, START, FrameTooLarge, MllpDecoder
 from ehrbridge.mllp.message import msh_head, read_header
 
 from . import stats
-from .strategies import hl7_bytes
+from .strategies import hl7_inputs, inputs_per_example
 
 TARGET_WIRE = "wire_reader"
 TARGET_FRAMER = "framer"
@@ -32,8 +34,13 @@ def _read(reader, data: bytes):  # type: ignore[no-untyped-def]
         return ("error", err.code, err.reason)
 
 
-@given(hl7_bytes())
-def test_wire_reader_never_raises_anything_but_wire_errors(data: bytes) -> None:
+@given(hl7_inputs())
+def test_wire_reader_never_raises_anything_but_wire_errors(inputs: list[bytes]) -> None:
+    for data in inputs:
+        _read_all(data)
+
+
+def _read_all(data: bytes) -> None:
     stats.count(TARGET_WIRE, "inputs")
     try:
         full = _read(wire.read_msh, msh_head(data))
@@ -83,10 +90,26 @@ _payload = st.binary(max_size=80).map(lambda b: b.replace(b"\x1c", b""))
 _junk = st.binary(max_size=4).map(lambda b: b.replace(b"\x0b", b""))
 
 
+def _random_parts(rng: random.Random) -> tuple[list[tuple[bytes, bytes, bool]], bytes, int, list[int]]:
+    def junk() -> bytes:
+        return rng.randbytes(rng.randint(0, 4)).replace(b"\x0b", b"")
+
+    parts = [(junk(), rng.randbytes(rng.randint(0, 80)).replace(b"\x1c", b""), rng.random() < 0.5)
+             for _ in range(rng.randint(0, 5))]
+    return parts, junk(), rng.choice((16, 64, 1 << 20)), [rng.randint(0, 600) for _ in range(rng.randint(0, 6))]
+
+
 @given(st.lists(st.tuples(_junk, _payload, st.booleans()), max_size=5), _junk, st.sampled_from([16, 64, 1 << 20]),
-       st.lists(st.integers(0, 600), max_size=6))
+       st.lists(st.integers(0, 600), max_size=6), st.integers(0, 2**32 - 1))
 def test_framer_split_anywhere_equals_whole(parts: list[tuple[bytes, bytes, bool]], tail: bytes, limit: int,
-                                            cuts: list[int]) -> None:
+                                            cuts: list[int], seed: int) -> None:
+    _frame_check(parts, tail, limit, cuts)
+    rng = random.Random(seed)  # the long form's fan-out: more streams per drawn example, reproducible
+    for _ in range(inputs_per_example() - 1):
+        _frame_check(*_random_parts(rng))
+
+
+def _frame_check(parts: list[tuple[bytes, bytes, bool]], tail: bytes, limit: int, cuts: list[int]) -> None:
     stats.count(TARGET_FRAMER, "inputs")
     stream = b"".join(junk + START + payload + (END if with_cr else END[:1]) for junk, payload, with_cr in parts)
     stream += tail
