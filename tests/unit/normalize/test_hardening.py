@@ -146,3 +146,15 @@ def test_preflight_reports_every_file_whatever_its_charset(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["messages"] == 5 and report["ok"] == 1 and report["quarantined"] == 4
+
+
+def test_codes_with_runs_of_blanks_are_collapsed_not_emitted_invalid(tenant: TenantConfig) -> None:
+    from ehrbridge.normalize.validate import validate_with_models
+
+    oru = (b"MSH|^~\\&|LAB|FAC|EHR|DEMO|20240101120000||ORU^R01^ORU_R01|C1|P|2.5.1\r"
+           b"PID|1||R1^^^MRN^M  R||Doe^Jane\rOBR|1||O1|718-7^Hgb^LN\r"
+           b"OBX|1|CWE|A  B^Thing^L||X  Y^Val^L||||||F\r")
+    result = normalize_hl7(oru, tenant)
+    assert result.ok and validate_with_models(result.bundle or {}) == []
+    assert '"A B"' in result.bundle_json and '"X Y"' in result.bundle_json
+    assert {r["where"] for r in result.repairs if r["kind"] == "code-whitespace"} == {"PID-3.5", "OBX-3", "OBX-5"}

@@ -46,6 +46,15 @@ def decimal(text: str) -> float | int | None:
 
 
 # ---------------------------------------------------------------- identifiers
+def fhir_code(text: str, ctx: Ctx, where: str) -> str:
+    """A FHIR ``code``: no leading/trailing whitespace and single spaces inside (``[^\\s]+(\\s[^\\s]+)*``).
+    A code sent with runs of blanks ("A  B") is collapsed and the repair recorded, not emitted invalid."""
+    clean = " ".join(text.split())
+    if clean != text:
+        ctx.repair("code-whitespace", where, "blanks in a code collapsed")
+    return clean
+
+
 def cx(raw: str, seps: Separators, ctx: Ctx, where: str) -> dict[str, Any] | None:
     """CX -> Identifier. System from CX-4 (HD) through the tenant map; type CX-5 kept."""
     parts = raw.split(seps.component)
@@ -55,7 +64,7 @@ def cx(raw: str, seps: Separators, ctx: Ctx, where: str) -> dict[str, Any] | Non
     hd = _c(parts, 4)
     authority, universal, utype = _sub(hd, seps, 1), _sub(hd, seps, 2), _sub(hd, seps, 3)
     ident: dict[str, Any] = {"value": value}
-    id_type = _sub(_c(parts, 5), seps)
+    id_type = fhir_code(_sub(_c(parts, 5), seps), ctx, where + ".5")
     if id_type:
         coding = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}
         display = vocab.IDENTIFIER_TYPE_DISPLAY.get(id_type)
@@ -89,6 +98,7 @@ def ei(raw: str, seps: Separators, ctx: Ctx, type_code: str = "") -> dict[str, A
         return None
     ns, universal, utype = _sub(_c(parts, 2), seps), _sub(_c(parts, 3), seps), _sub(_c(parts, 4), seps)
     ident: dict[str, Any] = {}
+    type_code = " ".join(type_code.split())
     if type_code:
         ident["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": type_code}]}
     ident["system"] = ctx.identifier_system(ns or (ctx.facility if not universal else ""), universal, utype)
@@ -246,6 +256,9 @@ def cwe(raw: str, seps: Separators, ctx: Ctx, where: str, check: bool = True,
 def coding_for(code: str, display: str, system_name: str, ctx: Ctx, where: str, check: bool = True
                ) -> list[dict[str, Any]]:
     """One sent coding -> FHIR codings (the original, plus a tenant-ConceptMap target when one applies)."""
+    code = fhir_code(code, ctx, where)
+    if not code:
+        return []
     uri, known = system_uri(system_name, ctx.tenant_id) if system_name else ("", False)
     if system_name and not known:
         ctx.unmapped_systems.add("codesystem:" + system_name)
