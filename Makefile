@@ -30,15 +30,18 @@ test: $(STAMP)
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do [ -e "$$b" ] || continue; echo "== $$b"; $(BIN)/python $$b; done
 
-## Long-form fuzzing (issue 13): FUZZ_EXAMPLES inputs per target (wire reader, framer, ACK builder, normalizer,
-## bridge frame path), two processes; the seed is printed, `make fuzz FUZZ_SEED=<seed>` replays the same inputs.
+## Long-form fuzzing (issue 13): FUZZ_INPUTS inputs per target (wire reader, framer, ACK builder, normalizer,
+## bridge frame path) in two processes; each hypothesis example feeds FUZZ_FANOUT inputs (the drawn one and
+## its PRNG neighbourhood). The seed is printed; `make fuzz FUZZ_SEED=<seed>` replays the same inputs.
 ## The short form (200 derandomized inputs per target) runs in `make test`.
-FUZZ_EXAMPLES ?= 100000
+FUZZ_INPUTS ?= 100000
+FUZZ_FANOUT ?= 10
 FUZZ_SEED ?= $(shell date +%s)
 fuzz: $(STAMP)
-	@echo "fuzz seed: $(FUZZ_SEED), $(FUZZ_EXAMPLES) inputs per target (replay: make fuzz FUZZ_SEED=$(FUZZ_SEED))"
+	@echo "fuzz seed: $(FUZZ_SEED), $(FUZZ_INPUTS) inputs per target (replay: make fuzz FUZZ_SEED=$(FUZZ_SEED))"
 	@rm -rf .fuzz; set +e; \
-	EHRBRIDGE_FUZZ_PROFILE=long EHRBRIDGE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) EHRBRIDGE_FUZZ_STATS=.fuzz \
+	EHRBRIDGE_FUZZ_PROFILE=long EHRBRIDGE_FUZZ_EXAMPLES=$$(( $(FUZZ_INPUTS) / $(FUZZ_FANOUT) )) \
+	  EHRBRIDGE_FUZZ_FANOUT=$(FUZZ_FANOUT) EHRBRIDGE_FUZZ_STATS=.fuzz \
 	  $(BIN)/python -m pytest tests/fuzz -q -n 2 --dist loadfile --timeout=0 -p no:randomly -p no:cacheprovider \
 	  --hypothesis-seed=$(FUZZ_SEED); status=$$?; \
 	$(BIN)/python -m tests.fuzz.summary .fuzz; summary=$$?; \

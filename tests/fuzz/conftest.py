@@ -2,9 +2,10 @@
 
 - ``short`` (default, part of ``make test``): a few hundred derandomized inputs per target, so CI is
   stable and fast; any failure prints the hypothesis reproduction blob.
-- ``long`` (``make fuzz``): ``EHRBRIDGE_FUZZ_EXAMPLES`` inputs per target and per run, random, with the
-  seed given on the command line (``--hypothesis-seed``) and printed by ``make fuzz``, so a failure
-  reproduces with the same seed.
+- ``long`` (``make fuzz``): ``EHRBRIDGE_FUZZ_EXAMPLES`` hypothesis examples per target, each feeding
+  ``EHRBRIDGE_FUZZ_FANOUT`` inputs (the drawn one and PRNG mutants of it, ``strategies.fan_out``),
+  random, with the seed given on the command line (``--hypothesis-seed``) and printed by ``make fuzz``,
+  so a failure reproduces with the same seed.
 
 Each target counts what it saw in ``stats``; at the end of the session the figures are printed and,
 with ``EHRBRIDGE_FUZZ_STATS=<dir>``, written there as JSON (one file per process; ``summary.py`` adds

@@ -126,7 +126,7 @@ def test_every_frame_gets_one_answer_and_one_fate(messages: list[bytes], cuts: l
                                                   seed: int) -> None:
     _connection(messages, cuts, limit)
     rng = random.Random(seed)  # the long form's fan-out: more connections per drawn example, reproducible
-    for _ in range(inputs_per_example() // 3):
+    for _ in range(inputs_per_example() // 2):
         more = [fan_out(m, rng.getrandbits(32), 2)[1] for m in messages]
         _connection(more, [rng.randint(0, 20_000) for _ in cuts], limit)
 
