@@ -158,3 +158,22 @@ def test_codes_with_runs_of_blanks_are_collapsed_not_emitted_invalid(tenant: Ten
     assert result.ok and validate_with_models(result.bundle or {}) == []
     assert '"A B"' in result.bundle_json and '"X Y"' in result.bundle_json
     assert {r["where"] for r in result.repairs if r["kind"] == "code-whitespace"} == {"PID-3.5", "OBX-3", "OBX-5"}
+
+
+def test_integers_and_times_stay_in_fhir_ranges(tenant: TenantConfig) -> None:
+    """Found by the long fuzz: PID-25 99999999999 became multipleBirthInteger past FHIR's 32 bits; OBX TM
+    '9999' or Unicode digits became valueTime '99:99:00'."""
+    from ehrbridge.normalize.validate import validate_with_models
+
+    oru = ("MSH|^~\\&|LAB|FAC|EHR|DEMO|20240101120000||ORU^R01^ORU_R01|C1|P|2.5.1\r"
+           "PID|1||R1^^^MRN^MR||Doe^Jane||19800101|F||||||||||||||||Y|99999999999\rOBR|1||O1|718-7^Hgb^LN\r"
+           "OBX|1|TM|A^B^L||9999||||||F\rOBX|2|TM|A^C^L||\uff12\uff13\uff15\uff19||||||F\r"
+           "OBX|3|TM|A^D^L||1230||||||F\r").encode()
+    result = normalize_hl7(oru, tenant)
+    assert result.ok and validate_with_models(result.bundle or {}) == []
+    resources = [e["resource"] for e in (result.bundle or {})["entry"]]
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+    assert "multipleBirthInteger" not in patient and patient["multipleBirthBoolean"] is True
+    times = [r.get("valueTime") for r in resources if r["resourceType"] == "Observation"]
+    assert times == [None, None, "12:30:00"]
+    assert [i["code"] for i in result.issues].count("invalid-time") == 2

@@ -21,6 +21,7 @@ _TRIPLETS = ((1, 2, 3), (4, 5, 6), (10, 11, 12))
 _NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
 # Far beyond any measured value; keeps int() under Python's 4,300-digit limit and every float finite.
 MAX_NUMBER_CHARS = 40
+FHIR_INT_MAX = 2**31 - 1  # FHIR integer / positiveInt / unsignedInt are 32-bit
 
 
 def comps(raw: str, seps: Separators) -> list[str]:

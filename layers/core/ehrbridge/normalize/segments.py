@@ -7,6 +7,7 @@ reported as unmapped (``PID-9``), so nothing is silently dropped.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -154,7 +155,7 @@ def patient(seg: Segment, st: State) -> None:
         res["maritalStatus"] = {"coding": [{"system": vocab.V3_MARITAL, "code": vocab.MARITAL[marital]}]}
     multiple = seg.value(24).upper()
     order = dt.decimal(seg.value(25))
-    if isinstance(order, int) and order > 0:
+    if isinstance(order, int) and 0 < order <= dt.FHIR_INT_MAX:  # FHIR integer: 32-bit
         res["multipleBirthInteger"] = order
     elif multiple in ("Y", "N"):
         res["multipleBirthBoolean"] = multiple == "Y"
@@ -429,9 +430,11 @@ def _observation_value(seg: Segment, st: State, res: Resource) -> None:
             res["valueDateTime"] = t.fhir
         return
     if vtype == "TM":
-        v = dt.leaf_text(reps[0], seps)
-        if len(v) >= 4 and v[:4].isdigit():
-            res["valueTime"] = f"{v[:2]}:{v[2:4]}:{v[4:6] or '00'}"
+        m = _TM.match(dt.leaf_text(reps[0], seps))
+        if m:  # HL7 TM HH[MM[SS[.S]]] (offset dropped): FHIR time needs HH:MM:SS, ASCII digits, in range
+            res["valueTime"] = f"{m.group(1)}:{m.group(2)}:{m.group(3) or '00'}"
+        else:
+            ctx.issue("invalid-time", where)
         return
     if vtype == "DR":
         parts = reps[0].split(seps.component)
@@ -785,7 +788,7 @@ def medication(seg: Segment, st: State) -> None:
         dt.add_unit(q, seg.value(11, 1), seg.value(11, 2) or seg.value(11, 1), ctx, "RXE-11")
         dispense["quantity"] = q
     refills = dt.decimal(seg.value(12))
-    if isinstance(refills, int):
+    if isinstance(refills, int) and 0 <= refills <= dt.FHIR_INT_MAX:  # unsignedInt
         dispense["numberOfRepeatsAllowed"] = refills
     if dispense:
         res["dispenseRequest"] = dispense
@@ -845,7 +848,8 @@ def appointment(seg: Segment, st: State) -> None:
         res["end"] = end
     duration = dt.decimal(seg.value(9))
     # FHIR positiveInt: 1 .. 2,147,483,647.
-    if isinstance(duration, int) and 0 < duration < 2**31 and seg.value(10, 1).lower() in ("min", "minutes", ""):
+    if isinstance(duration, int) and 0 < duration <= dt.FHIR_INT_MAX and seg.value(10, 1).lower() in (
+            "min", "minutes", ""):
         res["minutesDuration"] = duration
     st.appointment = st.add(res)
     st.notable = None
@@ -939,6 +943,9 @@ def document_content(seg: Segment, st: State) -> None:
         doc["content"].append({"attachment": att})
     else:
         st.ctx.unmapped[f"OBX-5({vtype})"] += 1
+
+
+_TM = re.compile(r"^([01][0-9]|2[0-3])([0-5][0-9])([0-5][0-9])?(\.[0-9]{1,4})?([+-][0-9]{4})?$")
 
 
 def fhir_datetime(value: Any) -> str:
