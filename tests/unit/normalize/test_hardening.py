@@ -177,3 +177,17 @@ def test_integers_and_times_stay_in_fhir_ranges(tenant: TenantConfig) -> None:
     times = [r.get("valueTime") for r in resources if r["resourceType"] == "Observation"]
     assert times == [None, None, "12:30:00"]
     assert [i["code"] for i in result.issues].count("invalid-time") == 2
+
+
+def test_too_many_segments_is_refused_before_parsing(tenant: TenantConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ehrbridge.normalize import engine
+
+    def no_parse(*_: object) -> None:
+        raise AssertionError("parsed although the segment bound was passed")
+
+    monkeypatch.setattr(engine, "parse", no_parse)
+    many = adt(extra="NTE|1||x\r" * 200)
+    for data in (many, many.replace(b"\r", b"\r\n")):
+        result = normalize_hl7(data, with_policy(tenant, limits={"max_segments": 100}))
+        assert result.reasons == ["limit exceeded: 204 segments (max_segments 100)"]
+        assert (result.kind, result.control_id) == ("ADT^A01", "C1")

@@ -84,6 +84,10 @@ def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = 
     """Normalize one HL7 v2 message (bytes as received). Never raises for bad input: quarantines."""
     if not data.strip():
         return NormalizeResult("quarantined", kind="EMPTY", reasons=["empty input"])
+    too_many = _too_many_segments(data, tenant.limits.max_segments)
+    if too_many:
+        kind, control_id = _header_facts(data)
+        return NormalizeResult("quarantined", kind=kind, control_id=control_id, reasons=[too_many])
     try:
         msg = parse(data, default_charset_for(tenant, source_id))
     except ParseError as err:
@@ -101,10 +105,23 @@ def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = 
                                reasons=[f"mapping failed: {type(err).__name__} (please report)"])
 
 
+def _too_many_segments(data: bytes, limit: int) -> str:
+    """The segment bound, checked on the bytes before parsing builds anything (a 16 MB message of 70,000
+    segments would otherwise be fully parsed first). Line ends bound the count from above; only past the
+    limit are segments counted exactly."""
+    if data.count(b"\r") + data.count(b"\n") < limit:
+        return ""
+    if b"\n" not in data and b"\r\r" not in data:  # the norm: one CR per segment, no blank lines
+        count = data.count(b"\r") + (not data.endswith(b"\r"))
+    else:
+        count = len(wire.split_segments(data))
+    return f"limit exceeded: {count} segments (max_segments {limit})" if count > limit else ""
+
+
 def _header_facts(data: bytes) -> tuple[str, str]:
     """(kind, MSH-10) of a message that could not be parsed, when its MSH can still be read (for the report)."""
     try:
-        header = wire.read_msh(data)
+        header = wire.read_msh(data[:65536])  # the MSH is at the start: never split a whole large message
     except wire.WireError:
         return "UNKNOWN", ""
     return wire.printable(header.kind, 40), wire.printable(header.control_id, 64)
