@@ -191,3 +191,16 @@ def test_a_bug_while_reading_closes_and_counts(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(MllpDecoder, "feed", broken)
     transport, _, _, bridge = run_frames(frame(oru("C1")), 0)
     assert transport.written == [] and bridge.metrics.total("MllpDeliberateCloses", "internal_error") == 1
+
+
+def test_a_non_ascii_field_separator_is_refused_and_the_ack_stays_parseable() -> None:
+    """Found by the long fuzz: MSH-1 = 0x80 was taken as the separator and written back as '\\x80'."""
+    from ehrbridge.hl7.wire import WireError
+
+    data = b"MSH\x80^~\\&|LAB|FAC|EHR|DEMO|20240101||ADT^A01|C1|P|2.5.1\nPID|1\n"
+    with pytest.raises(WireError) as info:
+        read_msh(data)
+    assert info.value.code == "102"
+    for code in ("AA", "AR"):
+        parsed = readable(build_ack(fallback_header(data), code).payload)
+        assert parsed.segment("MSA")[1][0] == code

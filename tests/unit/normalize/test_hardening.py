@@ -191,3 +191,17 @@ def test_too_many_segments_is_refused_before_parsing(tenant: TenantConfig, monke
         result = normalize_hl7(data, with_policy(tenant, limits={"max_segments": 100}))
         assert result.reasons == ["limit exceeded: 204 segments (max_segments 100)"]
         assert (result.kind, result.control_id) == ("ADT^A01", "C1")
+
+
+def test_unicode_blanks_in_text_become_spaces(tenant: TenantConfig) -> None:
+    """Found by the long fuzz: FHIR string is [ \\r\\n\\t\\S]+, so a no-break space, U+2028 or VT in any text
+    made the R4B models refuse an `ok` bundle."""
+    from ehrbridge.normalize.validate import validate_with_models
+
+    oru = ("MSH|^~\\&|LAB|FAC|EHR|DEMO|20240101120000||ORU^R01^ORU_R01|C1|P|2.5.1\r"
+           "PID|1||R1^^^MRN^MR||Doe\xa0Jane\rOBR|1||O1|718-7^Hgb^LN\r"
+           "OBX|1|ST|A^B^L||\u2028||||||F\rOBX|2|ST|A^C^L||x\x0by||||||F\r").encode()
+    result = normalize_hl7(oru, tenant)
+    assert result.ok and validate_with_models(result.bundle or {}) == []
+    assert json.loads(result.bundle_json) == result.bundle and "\\u00a0" not in result.bundle_json
+    assert any(r["kind"] == "whitespace" for r in result.repairs)

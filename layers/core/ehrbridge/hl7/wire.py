@@ -153,6 +153,12 @@ def normalize_segment_ends(data: bytes) -> bytes:
     return b"\r".join(split_segments(data)) + b"\r"
 
 
+def _delimiter_ok(ch: str) -> bool:
+    """HL7 delimiters are printable ASCII, not letters, digits or blanks (a byte like 0x80 or a control
+    character is garbage, and could not be written back in an ASCII ACK)."""
+    return "!" <= ch <= "~" and not ch.isalnum()
+
+
 def read_msh(data: bytes) -> MshHeader:
     """Parse the MSH segment from raw bytes. Raises WireError naming the problem."""
     segments = split_segments(data.lstrip(b"\x00 \t"))
@@ -171,12 +177,12 @@ def read_msh(data: bytes) -> MshHeader:
         # MSH must be ASCII-compatible; non-ASCII in MSH is read as Latin-1 so we can still ACK.
         text = msh.decode("latin-1")
     separator = text[3]
-    if separator.isalnum() or separator in " \r\n":
+    if not _delimiter_ok(separator):
         raise WireError("invalid field separator in MSH-1", "102")
     parts = text.split(separator)
     # Feeds sometimes double a character (an escaped "\\"); keep the first of each, in order.
     encoding = "".join(dict.fromkeys(parts[1])) if len(parts) > 1 else ""
-    if not 2 <= len(encoding) <= 5 or separator in encoding or any(c.isalnum() or c.isspace() for c in encoding):
+    if not 2 <= len(encoding) <= 5 or separator in encoding or not all(_delimiter_ok(c) for c in encoding):
         raise WireError("invalid encoding characters in MSH-2", "102")
     fields = (separator, *parts[1:])
 

@@ -164,6 +164,10 @@ _STANDARD = "^~\\&"
 _SPARE = "^~\\&#$*!@%+;:?"
 
 
+def _printable_delimiter(ch: str) -> bool:
+    return len(ch) == 1 and "!" <= ch <= "~" and not ch.isalnum()
+
+
 def ack_delimiters(header: MshHeader) -> tuple[str, str]:
     """(MSH-1, MSH-2) for the ACK: the sender's, completed to four distinct encoding characters.
 
@@ -171,23 +175,26 @@ def ack_delimiters(header: MshHeader) -> tuple[str, str]:
     uses, so nothing can parse the ACK): each missing or colliding one becomes the standard character
     for its place, or a spare one, so the ACK always parses with the sender's own separators.
     """
-    sep = header.field_separator or "|"
+    sep = header.field_separator if _printable_delimiter(header.field_separator) else "|"
     given = header.encoding_characters
     used = {sep, "\r", "\n"}
     chosen: list[str] = []
     for place in range(4):
         ch = given[place] if place < len(given) else ""
-        if not ch or ch in used or ch.isalnum() or ch.isspace():
+        if not ch or ch in used or not _printable_delimiter(ch):
             ch = next(c for c in _STANDARD[place] + _SPARE if c not in used)
         used.add(ch)
         chosen.append(ch)
-    if len(given) > 4 and given[4] not in used and not given[4].isalnum() and not given[4].isspace():
+    if len(given) > 4 and given[4] not in used and _printable_delimiter(given[4]):
         chosen.append(given[4])  # truncation character (v2.7+)
     return sep, "".join(chosen)
 
 
 def _build(header: MshHeader, code: str, error: AckError | None, default_charset: str, now: datetime | None,
            control_id: str | None) -> Ack:
+    if not _printable_delimiter(header.field_separator):
+        # Fields split on a separator we cannot write back may hold "|": only the minimal ACK is safe.
+        return minimal_ack(header, code, error, control_id)
     sep, enc = ack_delimiters(header)
     comp = enc[0] if enc else "^"
     sub = enc[3] if len(enc) > 3 else "&"
@@ -289,11 +296,11 @@ def fallback_header(raw: bytes) -> MshHeader:
                 line = line[:cut]
         text = line.decode("latin-1")
         cand = text[3] if len(text) > 3 else "|"
-        if len(text) > 3 and not cand.isalnum() and not cand.isspace():
+        if len(text) > 3 and "!" <= cand <= "~" and not cand.isalnum():  # printable ASCII, as read_msh wants
             separator = cand
             parts = text.split(separator)
             enc = parts[1] if len(parts) > 1 else ""
-            if 2 <= len(enc) <= 5 and not any(c.isalnum() or c.isspace() or c == separator for c in enc):
+            if 2 <= len(enc) <= 5 and all("!" <= c <= "~" and not c.isalnum() and c != separator for c in enc):
                 encoding = enc
             fields = [separator, *parts[1:]]
     fields = [f[:199] for f in fields] or [separator, encoding]

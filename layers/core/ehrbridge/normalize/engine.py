@@ -8,6 +8,7 @@ transaction Bundle with deterministic ids -> fast structural check (``validate``
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -187,6 +188,10 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
     if problems:
         raise QuarantineError(*[f"invalid FHIR: {p}" for p in problems[:5]])
     bundle_json = json.dumps(bundle, separators=(",", ":"))
+    if _ODD_BLANKS_JSON.search(bundle_json):  # rare: one regex scan of the JSON decides
+        bundle = _plain_blanks(bundle)
+        bundle_json = json.dumps(bundle, separators=(",", ":"))
+        ctx.repair("whitespace", "message", "Unicode blanks in text replaced by spaces")
     if len(bundle_json) > limits.max_output_bytes:  # ASCII JSON: characters = bytes
         raise QuarantineError(f"limit exceeded: bundle of {len(bundle_json)} bytes "
                               f"(max_output_bytes {limits.max_output_bytes})")
@@ -199,6 +204,23 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
         zone_gaps=ctx.zone_gaps, fields_mapped=ctx.fields_mapped,
         patient_key=patient_key_for(tenant.tenant_id, authority, value),
         structure=structure_name, segments=counts, source_event_time=event_time)
+
+
+# FHIR ``string`` is ``[ \r\n\t\S]+``: a Unicode blank other than those four (no-break space, line/paragraph
+# separator, VT, FF, ideographic space ...) makes the R4B models refuse the whole bundle. In the compact JSON
+# (ASCII-escaped) they appear as these escapes; a match only costs a walk that replaces them by a space.
+_ODD_BLANKS_JSON = re.compile(r"\\u(000[bc]|0085|00a0|1680|200[0-9a]|202[89f]|205f|3000)")
+_ODD_BLANKS = re.compile("[\x0b\x0c\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+
+
+def _plain_blanks(node: Any) -> Any:
+    if isinstance(node, str):
+        return _ODD_BLANKS.sub(" ", node)
+    if isinstance(node, dict):
+        return {k: _plain_blanks(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain_blanks(v) for v in node]
+    return node
 
 
 def check_limits(msg: Message, tenant: TenantConfig) -> None:
