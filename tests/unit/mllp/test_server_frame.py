@@ -41,6 +41,9 @@ class FakeTransport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    def abort(self) -> None:
+        self.closed = True
+
     def pause_reading(self) -> None:
         pass
 
@@ -96,7 +99,8 @@ def test_aa_after_commit_and_a_resend_replays_the_same_ack() -> None:
     assert bridge.metrics.total("MllpDuplicates", "memory") == 1
 
 
-def test_a_bug_after_the_commit_answers_ae_and_releases_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bug_after_the_commit_still_accepts_and_releases_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13 item 2: never AE ("resend") for a message the queue confirmed; a minimal accept instead."""
     real = server_module.build_ack
     calls = {"n": 0}
 
@@ -120,7 +124,8 @@ def test_a_bug_after_the_commit_answers_ae_and_releases_the_message(monkeypatch:
         return transport, sink
 
     transport, sink = asyncio.run(run())
-    assert transport.acks() == ["AE", "AA"] and b"|207" in transport.written[0]
+    assert transport.acks() == ["AA", "AA"] and b"|207" not in transport.written[0]
+    assert parse_ack(transport.written[0].strip(b"\x0b\x1c\r")).control_id == "C1"
     # Committed twice under one FIFO deduplication id (the stable message id): one copy in the queue.
     assert len(sink.entries) == 2 and sink.entries[0].dedup_id == sink.entries[1].dedup_id
 

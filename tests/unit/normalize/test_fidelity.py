@@ -92,7 +92,7 @@ def test_2_codes_with_runs_of_spaces_are_normalized(tenant: TenantConfig) -> Non
     r = ok_and_valid(oru("OBX|1|CWE|LOCAL1^Local test^L||POS  ITIVE^Positive^L||||||F"), tenant)
     [obs] = resources(r, "Observation")
     assert obs["valueCodeableConcept"]["coding"][0]["code"] == "POS ITIVE"
-    assert any(rep["kind"] == "code-format" for rep in r.repairs)
+    assert any(rep["kind"] == "code-whitespace" for rep in r.repairs)
 
 
 # ---------------------------------------------------------------- 3. statuses

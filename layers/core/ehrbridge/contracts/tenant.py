@@ -46,11 +46,22 @@ class MllpSource(_Strict):
     source_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
     sending_application: str = Field(min_length=1, max_length=227)
     sending_facility: str | None = Field(default=None, max_length=227)
+    # HL7 table 0211 value (or a common alias) used when MSH-18 is empty.
     default_charset: str = "ASCII"
     # Sender's local time zone for HL7 TS values without an offset.
     timezone: str | None = None
     # Client certificate subject (CN) or SHA-256 fingerprint bound to this source (mutual TLS).
     client_cert_fingerprint: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+    @field_validator("default_charset")
+    @classmethod
+    def _known_charset(cls, value: str) -> str:
+        from ehrbridge.hl7.wire import is_supported_charset
+
+        if not is_supported_charset(value):
+            raise ValueError("not an HL7 table 0211 character set we support (e.g. ASCII, 8859/1, UNICODE UTF-8)")
+        return value
 
 
 class PollPlan(_Strict):
@@ -62,6 +73,22 @@ class PollPlan(_Strict):
 class RateLimits(_Strict):
     requests_per_second: float = Field(default=5.0, gt=0)
     token_requests_per_minute: int | None = Field(default=None, gt=0)
+
+
+class MessageLimits(_Strict):
+    """Per-message bounds in the normalizer, against amplification: a small input must never become an
+    out-of-memory or a timeout that loops into the DLQ. Over a limit the message is quarantined with the
+    limit named. The defaults leave room for the largest real messages (a 16 MiB MLLP frame with a
+    base64 document) while a 1 MB message repeating one field half a million times is stopped before
+    mapping (it would build a ~111 MB bundle in ~900 MB of memory: the function has 1,024 MB).
+    """
+
+    max_segments: int = Field(default=10_000, ge=1)
+    max_repetitions_per_field: int = Field(default=1_000, ge=1)
+    max_repetitions_per_message: int = Field(default=50_000, ge=1)
+    max_resources_per_bundle: int = Field(default=5_000, ge=1)
+    # Serialized bundle (compact JSON): twice the bridge's 16 MiB frame cap.
+    max_output_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
 
 class TerminologyPolicy(_Strict):
@@ -91,6 +118,8 @@ class TenantConfig(_Strict):
     # Local code system id -> {local code -> LOINC}, applied as FHIR ConceptMaps.
     code_maps: dict[str, dict[str, str]] = Field(default_factory=dict)
     terminology: TerminologyPolicy = TerminologyPolicy()
+    # Normalizer bounds per message (amplification guard); safe defaults, raise per tenant if needed.
+    limits: MessageLimits = MessageLimits()
     # For the CLI and local use only: a PEM path instead of Secrets Manager.
     private_key_file: Path | None = None
     # Vendor-specific context (athena practice id, Oracle tenant path, ...).

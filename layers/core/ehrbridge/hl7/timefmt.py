@@ -18,9 +18,9 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-# ASCII digits only (re.ASCII): \d would take any Unicode digit ('２０２３') and emit it into FHIR.
-_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,9}))?\s*(?:([+-])(\d{2})(\d{2})?)?$",
-                 re.ASCII)
+# ASCII digits only: ``\d`` also matches other scripts' digits ('２０２３'), which FHIR does not allow.
+_TS = re.compile(r"^([0-9]{4})([0-9]{2})?([0-9]{2})?([0-9]{2})?([0-9]{2})?([0-9]{2})?(?:\.([0-9]{1,9}))?[ \t]*"
+                 r"(?:([+-])([0-9]{2})([0-9]{2})?)?$")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ def zone(name: str) -> tzinfo:
     return UTC if name in ("UTC", "Etc/UTC") else ZoneInfo(name)
 
 
-def _fmt_offset(delta: timedelta) -> str:
+def fmt_offset(delta: timedelta) -> str:
+    """``+hh:mm`` (FHIR has no seconds in offsets; local mean time offsets lose theirs)."""
     minutes = int(delta.total_seconds() // 60)
     sign = "+" if minutes >= 0 else "-"
     minutes = abs(minutes)
@@ -59,6 +60,8 @@ def parse_ts(value: str, zone_name: str = "UTC") -> Ts:
     if not m:
         raise TsError("not an HL7 date/time")
     year, month, day, hour, minute, second, frac, sign, oh, om = m.groups()
+    if year == "0000":
+        raise TsError("year 0000 is not a valid date")  # FHIR (and Python) dates start at year 1
     if hour is None and sign is not None and month is not None:
         pass  # a date with an offset: the offset has no meaning for a date; ignored
     try:
@@ -74,7 +77,19 @@ def parse_ts(value: str, zone_name: str = "UTC") -> Ts:
         local = datetime(d.year, d.month, d.day, int(hour), int(minute or 0), int(second or 0))
     except ValueError as err:
         raise TsError(str(err)) from None
-    precision = "fraction" if frac else "second" if second else "minute" if minute else "hour"
+    try:
+        return _with_time(local, precision_of(frac, second, minute), frac, sign, oh, om, zone_name)
+    except OverflowError:
+        # Near 0001-01-01 or 9999-12-31 a zone shift leaves datetime's range.
+        raise TsError("date/time out of range") from None
+
+
+def precision_of(frac: str | None, second: str | None, minute: str | None) -> str:
+    return "fraction" if frac else "second" if second else "minute" if minute else "hour"
+
+
+def _with_time(local: datetime, precision: str, frac: str | None, sign: str | None, oh: str | None,
+               om: str | None, zone_name: str) -> Ts:
     micro = int((frac or "0")[:6].ljust(6, "0"))
     local = local.replace(microsecond=micro)
     gap = False
@@ -94,10 +109,12 @@ def parse_ts(value: str, zone_name: str = "UTC") -> Ts:
         back = aware.astimezone(UTC).astimezone(tz)
         gap = back.replace(tzinfo=None) != local or aware.utcoffset() != aware.replace(fold=1).utcoffset()
         offset = aware.utcoffset() or timedelta(0)
-    text = f"{local.year:04d}-{local:%m-%dT%H:%M:%S}"  # strftime's %Y gives '999' for year 999
+    # Not strftime: '%Y' gives '999', not '0999', for years below 1000 on glibc.
+    text = (f"{local.year:04d}-{local.month:02d}-{local.day:02d}T{local.hour:02d}:{local.minute:02d}:"
+            f"{local.second:02d}")
     if frac:
         text += "." + frac
-    return Ts(text + _fmt_offset(offset), precision, aware, applied, gap)
+    return Ts(text + fmt_offset(offset), precision, aware, applied, gap)
 
 
 def to_instant(value: str) -> datetime | None:

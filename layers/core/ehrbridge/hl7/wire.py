@@ -8,18 +8,22 @@ replacement.
 
 from __future__ import annotations
 
-import codecs
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 UTF8_BOM = b"\xef\xbb\xbf"
 _SEGMENT_END = re.compile(rb"\r\n|\n\r|\r|\n")
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 
-# HL7 table 0211 (MSH-18) -> Python codec. Common non-standard spellings seen in feeds too.
+# HL7 table 0211 (MSH-18, v2.5-v2.9) -> Python text codec, plus the spellings feeds commonly send instead.
+# Only these are accepted: MSH-18 is a table value, not a Python codec name (``codecs.lookup`` would also
+# accept ROT13, BASE64, ZLIB, IDNA, UTF-7, CP037 ... which are not text encodings HL7 allows, or not
+# ASCII-compatible, so the MSH we read as ASCII and the ACK we send back would be garbage).
+# UNICODE UTF-16 / UTF-32 are in table 0211 but cannot travel in an MLLP frame whose MSH is read as ASCII
+# bytes (and the VT/FS framing bytes can occur inside UTF-16 code units): refused with that reason.
 CHARSETS: dict[str, str] = {
     "ASCII": "ascii",
-    "ISO IR6": "ascii",
     "8859/1": "latin-1",
     "8859/2": "iso8859_2",
     "8859/3": "iso8859_3",
@@ -30,7 +34,6 @@ CHARSETS: dict[str, str] = {
     "8859/8": "iso8859_8",
     "8859/9": "iso8859_9",
     "8859/15": "iso8859_15",
-    "ISO IR100": "latin-1",
     "ISO IR14": "shift_jis",
     "ISO IR87": "iso2022_jp",
     "ISO IR159": "iso2022_jp_2",
@@ -40,16 +43,43 @@ CHARSETS: dict[str, str] = {
     "BIG-5": "big5",
     "UNICODE": "utf-8",
     "UNICODE UTF-8": "utf-8",
-    "UNICODE UTF-16": "utf-16",
-    "UNICODE UTF-32": "utf-32",
-    # Non-standard but common.
+    # DICOM-style defined terms that some feeds copy into MSH-18.
+    "ISO IR6": "ascii",
+    "ISO IR100": "latin-1",
+    "ISO IR101": "iso8859_2",
+    "ISO IR109": "iso8859_3",
+    "ISO IR110": "iso8859_4",
+    "ISO IR144": "iso8859_5",
+    "ISO IR127": "iso8859_6",
+    "ISO IR126": "iso8859_7",
+    "ISO IR138": "iso8859_8",
+    "ISO IR148": "iso8859_9",
+    "ISO IR192": "utf-8",
+    # Non-standard but common spellings (IANA names of the same character sets).
+    "US-ASCII": "ascii",
     "UTF-8": "utf-8",
     "UTF8": "utf-8",
     "LATIN1": "latin-1",
+    "LATIN-1": "latin-1",
     "ISO-8859-1": "latin-1",
+    "ISO8859-1": "latin-1",
+    "ISO_8859-1": "latin-1",
+    "ISO-8859-2": "iso8859_2",
+    "ISO-8859-5": "iso8859_5",
+    "ISO-8859-7": "iso8859_7",
+    "ISO-8859-8": "iso8859_8",
+    "ISO-8859-9": "iso8859_9",
+    "ISO-8859-15": "iso8859_15",
     "WINDOWS-1252": "cp1252",
     "CP1252": "cp1252",
+    "GB18030": "gb18030",
+    "BIG5": "big5",
+    "SHIFT_JIS": "shift_jis",
+    "EUC-KR": "euc_kr",
 }
+# In table 0211 but not ASCII-compatible: a clear refusal, not "unknown".
+_NOT_ASCII_COMPATIBLE = {"UNICODE UTF-16", "UNICODE UTF-32", "UTF-16", "UTF-32", "UTF16", "UTF32"}
+_BLANKS = re.compile(r"\s+")
 
 
 class WireError(ValueError):
@@ -59,6 +89,19 @@ class WireError(ValueError):
         self.reason = reason
         self.code = code
         super().__init__(reason)
+
+
+class UnsupportedCharset(WireError):
+    """MSH-18 (or the source's default) is not a character set we accept: a permanent refusal."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, "103")  # table 0357: table value not found (table 0211)
+
+
+def printable(text: str, limit: int = 40) -> str:
+    """A value from the message, safe to put in a reason or an ACK: printable ASCII, bounded."""
+    out = "".join(ch if " " <= ch <= "~" else f"\\x{ord(ch):02x}" if ord(ch) < 256 else "?" for ch in text[:limit])
+    return out + ("..." if len(text) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -110,6 +153,12 @@ def normalize_segment_ends(data: bytes) -> bytes:
     return b"\r".join(split_segments(data)) + b"\r"
 
 
+def _delimiter_ok(ch: str) -> bool:
+    """HL7 delimiters are printable ASCII, not letters, digits or blanks (a byte like 0x80 or a control
+    character is garbage, and could not be written back in an ASCII ACK)."""
+    return "!" <= ch <= "~" and not ch.isalnum()
+
+
 def read_msh(data: bytes) -> MshHeader:
     """Parse the MSH segment from raw bytes. Raises WireError naming the problem."""
     segments = split_segments(data.lstrip(b"\x00 \t"))
@@ -128,12 +177,12 @@ def read_msh(data: bytes) -> MshHeader:
         # MSH must be ASCII-compatible; non-ASCII in MSH is read as Latin-1 so we can still ACK.
         text = msh.decode("latin-1")
     separator = text[3]
-    if separator.isalnum() or separator in " \r\n":
+    if not _delimiter_ok(separator):
         raise WireError("invalid field separator in MSH-1", "102")
     parts = text.split(separator)
     # Feeds sometimes double a character (an escaped "\\"); keep the first of each, in order.
     encoding = "".join(dict.fromkeys(parts[1])) if len(parts) > 1 else ""
-    if not 2 <= len(encoding) <= 5 or separator in encoding or any(c.isalnum() or c.isspace() for c in encoding):
+    if not 2 <= len(encoding) <= 5 or separator in encoding or not all(_delimiter_ok(c) for c in encoding):
         raise WireError("invalid encoding characters in MSH-2", "102")
     fields = (separator, *parts[1:])
 
@@ -154,15 +203,27 @@ def read_msh(data: bytes) -> MshHeader:
 
 
 def codec_for(charset: str, default: str = "ASCII") -> str:
-    """Python codec for an MSH-18 value (or the source's default when MSH-18 is empty)."""
-    name = (charset or default or "ASCII").strip().upper()
+    """Python codec for an MSH-18 value (or the source's default when MSH-18 is empty).
+
+    Raises UnsupportedCharset for anything outside table 0211 and its common aliases.
+    """
+    name = _BLANKS.sub(" ", (charset or default or "ASCII").strip().upper())
     codec = CHARSETS.get(name)
     if codec:
         return codec
+    if name in _NOT_ASCII_COMPATIBLE:
+        raise UnsupportedCharset(f"character set {name} is not supported over MLLP (not ASCII-compatible); "
+                                 "send UNICODE UTF-8")
+    raise UnsupportedCharset(f"unsupported character set in MSH-18 (HL7 table 0211): {printable(name)}")
+
+
+@lru_cache(maxsize=256)
+def is_supported_charset(charset: str) -> bool:
     try:
-        return codecs.lookup(name).name
-    except LookupError:
-        raise WireError(f"unsupported character set in MSH-18: {name[:40]}", "203") from None
+        codec_for(charset)
+    except UnsupportedCharset:
+        return False
+    return True
 
 
 def decode(data: bytes, charset: str = "", default: str = "ASCII") -> str:
@@ -188,7 +249,7 @@ def decode_detailed(data: bytes, charset: str = "", default: str = "ASCII") -> t
                 return data.decode("utf-8", errors="strict"), "utf-8"
             except UnicodeDecodeError:
                 pass
-        raise WireError(f"bytes at offset {err.start} are not valid {codec}", "203") from None
+        raise WireError(f"bytes at offset {err.start} are not valid {codec}", "102") from None
 
 
 def encode(text: str, charset: str = "", default: str = "ASCII") -> bytes:

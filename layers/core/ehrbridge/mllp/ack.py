@@ -9,18 +9,24 @@
 - Original mode (MSH-15/16 empty): AA/AE/AR. Enhanced mode (MSH-15 set): CA/CE/CR, and MSH-15
   (AL/NE/ER/SU) decides whether an accept ACK is sent at all.
 
-The ACK is encoded in the sender's character set (MSH-18, else the source's default).
+The ACK is encoded in the sender's character set (MSH-18, else the source's default) when that is a
+table 0211 set we support (all ASCII-compatible); otherwise MSH-18 is not echoed and the ACK is ASCII.
+``build_ack`` never raises: whatever goes wrong, a minimal ASCII ACK with the same code goes out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from ehrbridge.hl7.wire import MshHeader, WireError, encode
+from ehrbridge.hl7.wire import MshHeader, WireError, codec_for, encode, is_supported_charset
+from ehrbridge.hl7.wire import printable as wire_printable
+from ehrbridge.observability import logger
 
 # HL7 table 0357 texts (HAPI ErrorCode).
 ERROR_TEXT = {
@@ -29,6 +35,7 @@ ERROR_TEXT = {
     "101": "Required field missing",
     "102": "Data type error",
     "103": "Table value not found",
+    "104": "Value too long",
     "200": "Unsupported message type",
     "201": "Unsupported event code",
     "202": "Unsupported processing id",
@@ -75,21 +82,22 @@ def _new_control_id() -> str:
     return f"A{_prefix}{next(_counter):09d}"[:20]
 
 
+_VERSION = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){0,3}$")
+
+
 def _version_tuple(version: str) -> tuple[int, ...]:
-    head = version.split("^")[0].split("&")[0]
-    parts: list[int] = []
-    for piece in head.split("."):
-        if not piece.isdigit():
-            break
-        parts.append(int(piece))
-    return tuple(parts) or (2, 5)
+    """MSH-12 as numbers; (2, 5) when it is not a plain dotted version (ASCII digits only:
+    '\u00b3'.isdigit() is True but int() refuses it)."""
+    head = version.split("^")[0].split("&")[0].strip()
+    if not _VERSION.match(head):
+        return (2, 5)
+    return tuple(int(piece) for piece in head.split("."))
 
 
-def _escape(text: str, header: MshHeader) -> str:
+def _escape(text: str, sep: str, enc: str) -> str:
     """HL7-escape free text so a reason can never break the ACK's structure."""
-    enc = header.encoding_characters
     esc = enc[2] if len(enc) > 2 else "\\"
-    table = {esc: f"{esc}E{esc}", header.field_separator: f"{esc}F{esc}", "\r": " ", "\n": " "}
+    table = {esc: f"{esc}E{esc}", sep: f"{esc}F{esc}", "\r": " ", "\n": " "}
     for ch, code in zip(enc[:2] + enc[3:4], "SRT", strict=False):
         table.setdefault(ch, f"{esc}{code}{esc}")
     return "".join(table.get(ch, ch) for ch in text)
@@ -113,14 +121,86 @@ def should_send(header: MshHeader | None, code: str) -> bool:
 
 def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, default_charset: str = "ASCII",
               now: datetime | None = None, control_id: str | None = None) -> Ack:
-    """Build the ACK for ``header``'s message. ``code`` is AA/AE/AR (or CA/CE/CR)."""
-    if error is None and now is None:
-        return _fast_accept(header, code, default_charset, control_id)
-    sep = header.field_separator
-    enc = header.encoding_characters
+    """Build the ACK for ``header``'s message. ``code`` is AA/AE/AR (or CA/CE/CR). Never raises."""
+    try:
+        if error is None and now is None:
+            return _fast_accept(header, code, default_charset, control_id)
+        return _build(header, code, error, default_charset, now, control_id)
+    except Exception as err:  # a header shape we did not foresee must still get its answer
+        logger.error("ack builder failed; minimal ACK sent", extra={"error_type": type(err).__name__})
+        return minimal_ack(header, code, error, control_id)
+
+
+def _msa2(control_id: str) -> str:
+    """MSH-10 for MSA-2 of a standard-delimiter ACK: as sent when it is printable ASCII without ``|``."""
+    if control_id.isascii() and control_id.isprintable() and "|" not in control_id:
+        return control_id[:199]
+    return wire_printable(control_id.replace("|", "\\F\\"), 199)
+
+
+def minimal_ack(header: MshHeader | None, code: str, error: AckError | None = None,
+                control_id: str | None = None) -> Ack:
+    """An ACK that cannot fail: standard delimiters, ASCII, MSA-2 = MSH-10 when readable."""
+    msh10 = ""
+    with contextlib.suppress(Exception):  # an unreadable MSH-10 is left empty
+        msh10 = _msa2(header.control_id) if header is not None else ""
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    code = code if code in ENHANCED or code in ENHANCED.values() else "AE"
+    lines = [f"MSH|^~\\&|||||{stamp}||ACK|{wire_printable(control_id or _new_control_id(), 20)}|P|2.5",
+             f"MSA|{code}|{msh10}"]
+    if error is not None:
+        lines.append(f"ERR||MSH^1^0|{error.code if error.code in ERROR_TEXT else '207'}^"
+                     f"{ERROR_TEXT.get(error.code, ERROR_TEXT['207'])}^HL70357|E")
+    payload = ("\r".join(lines) + "\r").encode("ascii", errors="replace")
+    return Ack(code=code, payload=payload)
+
+
+def _ack_charset(header: MshHeader) -> str:
+    """MSH-18 of the ACK: the sender's when it is one we can write, else none (ASCII)."""
+    return header.charset if header.charset and is_supported_charset(header.charset) else ""
+
+
+_STANDARD = "^~\\&"
+_SPARE = "^~\\&#$*!@%+;:?"
+
+
+def _printable_delimiter(ch: str) -> bool:
+    return len(ch) == 1 and "!" <= ch <= "~" and not ch.isalnum()
+
+
+def ack_delimiters(header: MshHeader) -> tuple[str, str]:
+    """(MSH-1, MSH-2) for the ACK: the sender's, completed to four distinct encoding characters.
+
+    A sender may send fewer than four (or ones that python-hl7 then completes with a default it already
+    uses, so nothing can parse the ACK): each missing or colliding one becomes the standard character
+    for its place, or a spare one, so the ACK always parses with the sender's own separators.
+    """
+    sep = header.field_separator if _printable_delimiter(header.field_separator) else "|"
+    given = header.encoding_characters
+    used = {sep, "\r", "\n"}
+    chosen: list[str] = []
+    for place in range(4):
+        ch = given[place] if place < len(given) else ""
+        if not ch or ch in used or not _printable_delimiter(ch):
+            ch = next(c for c in _STANDARD[place] + _SPARE if c not in used)
+        used.add(ch)
+        chosen.append(ch)
+    if len(given) > 4 and given[4] not in used and _printable_delimiter(given[4]):
+        chosen.append(given[4])  # truncation character (v2.7+)
+    return sep, "".join(chosen)
+
+
+def _build(header: MshHeader, code: str, error: AckError | None, default_charset: str, now: datetime | None,
+           control_id: str | None) -> Ack:
+    if not _printable_delimiter(header.field_separator):
+        # Fields split on a separator we cannot write back may hold "|": only the minimal ACK is safe.
+        return minimal_ack(header, code, error, control_id)
+    sep, enc = ack_delimiters(header)
     comp = enc[0] if enc else "^"
     sub = enc[3] if len(enc) > 3 else "&"
     version = header.version or "2.5"
+    if not _VERSION.match(version.split("^")[0].strip()):
+        version = "2.5"  # an unreadable MSH-12 is not echoed
     vt = _version_tuple(version)
     stamp = now.strftime("%Y%m%d%H%M%S%z") if now else _stamp()
     event = header.component(9, 2)
@@ -129,15 +209,16 @@ def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, de
     msh = ["MSH", enc, header.receiving_application, header.receiving_facility, header.sending_application,
            header.sending_facility, stamp, "", msh9, control_id or _new_control_id(),
            header.processing_id or "P", version]
-    if header.charset:
+    charset = _ack_charset(header)
+    if charset:
         msh += [""] * 5 + [header.field(18)]
     segments = [sep.join(msh)]
     msa = ["MSA", code, header.control_id]
     if error is not None:
-        msa.append(_escape(error.text, header)[:80])
+        msa.append(_escape(error.text, sep, enc)[:80])
     segments.append(sep.join(msa))
     if error is not None:
-        text = _escape(error.text, header)
+        text = _escape(error.text, sep, enc)
         label = ERROR_TEXT.get(error.code, "Application internal error")
         if vt >= (2, 5):
             location = ""
@@ -152,11 +233,15 @@ def build_ack(header: MshHeader, code: str, error: AckError | None = None, *, de
             segments.append(sep.join(["ERR", comp.join((seg, str(seq) if seq else "", str(fld) if fld else "",
                                                         code_ce))]))
     text = "\r".join(segments) + "\r"
+    return Ack(code=code, payload=_encode(text, charset, default_charset))
+
+
+def _encode(text: str, charset: str, default_charset: str) -> bytes:
+    """In the sender's character set; ASCII when that (or the source default) is not one we support."""
     try:
-        payload = encode(text, header.charset, default_charset)
-    except WireError:
-        payload = text.encode("ascii", errors="backslashreplace")
-    return Ack(code=code, payload=payload)
+        return encode(text, charset, default_charset)
+    except (WireError, UnicodeError):
+        return text.encode("ascii", errors="backslashreplace")
 
 
 _TEMPLATES: dict[tuple[str, ...], tuple[str, str, str]] = {}
@@ -171,31 +256,27 @@ def _fast_accept(header: MshHeader, code: str, default_charset: str, control_id:
     key = (code, default_charset, header.charset, *f[:6], *f[8:9], *f[10:12], *f[17:18])
     parts = _TEMPLATES.get(key)
     if parts is None:
-        marker = build_ack(header, code, default_charset=default_charset, now=datetime(2000, 1, 1, tzinfo=UTC),
-                           control_id="\x00CID\x00")
+        stamp, cid = "20000101000000+0000", "\x00CID\x00"
+        marker = _build(header, code, None, default_charset, datetime(2000, 1, 1, tzinfo=UTC), cid)
         text = _decode_payload(marker.payload, header, default_charset)
-        stamp = "20000101000000+0000"
+        if text.count(stamp) != 1 or text.count(cid) != 1 or not text.endswith(header.control_id + "\r"):
+            # A header that contains a marker itself: no template, the general path (same bytes).
+            return _build(header, code, None, default_charset, None, control_id)
         head, rest = text.split(stamp, 1)
-        mid, tail = rest.split("\x00CID\x00", 1)
+        mid, tail = rest.split(cid, 1)
         tail = tail[:len(tail) - len(header.control_id) - 1]  # strip MSA-2 + final CR
         if len(_TEMPLATES) > 4096:
             _TEMPLATES.clear()
         parts = _TEMPLATES[key] = (head, mid, tail)
     head, mid, tail = parts
     text = head + _stamp() + mid + (control_id or _new_control_id()) + tail + header.control_id + "\r"
-    try:
-        payload = encode(text, header.charset, default_charset)
-    except WireError:
-        payload = text.encode("ascii", errors="backslashreplace")
-    return Ack(code=code, payload=payload)
+    return Ack(code=code, payload=_encode(text, _ack_charset(header), default_charset))
 
 
 def _decode_payload(payload: bytes, header: MshHeader, default_charset: str) -> str:
     try:
-        from ehrbridge.hl7.wire import codec_for
-
-        return payload.decode(codec_for(header.charset, default_charset))
-    except (WireError, UnicodeDecodeError):
+        return payload.decode(codec_for(_ack_charset(header), default_charset))
+    except (WireError, UnicodeError):
         return payload.decode("latin-1")
 
 
@@ -214,12 +295,12 @@ def fallback_header(raw: bytes) -> MshHeader:
             if cut >= 0:
                 line = line[:cut]
         text = line.decode("latin-1")
-        cand = text[3]
-        if not cand.isalnum() and not cand.isspace():
+        cand = text[3] if len(text) > 3 else "|"
+        if len(text) > 3 and "!" <= cand <= "~" and not cand.isalnum():  # printable ASCII, as read_msh wants
             separator = cand
             parts = text.split(separator)
             enc = parts[1] if len(parts) > 1 else ""
-            if 2 <= len(enc) <= 5 and not any(c.isalnum() or c.isspace() or c == separator for c in enc):
+            if 2 <= len(enc) <= 5 and all("!" <= c <= "~" and not c.isalnum() and c != separator for c in enc):
                 encoding = enc
             fields = [separator, *parts[1:]]
     fields = [f[:199] for f in fields] or [separator, encoding]

@@ -19,11 +19,16 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class FrameTooLarge(ValueError):
-    """The frame being read passed the maximum size. ``head`` is its first bytes (to recover MSH-10)."""
+    """The frame being read passed the maximum size. ``head`` is its first bytes (to recover MSH-10).
 
-    def __init__(self, limit: int, head: bytes) -> None:
+    ``frames`` are the complete frames decoded before it in the same ``feed``: they were read and
+    must be answered before the oversized one is refused.
+    """
+
+    def __init__(self, limit: int, head: bytes, frames: list[bytes] | None = None) -> None:
         self.limit = limit
         self.head = head
+        self.frames = frames or []
         super().__init__(f"message exceeds the maximum size of {limit} bytes")
 
 
@@ -55,7 +60,11 @@ class MllpDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Add bytes; return the payloads of the frames they completed. Raises FrameTooLarge."""
+        """Add bytes; return the payloads of the frames they completed.
+
+        Raises FrameTooLarge (carrying the frames completed before it) when a frame passes the limit;
+        the decoder is reset then, and the caller refuses the frame and closes the connection.
+        """
         buf = self._buffer
         if not buf and not self._in_frame and data[:1] == START:
             # The common read: exactly one whole frame (a sender waits for each ACK). Sliced straight
@@ -84,13 +93,13 @@ class MllpDecoder:
                 if len(buf) > self.max_message_bytes:
                     head = bytes(buf[:4096])
                     self.reset()
-                    raise FrameTooLarge(self.max_message_bytes, head)
+                    raise FrameTooLarge(self.max_message_bytes, head, frames)
                 self._scan_from = len(buf)
                 break
             if end > self.max_message_bytes:
                 head = bytes(buf[:4096])
                 self.reset()
-                raise FrameTooLarge(self.max_message_bytes, head)
+                raise FrameTooLarge(self.max_message_bytes, head, frames)
             frames.append(bytes(buf[:end]))
             # FS is normally followed by CR; a missing CR is tolerated (the next search skips it).
             cut = end + 2 if end + 1 < len(buf) and buf[end + 1] == CR else end + 1

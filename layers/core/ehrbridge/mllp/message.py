@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ehrbridge.contracts.envelope import ContractError, Envelope, patient_key_for
 from ehrbridge.contracts.tenant import MllpSource, TenantConfig
-from ehrbridge.hl7.wire import MshHeader, WireError, decode_detailed, read_msh
+from ehrbridge.hl7.wire import MshHeader, UnsupportedCharset, WireError, decode_detailed, read_msh
 from ehrbridge.mllp.ack import AckError
 
 
@@ -245,11 +245,10 @@ def inspect(raw: bytes, header: MshHeader, route: Route) -> Inspected:
     charset = header.charset or route.source.default_charset
     try:
         text, _codec = decode_detailed(raw, header.charset, route.source.default_charset)
-    except WireError as err:
-        # An unknown MSH-18 is a refusal (AR); bytes invalid in a known charset are a content error (AE).
-        unsupported = err.reason.startswith("unsupported")
-        raise Rejected(AckError(err.code if unsupported else "102", err.reason, ("MSH", 1, 18)),
-                       reject=unsupported) from None
+    except UnsupportedCharset as err:  # not a table 0211 character set: refused (AR), never resent as is
+        raise Rejected(AckError(err.code, err.reason, ("MSH", 1, 18)), reject=True) from None
+    except WireError as err:  # bytes invalid in a known charset: a content error (AE 102, not retryable)
+        raise Rejected(AckError("102", err.reason, ("MSH", 1, 18)), reject=False) from None
     if not _has_body(raw) and not message_kind(header).startswith("ACK"):
         raise Rejected(AckError("100", "message has no segment after MSH", ("MSH", 1, 0)), reject=True)
     return Inspected(header, route, text, charset, hashlib.sha256(raw).hexdigest())

@@ -33,6 +33,9 @@ SQS_BATCH_LATENCY = "MllpSqsBatchLatency"
 ACK_STORE_FAILED = "MllpAckStoreFailed"  # durable ACK store lookups/writes that failed (read_*/write_* codes)
 ACK_STORE_LATENCY = "MllpAckStoreLatency"
 CERT_DAYS_LEFT = "MllpCertDaysToExpiry"
+# Connections the bridge closed on purpose with a frame read but not (fully) answered, by reason:
+# too_large (after its AR), unanswered_deadline (safety net), internal_error (a bug in reading).
+DELIBERATE_CLOSES = "MllpDeliberateCloses"
 
 
 def _bucket(ms: float) -> float:

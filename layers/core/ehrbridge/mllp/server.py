@@ -26,7 +26,7 @@ from ehrbridge.contracts.envelope import Envelope, new_envelope, stable_id
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.hl7.wire import MshHeader, WireError
 from ehrbridge.mllp import metrics as m
-from ehrbridge.mllp.ack import AckError, ack_code, build_ack, fallback_header, should_send
+from ehrbridge.mllp.ack import AckError, ack_code, build_ack, fallback_header, minimal_ack, should_send
 from ehrbridge.mllp.ack_store import DEFAULT_TTL_S, AckKey, AckRecord, DurableAcks
 from ehrbridge.mllp.commit import GroupCommitter
 from ehrbridge.mllp.dedupe import AckCache
@@ -168,20 +168,35 @@ class MllpConnection(asyncio.Protocol):
         self.last_read = time.monotonic()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._in_next = False
+        self.refusing = False  # an oversized frame was read: bytes after it are dropped until the close
 
     # asyncio.Protocol ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception as err:  # a bug here must not kill the loop silently: close, counted and logged
+            logger.error("reading frames failed; connection closed", extra={"error_type": type(err).__name__})
+            self.bridge.metrics.count(m.DELIBERATE_CLOSES, detail="internal_error")
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _received(self, data: bytes) -> None:
         self.last_read = time.monotonic()
+        if self.refusing:
+            return  # after an oversized frame nothing more is read: the connection closes after its AR
         decoder = self.decoder
         junk = decoder.junk_bytes
         try:
             frames: list[bytes | _TooLarge] = list(decoder.feed(data))
         except FrameTooLarge as err:
             self.bridge.metrics.count(m.FRAMING_ERRORS, detail="too_large")
-            frames = [_TooLarge(err)]
+            # Frames completed in the same read are answered first, in order; then the refusal.
+            frames = [*err.frames, _TooLarge(err)]
+            self.refusing = True
             self._pause()  # nothing after an oversized frame is read: the connection closes after its AR
         if decoder.junk_bytes != junk:
             self.bridge.metrics.count(m.FRAMING_ERRORS, detail="junk_skipped")
@@ -235,9 +250,8 @@ class MllpConnection(asyncio.Protocol):
                     continue
                 try:
                     self.bridge.handle(item, self)
-                except Exception as err:  # a bug must still answer the sender (AE) and keep the loop alive
-                    logger.error("frame handling failed", extra={"error_type": type(err).__name__})
-                    self.finish(self.bridge.fallback_tenant(self), self.bridge.internal_error(item))
+                except Exception as err:  # a bug before the commit: keep the bytes, refuse them, keep the loop
+                    self.bridge.handling_failed(self, item, err)
             if not self.busy and len(self.queue) < 16 and not (self.queue and isinstance(self.queue[-1], _TooLarge)):
                 self._resume()
         finally:
@@ -249,6 +263,7 @@ class MllpConnection(asyncio.Protocol):
             if payload is not None:
                 self.transport.write(frame(payload))
             if close:
+                self.bridge.metrics.count(m.DELIBERATE_CLOSES, detail="too_large")
                 self.transport.close()
         self.bridge.metrics.observe(m.ACK_LATENCY, tenant, (time.perf_counter() - self.started) * 1000)
         self.busy = False
@@ -297,6 +312,17 @@ class _Frame:
         self.bridge.acks.end(self.key, None)  # a resend waiting on this copy is handled afresh
         self.bridge._unanswered(self.conn, self.seq, self.raw, err)
 
+    def _stored_anyway(self, err: Exception) -> None:
+        """A bug after the queue confirmed the message: it IS stored, so the answer is still an accept
+        (never AE 207 "resend" for a stored message); a minimal ACK when the normal one cannot be made."""
+        logger.error("answering a stored message failed; minimal accept sent", extra={"error_type": type(err).__name__})
+        bridge, conn = self.bridge, self.conn
+        bridge.acks.end(self.key, None)
+        if conn.busy and conn.seq == self.seq:
+            code = ack_code(self.header, True)
+            bridge.metrics.count(m.ACKS, self.tenant, code)
+            conn.finish(self.tenant, minimal_ack(self.header, code).payload if should_send(self.header, code) else None)
+
     def _reply(self, payload: bytes, code: str) -> None:
         bridge = self.bridge
         bridge.acks.end(self.key, payload)
@@ -341,36 +367,46 @@ class _Frame:
             else:
                 self._reply(self.ack, ack_code(self.header, True))
         except Exception as err:
-            self._failed(err)
+            self._stored_anyway(err)
 
     def answer(self, error: str | None) -> None:
         """The commit's outcome (the committer's ``done``): AA after the queue confirmed, else AE 207."""
+        if error is None:
+            try:
+                self._accepted()
+            except Exception as err:
+                self._stored_anyway(err)
+            return
+        self._not_stored(error)
+
+    def _accepted(self) -> None:
+        bridge, header, key = self.bridge, self.header, self.key
+        # The accept ACK's MSH-10 derives from the message id: a resend answered by another
+        # worker or task gets the same control id (only MSH-7, the time, can differ there).
+        ack = build_ack(header, ack_code(header, True), default_charset=self.source.default_charset,
+                        control_id="A" + key[:19])
+        durable = bridge.durable
+        if durable is not None and not bridge.settings.ack_store_write_behind:
+            # Write-through: store the ACK (batched) before it goes out, so any task can replay it.
+            self.ack = ack.payload
+            durable.record(AckRecord(self.ack_key, ack.payload, key), self.recorded)
+            return
+        self._reply(ack.payload, ack.code)
+        if durable is not None:
+            # Write-behind: answered already; the record follows and never touches the connection.
+            bridge._record_behind(durable, AckRecord(self.ack_key, ack.payload, key), self.tenant)
+
+    def _not_stored(self, error: str) -> None:
+        """The queue did not take the message: AE 207, the one answer that means "resend"."""
         try:
-            bridge, header, key = self.bridge, self.header, self.key
-            if error is None:
-                # The accept ACK's MSH-10 derives from the message id: a resend answered by another
-                # worker or task gets the same control id (only MSH-7, the time, can differ there).
-                ack = build_ack(header, ack_code(header, True), default_charset=self.source.default_charset,
-                                control_id="A" + key[:19])
-                durable = bridge.durable
-                if durable is not None and not bridge.settings.ack_store_write_behind:
-                    # Write-through: store the ACK (batched) before it goes out, so any task can replay it.
-                    self.ack = ack.payload
-                    durable.record(AckRecord(self.ack_key, ack.payload, key), self.recorded)
-                    return
-                self._reply(ack.payload, ack.code)
-                if durable is not None:
-                    # Write-behind: answered already; the record follows and never touches the connection.
-                    bridge._record_behind(durable, AckRecord(self.ack_key, ack.payload, key), self.tenant)
-            else:
-                tenant = self.tenant
-                bridge.metrics.count(m.COMMIT_FAILED, tenant, error[:64])
-                logger.error("commit failed", extra={"tenant_id": tenant, "message_id": key, "reason": error})
-                ack = build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend"),
-                                default_charset=self.source.default_charset)
-                bridge.acks.end(key, None)
-                bridge.metrics.count(m.ACKS, tenant, ack.code)
-                self.conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
+            bridge, header, key, tenant = self.bridge, self.header, self.key, self.tenant
+            bridge.metrics.count(m.COMMIT_FAILED, tenant, error[:64])
+            logger.error("commit failed", extra={"tenant_id": tenant, "message_id": key, "reason": error})
+            ack = build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend"),
+                            default_charset=self.source.default_charset)
+            bridge.acks.end(key, None)
+            bridge.metrics.count(m.ACKS, tenant, ack.code)
+            self.conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
         except Exception as err:
             self._failed(err)
 
@@ -629,14 +665,34 @@ class MllpBridge:
             transport.close()
 
     def too_large(self, conn: MllpConnection, err: FrameTooLarge) -> None:
+        """AR 104 (value too long), the head kept in quarantine with the reason, then a counted close.
+
+        Only the head was kept (the rest is not read): the sender must split the message or send it
+        another way, so this is a refusal, never the "resend" AE 207.
+        """
         header = fallback_header(err.head)
         route = self._guess_route(header, conn)
         tenant = route.tenant.tenant_id if route else self.fallback_tenant(conn)
-        ack = build_ack(header, ack_code(header, False, rejected=True),
-                        AckError("207", f"message larger than {err.limit} bytes"))
-        self.metrics.count(m.ACKS, tenant, ack.code)
-        # Only the head was kept; the sender must split the message or send it another way.
-        conn.finish(tenant, ack.payload, close=True)
+        self._spawn(self._refuse(conn, err.head, header, tenant,
+                                 AckError("104", f"message larger than {err.limit} bytes (first "
+                                                 f"{len(err.head)} bytes kept)", ("MSH", 1, 0)),
+                                 reject=True, kind=header.kind if header.message_type else "OVERSIZE", close=True),
+                    conn, err.head)
+
+    def handling_failed(self, conn: MllpConnection, raw: bytes, err: Exception) -> None:
+        """A bug before the commit (nothing stored): quarantine the bytes and refuse them (AR 207), so a
+        retrying sender does not resend into the same bug forever; AE 207 only if the bytes cannot be kept."""
+        logger.error("frame handling failed", extra={"error_type": type(err).__name__})
+        try:
+            header = fallback_header(raw)
+            kind = header.kind if header.message_type else "UNPARSEABLE"
+        except Exception:
+            header, kind = fallback_header(b""), "UNPARSEABLE"
+        tenant = self.fallback_tenant(conn)
+        self._spawn(self._refuse(conn, raw, header, tenant,
+                                 AckError("207", f"message could not be processed ({type(err).__name__}); "
+                                                 "kept for review, do not resend"),
+                                 reject=True, kind=kind), conn, raw)
 
     # ---- one message --------------------------------------------------------------------------
     def fallback_tenant(self, conn: MllpConnection) -> str:
@@ -655,8 +711,13 @@ class MllpBridge:
             return None
 
     def internal_error(self, raw: bytes) -> bytes:
-        header = fallback_header(raw)
-        return build_ack(header, ack_code(header, False), AckError("207", "message not stored; resend")).payload
+        """AE 207 "not stored; resend" (only for frames nothing was stored for)."""
+        error = AckError("207", "message not stored; resend")
+        try:
+            header = fallback_header(raw)
+        except Exception:  # the answer must go out whatever the bytes are
+            return minimal_ack(None, "AE", error).payload
+        return build_ack(header, ack_code(header, False), error).payload
 
     def _spawn(self, coro: Any, conn: MllpConnection | None = None, raw: bytes = b"") -> None:
         """Run the slow path of a frame (S3 quarantine, claim check, waiting on a first copy) as a task."""
@@ -682,8 +743,12 @@ class MllpBridge:
             conn.finish(self.fallback_tenant(conn), self.internal_error(raw))
 
     async def _refuse(self, conn: MllpConnection, raw: bytes, header: MshHeader, tenant: str, error: AckError, *,
-                      reject: bool, kind: str) -> None:
-        """Quarantine first, then AR/AE; if the bytes cannot be kept, AE 207 so the sender retries."""
+                      reject: bool, kind: str, close: bool = False) -> None:
+        """Quarantine first, then AR/AE; if the bytes cannot be kept, AE 207 so the sender retries.
+
+        AR (CR in enhanced mode) for a refusal, AE with a code other than 207 for bad content: both
+        mean "do not resend this as is"; the reason is in MSA-3/ERR and next to the quarantined bytes.
+        """
         code = ack_code(header, False, rejected=reject)
         if self.quarantine is not None:
             try:
@@ -697,7 +762,7 @@ class MllpBridge:
         self.metrics.count(m.ACKS, tenant, ack.code)
         logger.info("message refused", extra={"tenant_id": tenant, "ack_code": ack.code, "code": error.code,
                                               "reason": error.text})
-        conn.finish(tenant, ack.payload if should_send(header, ack.code) else None)
+        conn.finish(tenant, ack.payload if close or should_send(header, ack.code) else None, close=close)
 
     async def _join_inflight(self, conn: MllpConnection, waiting: asyncio.Future[bytes | None], raw: bytes,
                              header: MshHeader, tenant: str) -> None:
@@ -823,6 +888,7 @@ class MllpBridge:
                     # means a bug, and the sender is better served by a closed connection than a hang.
                     if now - conn.busy_since > self.settings.ack_timeout_s + 20:
                         logger.error("frame unanswered past the ACK deadline; closing the connection")
+                        self.metrics.count(m.DELIBERATE_CLOSES, detail="unanswered_deadline")
                         conn.transport.abort()
                     continue
                 silent = now - conn.last_read

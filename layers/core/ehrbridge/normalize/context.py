@@ -18,7 +18,7 @@ EXT_SOURCE_EVENT_TIME = EXT_BASE + "source-event-time"
 EXT_DATA_QUALITY = EXT_BASE + "data-quality"
 EXT_UNMAPPED = EXT_BASE + "unmapped-segment"
 DQ_SYSTEM = "https://ehrbridge.dev/fhir/CodeSystem/data-quality"
-_OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 
 
 class QuarantineError(Exception):

@@ -20,7 +20,11 @@ from ehrbridge.terminology.systems import local_system, system_uri
 _SPACES = re.compile(r"\s+")
 
 _TRIPLETS = ((1, 2, 3), (4, 5, 6), (10, 11, 12))
-_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")  # ASCII digits only (\d takes any Unicode digit)
+# ASCII digits only (``\d`` matches any script's digits, which FHIR's decimal does not allow).
+_NUMBER = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
+# Far beyond any measured value; keeps int() under Python's 4,300-digit limit and every float finite.
+MAX_NUMBER_CHARS = 40
+FHIR_INT_MAX = 2**31 - 1  # FHIR integer / positiveInt / unsignedInt are 32-bit
 
 
 def comps(raw: str, seps: Separators) -> list[str]:
@@ -43,7 +47,7 @@ def fhir_string(text: str) -> str:
 
 def decimal(text: str) -> float | int | None:
     t = text.strip()
-    if not _NUMBER.match(t):
+    if len(t) > MAX_NUMBER_CHARS or not _NUMBER.match(t):
         return None
     if "." in t:
         return float(t)
@@ -51,6 +55,15 @@ def decimal(text: str) -> float | int | None:
 
 
 # ---------------------------------------------------------------- identifiers
+def fhir_code(text: str, ctx: Ctx, where: str) -> str:
+    """A FHIR ``code``: no leading/trailing whitespace and single spaces inside (``[^\\s]+(\\s[^\\s]+)*``).
+    A code sent with runs of blanks ("A  B") is collapsed and the repair recorded, not emitted invalid."""
+    clean = " ".join(text.split())
+    if clean != text:
+        ctx.repair("code-whitespace", where, "blanks in a code collapsed")
+    return clean
+
+
 def cx(raw: str, seps: Separators, ctx: Ctx, where: str) -> dict[str, Any] | None:
     """CX -> Identifier. System from CX-4 (HD) through the tenant map; type CX-5 kept."""
     parts = raw.split(seps.component)
@@ -60,7 +73,7 @@ def cx(raw: str, seps: Separators, ctx: Ctx, where: str) -> dict[str, Any] | Non
     hd = _c(parts, 4)
     authority, universal, utype = _sub(hd, seps, 1), _sub(hd, seps, 2), _sub(hd, seps, 3)
     ident: dict[str, Any] = {"value": value}
-    id_type = _sub(_c(parts, 5), seps)
+    id_type = fhir_code(_sub(_c(parts, 5), seps), ctx, where + ".5")
     if id_type:
         coding = {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": id_type}
         display = vocab.IDENTIFIER_TYPE_DISPLAY.get(id_type)
@@ -94,6 +107,7 @@ def ei(raw: str, seps: Separators, ctx: Ctx, type_code: str = "") -> dict[str, A
         return None
     ns, universal, utype = _sub(_c(parts, 2), seps), _sub(_c(parts, 3), seps), _sub(_c(parts, 4), seps)
     ident: dict[str, Any] = {}
+    type_code = " ".join(type_code.split())
     if type_code:
         ident["type"] = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": type_code}]}
     ident["system"] = ctx.identifier_system(ns or (ctx.facility if not universal else ""), universal, utype)
@@ -284,14 +298,9 @@ def coding_for(code: str, display: str, system_name: str, ctx: Ctx, where: str) 
     system with an offline check (LOINC, SNOMED CT, RxNorm, CVX) that fails it is never emitted under
     that system (tenant policy: quarantine, or keep it in the sender's local system, marked).
     """
-    clean = code.strip()
-    if "  " in clean or not clean.isprintable():  # inner runs of (any) whitespace: rare, so the regex only then
-        clean = _SPACES.sub(" ", clean)
-    if not clean:
+    code = fhir_code(code, ctx, where)
+    if not code:
         return []
-    if clean != code:
-        ctx.repair("code-format", where, "whitespace in code normalized")
-        code = clean
     uri, known = system_uri(system_name, ctx.tenant_id) if system_name else ("", False)
     if system_name and not known:
         ctx.unmapped_systems.add("codesystem:" + system_name)
@@ -441,10 +450,11 @@ def reference_range(text: str, unit: dict[str, Any] | None) -> dict[str, Any] | 
     base = {k: unit[k] for k in ("unit", "system", "code") if unit and k in unit}
     m = _RANGE.match(t)
     if m:
-        return {"low": {"value": decimal(m.group(1)), **base}, "high": {"value": decimal(m.group(2)), **base},
-                "text": t}
+        low, high = decimal(m.group(1)), decimal(m.group(2))
+        if low is not None and high is not None:
+            return {"low": {"value": low, **base}, "high": {"value": high, **base}, "text": t}
     m = _BOUND.match(t)
-    if m:
+    if m and decimal(m.group(2)) is not None:
         key = "high" if m.group(1).startswith("<") else "low"
         return {key: {"value": decimal(m.group(2)), **base}, "text": t}
     return {"text": t}

@@ -7,14 +7,17 @@ transaction Bundle with deterministic ids -> fast structural check (``validate``
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ehrbridge.contracts.envelope import patient_key_for
 from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.hl7 import wire
 from ehrbridge.hl7.message import Message, ParseError, parse
-from ehrbridge.hl7.timefmt import zone
+from ehrbridge.hl7.timefmt import fmt_offset, zone
 from ehrbridge.normalize import segments as seg_maps
 from ehrbridge.normalize import structures, validate
 from ehrbridge.normalize.context import (
@@ -36,6 +39,7 @@ class NormalizeResult:
     kind: str = "UNKNOWN"
     control_id: str = ""
     bundle: dict[str, Any] | None = None
+    bundle_json: str = ""  # the bundle as compact JSON (what the stage sends on; its size is a limit)
     reasons: list[str] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)
     repairs: list[dict[str, str]] = field(default_factory=list)
@@ -79,10 +83,18 @@ def default_charset_for(tenant: TenantConfig, source_id: str | None) -> str:
 def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = None,
                   message_id: str = "") -> NormalizeResult:
     """Normalize one HL7 v2 message (bytes as received). Never raises for bad input: quarantines."""
+    if not data.strip():
+        return NormalizeResult("quarantined", kind="EMPTY", reasons=["empty input"])
+    too_many = _too_many_segments(data, tenant.limits.max_segments)
+    if too_many:
+        kind, control_id = _header_facts(data)
+        return NormalizeResult("quarantined", kind=kind, control_id=control_id, reasons=[too_many])
     try:
         msg = parse(data, default_charset_for(tenant, source_id))
     except ParseError as err:
-        return NormalizeResult("quarantined", reasons=[f"unparseable HL7: {err.reason}"])
+        kind, control_id = _header_facts(data)
+        return NormalizeResult("quarantined", kind=kind, control_id=control_id,
+                               reasons=[f"unparseable HL7: {err.reason}"])
     kind, control_id = msg.kind, msg.control_id
     try:
         return _map(msg, tenant, source_id, message_id)
@@ -92,6 +104,28 @@ def normalize_hl7(data: bytes, tenant: TenantConfig, *, source_id: str | None = 
         # A bug or a shape we did not foresee: quarantine with the error type (no values: PHI).
         return NormalizeResult("quarantined", kind=kind, control_id=control_id,
                                reasons=[f"mapping failed: {type(err).__name__} (please report)"])
+
+
+def _too_many_segments(data: bytes, limit: int) -> str:
+    """The segment bound, checked on the bytes before parsing builds anything (a 16 MB message of 70,000
+    segments would otherwise be fully parsed first). Line ends bound the count from above; only past the
+    limit are segments counted exactly."""
+    if data.count(b"\r") + data.count(b"\n") < limit:
+        return ""
+    if b"\n" not in data and b"\r\r" not in data:  # the norm: one CR per segment, no blank lines
+        count = data.count(b"\r") + (not data.endswith(b"\r"))
+    else:
+        count = len(wire.split_segments(data))
+    return f"limit exceeded: {count} segments (max_segments {limit})" if count > limit else ""
+
+
+def _header_facts(data: bytes) -> tuple[str, str]:
+    """(kind, MSH-10) of a message that could not be parsed, when its MSH can still be read (for the report)."""
+    try:
+        header = wire.read_msh(data[:65536])  # the MSH is at the start: never split a whole large message
+    except wire.WireError:
+        return "UNKNOWN", ""
+    return wire.printable(header.kind, 40), wire.printable(header.control_id, 64)
 
 
 def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: str) -> NormalizeResult:
@@ -105,6 +139,7 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
     msh = msg.msh
     sender, facility = msh.value(3, 1) or msh.value(3, 2), msh.value(4, 1) or msh.value(4, 2)
     ctx = Ctx(tenant=tenant, zone_name=zone_for(tenant, source_id, sender), facility=facility, sender=sender)
+    check_limits(msg, tenant)
     counts: dict[str, int] = {}
     for s in msg.segments:
         counts[s.name] = counts.get(s.name, 0) + 1
@@ -146,18 +181,72 @@ def _map(msg: Message, tenant: TenantConfig, source_id: str | None, message_id: 
     resources.sort(key=lambda r: _ORDER.get(r["resourceType"], 10))
     provenance = _provenance(msg, ctx, st, event_ts.fhir, event_time, message_id, zsegments)
     resources.append(provenance)
+    limits = tenant.limits
+    if len(resources) > limits.max_resources_per_bundle:
+        raise QuarantineError(f"limit exceeded: {len(resources)} resources in the bundle "
+                              f"(max_resources_per_bundle {limits.max_resources_per_bundle})")
     bundle = _bundle(ctx, resources, msg, event_time)
     problems = validate.check_bundle(bundle)
     if problems:
         raise QuarantineError(*[f"invalid FHIR: {p}" for p in problems[:5]])
+    bundle_json = json.dumps(bundle, separators=(",", ":"))
+    if _ODD_BLANKS_JSON.search(bundle_json):  # rare: one regex scan of the JSON decides
+        bundle = _plain_blanks(bundle)
+        bundle_json = json.dumps(bundle, separators=(",", ":"))
+        ctx.repair("whitespace", "message", "Unicode blanks in text replaced by spaces")
+    if len(bundle_json) > limits.max_output_bytes:  # ASCII JSON: characters = bytes
+        raise QuarantineError(f"limit exceeded: bundle of {len(bundle_json)} bytes "
+                              f"(max_output_bytes {limits.max_output_bytes})")
     authority, value = st.patient_key or ("", "")
     return NormalizeResult(
-        "ok", kind=kind, control_id=msg.control_id, bundle=bundle, unmapped=_unmapped_list(ctx),
+        "ok", kind=kind, control_id=msg.control_id, bundle=bundle, bundle_json=bundle_json,
+        unmapped=_unmapped_list(ctx),
         repairs=ctx.repairs + [{"kind": "wire", "where": "message", "detail": c} for c in msg.cleanups],
         issues=ctx.issues, unmapped_systems=sorted(ctx.unmapped_systems), zone_applied=ctx.zone_applied,
         zone_gaps=ctx.zone_gaps, fields_mapped=ctx.fields_mapped,
         patient_key=patient_key_for(tenant.tenant_id, authority, value),
         structure=structure_name, segments=counts, source_event_time=event_time)
+
+
+# FHIR ``string`` is ``[ \r\n\t\S]+``: a Unicode blank other than those four (no-break space, line/paragraph
+# separator, VT, FF, ideographic space ...) makes the R4B models refuse the whole bundle. In the compact JSON
+# (ASCII-escaped) they appear as these escapes; a match only costs a walk that replaces them by a space.
+_ODD_BLANKS_JSON = re.compile(r"\\u(000[bc]|0085|00a0|1680|200[0-9a]|202[89f]|205f|3000)")
+_ODD_BLANKS = re.compile("[\x0b\x0c\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
+
+
+def _plain_blanks(node: Any) -> Any:
+    if isinstance(node, str):
+        return _ODD_BLANKS.sub(" ", node)
+    if isinstance(node, dict):
+        return {k: _plain_blanks(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain_blanks(v) for v in node]
+    return node
+
+
+def check_limits(msg: Message, tenant: TenantConfig) -> None:
+    """Segments and repetitions within the tenant's bounds, checked before any mapping builds anything."""
+    limits = tenant.limits
+    if len(msg.segments) > limits.max_segments:
+        raise QuarantineError(f"limit exceeded: {len(msg.segments)} segments (max_segments {limits.max_segments})")
+    rep = msg.seps.repetition
+    if not rep:
+        return
+    per_field, total = limits.max_repetitions_per_field, 0
+    for s in msg.segments:
+        fields = s.fields
+        for n in range(3 if s.name == "MSH" else 1, len(fields)):
+            value = fields[n]
+            if rep in value:
+                count = value.count(rep) + 1
+                total += count
+                if count > per_field:
+                    raise QuarantineError(f"limit exceeded: {s.name}-{n} has {count} repetitions "
+                                          f"(max_repetitions_per_field {per_field})")
+    if total > limits.max_repetitions_per_message:
+        raise QuarantineError(f"limit exceeded: {total} repetitions in the message "
+                              f"(max_repetitions_per_message {limits.max_repetitions_per_message})")
 
 
 def _instant(fhir_dt: str, zone_name: str = "UTC") -> str:
@@ -166,8 +255,13 @@ def _instant(fhir_dt: str, zone_name: str = "UTC") -> str:
     if len(fhir_dt) > 10:
         return fhir_dt
     year, month, day = [*fhir_dt.split("-"), "01", "01"][:3]
-    local = datetime(int(year), int(month), int(day), tzinfo=zone(zone_name))
-    return local.isoformat()
+    try:
+        local = datetime(int(year), int(month), int(day), tzinfo=zone(zone_name))
+        offset = local.utcoffset()
+    except (ValueError, OverflowError):
+        raise QuarantineError("date out of range for an instant (year 0001-9999)") from None
+    # Formatted here, not by isoformat: a zone's local mean time before ~1900 has seconds in its offset.
+    return f"{local.year:04d}-{local.month:02d}-{local.day:02d}T00:00:00{fmt_offset(offset or timedelta(0))}"
 
 
 def _unmapped_fields(s: Any, ctx: Ctx, role: str) -> None:

@@ -28,7 +28,7 @@ _CODE_PATHS = ("code", "vaccineCode", "medicationCodeableConcept", "valueCodeabl
 def normalize_fhir(body: bytes | str, tenant: TenantConfig, *, message_id: str = "") -> NormalizeResult:
     try:
         doc = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
         return NormalizeResult("quarantined", kind="FHIR", reasons=["vendor FHIR body is not JSON"])
     if not isinstance(doc, dict) or "resourceType" not in doc:
         return NormalizeResult("quarantined", kind="FHIR", reasons=["vendor FHIR body has no resourceType"])

@@ -66,13 +66,27 @@ def _files(paths: Iterable[Path]) -> list[Path]:
 
 
 def normalize_file(path: Path, tenant: TenantConfig) -> list[NormalizeResult]:
-    """One result per message in the file (a batch/file gives several; .json is vendor FHIR)."""
-    data = path.read_bytes()
-    if path.suffix.lower() == ".json":
-        from ehrbridge.normalize.fhir_input import normalize_fhir
+    """One result per message in the file (a batch/file gives several; .json is vendor FHIR).
 
-        return [normalize_fhir(data, tenant)]
-    return [normalize_hl7(message, tenant) for message in split_messages(data)]
+    Never raises for a file's content, and never returns nothing: an empty (or whitespace-only) file is
+    one quarantined result ("empty input"), so no input is passed over silently; one bad file never
+    stops a preflight of many.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return [NormalizeResult("quarantined", kind="UNREADABLE", reasons=[f"cannot read file: {err.strerror}"])]
+    if not data.strip():
+        return [NormalizeResult("quarantined", kind="EMPTY", reasons=["empty input"])]
+    try:
+        if path.suffix.lower() == ".json":
+            from ehrbridge.normalize.fhir_input import normalize_fhir
+
+            return [normalize_fhir(data, tenant)]
+        return [normalize_hl7(message, tenant) for message in split_messages(data)] or [
+            NormalizeResult("quarantined", kind="EMPTY", reasons=["empty input"])]
+    except Exception as err:  # the last guard, as in normalize_hl7: report, never abort the run
+        return [NormalizeResult("quarantined", reasons=[f"mapping failed: {type(err).__name__} (please report)"])]
 
 
 def run(paths: Iterable[Path], tenant: TenantConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ reported as unmapped (``PID-9``), so nothing is silently dropped.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -183,7 +184,7 @@ def patient(seg: Segment, st: State) -> None:
         res["maritalStatus"] = {"coding": [{"system": vocab.V3_MARITAL, "code": vocab.MARITAL[marital]}]}
     multiple = seg.value(24).upper()
     order = dt.decimal(seg.value(25))
-    if isinstance(order, int) and order > 0:
+    if isinstance(order, int) and 0 < order <= dt.FHIR_INT_MAX:  # FHIR integer: 32-bit
         res["multipleBirthInteger"] = order
     elif multiple in ("Y", "N"):
         res["multipleBirthBoolean"] = multiple == "Y"
@@ -495,9 +496,11 @@ def _observation_value(seg: Segment, st: State, res: Resource) -> None:
             res["valueDateTime"] = t.fhir
         return
     if vtype == "TM":
-        v = dt.leaf_text(reps[0], seps)
-        if len(v) >= 4 and v[:4].isdigit():
-            res["valueTime"] = f"{v[:2]}:{v[2:4]}:{v[4:6] or '00'}"
+        m = _TM.match(dt.leaf_text(reps[0], seps))
+        if m:  # HL7 TM HH[MM[SS[.S]]] (offset dropped): FHIR time needs HH:MM:SS, ASCII digits, in range
+            res["valueTime"] = f"{m.group(1)}:{m.group(2)}:{m.group(3) or '00'}"
+        else:
+            ctx.issue("invalid-time", where)
         return
     if vtype == "DR":
         parts = reps[0].split(seps.component)
@@ -930,7 +933,7 @@ def medication(seg: Segment, st: State) -> None:
     if qty is not None:
         dispense["quantity"] = {"value": qty, **_unit(seg, 11, st)}
     refills = dt.decimal(seg.value(12))
-    if isinstance(refills, int):
+    if isinstance(refills, int) and 0 <= refills <= dt.FHIR_INT_MAX:  # unsignedInt
         dispense["numberOfRepeatsAllowed"] = refills
     if dispense:
         res["dispenseRequest"] = dispense
@@ -995,7 +998,9 @@ def appointment(seg: Segment, st: State) -> None:
     if end:
         res["end"] = end
     duration = dt.decimal(seg.value(9))
-    if isinstance(duration, int) and seg.value(10, 1).lower() in ("min", "minutes", ""):
+    # FHIR positiveInt: 1 .. 2,147,483,647.
+    if isinstance(duration, int) and 0 < duration <= dt.FHIR_INT_MAX and seg.value(10, 1).lower() in (
+            "min", "minutes", ""):
         res["minutesDuration"] = duration
     st.appointment = st.add(res)
     st.notable = None
@@ -1096,6 +1101,19 @@ def document_content(seg: Segment, st: State) -> None:
         st.ctx.unmapped[f"OBX-5({vtype})"] += 1
 
 
+_TM = re.compile(r"^([01][0-9]|2[0-3])([0-5][0-9])([0-5][0-9])?(\.[0-9]{1,4})?([+-][0-9]{4})?$")
+
+
+def fhir_datetime(value: Any) -> str:
+    """An aware datetime as a FHIR dateTime: 4-digit year, ``+hh:mm`` offset (isoformat can give neither)."""
+    from ehrbridge.hl7.timefmt import fmt_offset
+
+    text = f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    if value.microsecond:
+        text += f".{value.microsecond:06d}"
+    return text + fmt_offset(value.utcoffset())
+
+
 def _complete_appointment(res: Resource, st: State) -> None:
     """app-2: start and end together. End = start + duration when the sender gave one; else neither
     (the times stay in the archived message and the gap is reported)."""
@@ -1103,9 +1121,14 @@ def _complete_appointment(res: Resource, st: State) -> None:
 
     minutes = res.get("minutesDuration")
     if res.get("start") and isinstance(minutes, int) and len(res["start"]) > 10:
-        start = datetime.fromisoformat(res["start"])
-        res["end"] = (start + timedelta(minutes=minutes)).isoformat()
-        return
+        try:
+            start = datetime.fromisoformat(res["start"])
+            end = start + timedelta(minutes=minutes)
+        except (ValueError, OverflowError):  # past year 9999, or a form fromisoformat does not read
+            end = None
+        if end is not None:
+            res["end"] = fhir_datetime(end)
+            return
     res.pop("start", None)
     res.pop("end", None)
     st.ctx.issue("appointment-time-incomplete", "SCH-11")

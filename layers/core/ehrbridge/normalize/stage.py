@@ -77,7 +77,8 @@ class NormalizerStage:
             return result
         attributes = {"source_event_time": result.source_event_time, "structure": result.structure,
                       "unmapped": str(len(result.unmapped)), "repairs": str(len(result.repairs))}
-        out = envelope.derive(kind=envelope.kind, body=json.dumps(result.bundle, separators=(",", ":")),
+        body = result.bundle_json or json.dumps(result.bundle, separators=(",", ":"))
+        out = envelope.derive(kind=envelope.kind, body=body,
                               body_encoding="json", patient_key=envelope.patient_key or result.patient_key,
                               attributes=attributes)
         self.out.publish([out])
