@@ -488,7 +488,10 @@ def _observation_value(seg: Segment, st: State, res: Resource) -> None:
         return
     if vtype in ("ST", "TX", "FT"):
         text = "\n".join(dt.unescape_text(r, seps) for r in reps)
-        res["valueString"] = text
+        if dt.fhir_string(text):
+            res["valueString"] = text
+        else:  # only blanks (e.g. U+2028 made a space): FHIR has no blank string; reported, not emitted invalid
+            ctx.issue("blank-value", where, vtype)
         return
     if vtype in ("DT", "DTM", "TS"):
         t = ctx.ts(dt.leaf_text(reps[0], seps), where)
