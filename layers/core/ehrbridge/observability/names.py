@@ -163,5 +163,6 @@ def quarantine_reason(stage: str, reasons: list[str] | tuple[str, ...]) -> str:
     return f"{stage}:{reason_class(reasons[0]) if reasons else 'other'}"
 
 
-__all__ = ["ALL", "BY_NAME", "NAMESPACE", "POLL_DIMENSIONS", "POLL_OUTCOMES", "SECONDARY_DIMENSIONS", "MetricName", "quarantine_reason",
+__all__ = ["ALL", "BY_NAME", "NAMESPACE", "POLL_DIMENSIONS", "POLL_OUTCOMES", "SECONDARY_DIMENSIONS",
+           "MetricName", "quarantine_reason",
            "reason_class"]
