@@ -142,24 +142,31 @@ class FhirPolling(Construct):
 
     def widgets(self, tenant: str | None) -> list[cw.IWidget]:
         """FHIR calls by outcome, endpoint and resource type, latency p50/p99, failed-call rate, 401s, denied
-        types, freshness and staleness per resource type: for one tenant, or (``None``) every tenant."""
-        five = cdk.Duration.minutes(5)
+        types, freshness and staleness per resource type: for one tenant, or (``None``) every tenant.
+
+        At most one Metrics Insights query per widget: a widget is one GetMetricData request, which takes
+        one Insights query. Multi-line widgets use SEARCH instead."""
+        five, fifteen = cdk.Duration.minutes(5), cdk.Duration.minutes(15)
         where = {"tenant": tenant} if tenant else {}
         # Fleet-wide: one line per tenant; for a tenant: one line per resource type.
         by = ("tenant",) if tenant is None else ("resource_type",)
 
-        def graph(title: str, left: list[cw.IMetric], *, alarm_at: float | None = None, stacked: bool = False,
-                  right: list[cw.IMetric] | None = None) -> cw.GraphWidget:
-            return cw.GraphWidget(title=title, width=8, left=left, right=right or [], stacked=stacked,
+        def graph(title: str, metrics: list[cw.IMetric], *, alarm_at: float | None = None,
+                  stacked: bool = False) -> cw.GraphWidget:
+            return cw.GraphWidget(title=title, width=8, left=metrics, stacked=stacked,
                                   left_annotations=[cw.HorizontalAnnotation(value=alarm_at, label="alarm")]
                                   if alarm_at is not None else None)
 
-        outcomes = [insights(metric, "SUM", outcome, where=where, period=five)
-                    for outcome, metric in names.POLL_CALL_OUTCOMES.items()]
-        calls = insights(names.POLL_CALLS, "SUM", "calls", where=where, period=five,
-                         group_by=("endpoint", "resource_type") if tenant else ("tenant",))
-        failed_by = insights(names.POLL_CALL_FAILED, "SUM", "failed", where=where, period=five,
-                             group_by=("endpoint", "resource_type") if tenant else ("tenant", "endpoint"))
+        def total(metric: names.MetricName, label: str) -> cw.MathExpression:
+            """The sum over every endpoint and resource type (of the tenant): one line per outcome."""
+            found = search(metric, "Sum", label, where=where, period=five)
+            return cw.MathExpression(expression=f"SUM({found.expression})", label=label, period=five,
+                                     using_metrics={})
+
+        def one(metric: names.MetricName, aggregate: str, label: str, group_by: tuple[str, ...],
+                period: cdk.Duration = five) -> list[cw.IMetric]:
+            return [insights(metric, aggregate, label, where=where, group_by=group_by, period=period)]
+
         if tenant is None:
             latency: list[cw.IMetric] = [series(names.POLL_CALL_LATENCY, stat, {"service": POLLER_SERVICE},
                                                 label=f"{stat} (ms)", period=five) for stat in ("p50", "p99")]
@@ -167,34 +174,28 @@ class FhirPolling(Construct):
             # One series per endpoint and resource type; SEARCH allows percentiles, Metrics Insights does not.
             latency = [search(names.POLL_CALL_LATENCY, stat, f"{stat} (ms)", where=where, period=five)
                        for stat in ("p50", "p99")]
-        fifteen = cdk.Duration.minutes(15)
+        per_call = ("endpoint", "resource_type") if tenant else ("tenant",)
         return [
-            graph("FHIR calls by outcome", outcomes, stacked=True),
-            graph("FHIR calls by endpoint and resource type" if tenant else "FHIR calls by tenant", [calls]),
+            graph("FHIR calls by outcome", [total(metric, outcome) for outcome, metric
+                                            in names.POLL_CALL_OUTCOMES.items()], stacked=True),
+            graph("FHIR calls by endpoint and resource type" if tenant else "FHIR calls by tenant",
+                  one(names.POLL_CALLS, "SUM", "calls", per_call)),
             graph("Failed calls by endpoint and resource type" if tenant else "Failed calls by tenant and endpoint",
-                  [failed_by]),
+                  one(names.POLL_CALL_FAILED, "SUM", "failed", per_call if tenant else ("tenant", "endpoint"))),
             graph("FHIR call latency p50 / p99 (ms)", latency, alarm_at=self.thresholds["p99"]),
-            graph("Failed-call rate (15 min)", [insights(names.POLL_CALL_FAILED, "AVG", "failed-call rate",
-                                                         where=where, group_by=("tenant",), period=fifteen)],
-                  alarm_at=self.thresholds["failed"]),
-            graph("FHIR 401 answers", [insights(names.POLL_CALL_401, "SUM", "401", where=where, group_by=by,
-                                                period=five)], alarm_at=self.thresholds["unauthorized"]),
+            graph("Failed-call rate (15 min)", one(names.POLL_CALL_FAILED, "AVG", "failed-call rate", ("tenant",),
+                                                   fifteen), alarm_at=self.thresholds["failed"]),
+            graph("FHIR 401 answers", one(names.POLL_CALL_401, "SUM", "401", by),
+                  alarm_at=self.thresholds["unauthorized"]),
             graph("Newly denied resource types (403)",
-                  [insights(names.POLL_TYPE_DENIED, "SUM", "denied", where=where,
-                            group_by=("resource_type",) if tenant else ("tenant", "resource_type"), period=five)],
-                  alarm_at=1),
+                  one(names.POLL_TYPE_DENIED, "SUM", "denied", ("resource_type",) if tenant else
+                      ("tenant", "resource_type")), alarm_at=1),
             graph("Freshness lag per resource type (s)",
-                  [insights(names.POLL_FRESHNESS_SECONDS, "MAX", "lag", where=where,
-                            group_by=("resource_type",) if tenant else ("tenant",), period=five)]),
+                  one(names.POLL_FRESHNESS_SECONDS, "MAX", "lag", ("resource_type",) if tenant else ("tenant",))),
             graph("Staleness (time since last window / interval)",
-                  [insights(names.POLL_STALENESS_RATIO, "MAX", "ratio", where=where, group_by=by, period=five)],
-                  alarm_at=self.thresholds["stale"]),
-            graph("Resources received / duplicates", [insights(names.POLL_RESOURCES, "SUM", "resources",
-                                                               where=where, group_by=by, period=five)],
-                  right=[insights(names.POLL_DUPLICATES, "SUM", "duplicates", where=where, group_by=by,
-                                  period=five)]),
-            graph("Retries and throttle wait", [insights(names.POLL_RETRIES, "SUM", "retries", where=where,
-                                                         group_by=by, period=five)],
-                  right=[insights(names.POLL_THROTTLE_WAIT_MS, "SUM", "throttle wait (ms)", where=where,
-                                  group_by=by, period=five)]),
+                  one(names.POLL_STALENESS_RATIO, "MAX", "ratio", by), alarm_at=self.thresholds["stale"]),
+            graph("Resources received", one(names.POLL_RESOURCES, "SUM", "resources", by)),
+            graph("Duplicates received", one(names.POLL_DUPLICATES, "SUM", "duplicates", by)),
+            graph("Retries", one(names.POLL_RETRIES, "SUM", "retries", by)),
+            graph("Throttle wait (ms)", one(names.POLL_THROTTLE_WAIT_MS, "SUM", "wait", by)),
         ]
