@@ -83,20 +83,3 @@ def test_alarms_and_a_dashboard_widget_per_alarm(synth: Synth) -> None:
     assert "tenant = 'TENANT_ID'" in tenant and 'tenant="TENANT_ID"' in tenant  # insights and SEARCH
     assert "GROUP BY endpoint, resource_type" in tenant  # calls per endpoint and resource type
 
-
-def test_each_polling_widget_holds_at_most_one_metrics_insights_query(synth: Synth) -> None:
-    """A widget is one GetMetricData request, and a request takes one Metrics Insights query: a second
-    query in the same widget does not render."""
-    from tests.infra.test_observability import _render
-
-    checked = 0
-    for dashboard in synth.resources("AWS::CloudWatch::Dashboard").values():
-        body = json.loads(_render(dashboard["Properties"]["DashboardBody"]))
-        for widget in body["widgets"]:
-            rows = widget.get("properties", {}).get("metrics", [])
-            expressions = [row[-1].get("expression", "") for row in rows if row and isinstance(row[-1], dict)]
-            if not any("Poll" in e for e in expressions) and not any("Poll" in str(r) for r in rows):
-                continue
-            checked += 1
-            assert sum(e.lstrip().upper().startswith("SELECT") for e in expressions) <= 1, widget["properties"]
-    assert checked >= 2 * 13

@@ -33,7 +33,7 @@ from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
 from ehrbridge_infra.constructs.monitoring import PipelineMonitoring
 from ehrbridge_infra.nag import iam5_resource
-from ehrbridge_infra.observability import TENANT_PATTERN, insights, search, series
+from ehrbridge_infra.observability import TENANT_PATTERN, insights, search, search_total, series
 
 RUNBOOK = "docs/runbooks/polling.md"
 # The poller's EMF lines carry the function's POWERTOOLS_SERVICE_NAME (CoreResources.env_for).
@@ -157,12 +157,6 @@ class FhirPolling(Construct):
                                   left_annotations=[cw.HorizontalAnnotation(value=alarm_at, label="alarm")]
                                   if alarm_at is not None else None)
 
-        def total(metric: names.MetricName, label: str) -> cw.MathExpression:
-            """The sum over every endpoint and resource type (of the tenant): one line per outcome."""
-            found = search(metric, "Sum", label, where=where, period=five)
-            return cw.MathExpression(expression=f"SUM({found.expression})", label=label, period=five,
-                                     using_metrics={})
-
         def one(metric: names.MetricName, aggregate: str, label: str, group_by: tuple[str, ...],
                 period: cdk.Duration = five) -> list[cw.IMetric]:
             return [insights(metric, aggregate, label, where=where, group_by=group_by, period=period)]
@@ -176,8 +170,8 @@ class FhirPolling(Construct):
                        for stat in ("p50", "p99")]
         per_call = ("endpoint", "resource_type") if tenant else ("tenant",)
         return [
-            graph("FHIR calls by outcome", [total(metric, outcome) for outcome, metric
-                                            in names.POLL_CALL_OUTCOMES.items()], stacked=True),
+            graph("FHIR calls by outcome", [search_total(metric, "Sum", outcome, where=where, period=five)
+                                            for outcome, metric in names.POLL_CALL_OUTCOMES.items()], stacked=True),
             graph("FHIR calls by endpoint and resource type" if tenant else "FHIR calls by tenant",
                   one(names.POLL_CALLS, "SUM", "calls", per_call)),
             graph("Failed calls by endpoint and resource type" if tenant else "Failed calls by tenant and endpoint",
