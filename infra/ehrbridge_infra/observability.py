@@ -62,6 +62,15 @@ def search(metric: MetricName, statistic: str, label: str, *, period: cdk.Durati
                              using_metrics={})
 
 
+def search_total(metric: MetricName, statistic: str, label: str, *, period: cdk.Duration | None = None,
+                 where: dict[str, str] | None = None) -> cw.MathExpression:
+    """One line: the sum of every series a SEARCH finds. Several of these fit in one widget, unlike Metrics
+    Insights queries (a widget is one GetMetricData request, and a request takes one Insights query)."""
+    found = search(metric, statistic, label, period=period, where=where)
+    return cw.MathExpression(expression=f"SUM({found.expression})", label=label, period=found.period,
+                             using_metrics={})
+
+
 def series(metric: MetricName, statistic: str, dimensions: dict[str, str], *, label: str | None = None,
            period: cdk.Duration | None = None) -> cw.Metric:
     """One series; ``dimensions`` must be exactly one of the metric's dimension sets."""
@@ -71,4 +80,4 @@ def series(metric: MetricName, statistic: str, dimensions: dict[str, str], *, la
                      label=label, period=period or cdk.Duration.minutes(5))
 
 
-__all__ = ["TENANT_PATTERN", "dimension_set", "insights", "search", "series"]
+__all__ = ["TENANT_PATTERN", "dimension_set", "insights", "search", "search_total", "series"]

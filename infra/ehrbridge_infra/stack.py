@@ -30,7 +30,7 @@ class EhrbridgeStack(cdk.Stack):
         self.token_refresh = TokenRefresh(self, "TokenRefresh", core=self.core)
         self.mllp_bridge = MllpBridgeService(self, "MllpBridge", core=self.core,
                                             desired_count=config.bridge_desired_count)
-        self.polling = FhirPolling(self, "Polling", core=self.core)
+        self.polling = FhirPolling(self, "Polling", core=self.core, monitoring=self.monitoring)
         cdk.Tags.of(self).add("app", "ehrbridge")
         cdk.Tags.of(self).add("data-classification", "phi")
         if not cdk.Token.is_unresolved(self.region):

@@ -80,10 +80,30 @@ def functions_on_sqs_have_a_source_dlq(synth: Synth) -> None:
         assert "RedrivePolicy" in queues[source]["Properties"]
 
 
-def schedule_without_retries(synth: Synth) -> None:
-    [schedule] = _props(synth, "AWS::Scheduler::Schedule")
+def _schedule_of(synth: Synth, function_path: str) -> dict:
+    """The one schedule whose target is the function under ``function_path`` (e.g. "TokenRefreshRefresher")."""
+    functions = {k for k in synth.resources("AWS::Lambda::Function") if k.startswith(function_path)}
+    assert len(functions) == 1, (function_path, functions)
+    [schedule] = [p for p in _props(synth, "AWS::Scheduler::Schedule")
+                  if p["Target"]["Arn"].get("Fn::GetAtt", [None])[0] in functions]
+    return schedule
+
+
+def _without_retries_every_minute(schedule: dict) -> None:
     assert schedule["Target"]["RetryPolicy"]["MaximumRetryAttempts"] == 0
     assert schedule["ScheduleExpression"] == "rate(1 minute)"
+
+
+def schedule_without_retries(synth: Synth) -> None:
+    _without_retries_every_minute(_schedule_of(synth, "TokenRefreshRefresher"))
+
+
+def dispatcher_schedule_without_retries_and_stale_alarm(synth: Synth) -> None:
+    """"Every minute without retries ... a pair that stays undispatched alarms as stale"."""
+    _without_retries_every_minute(_schedule_of(synth, "PollingDispatcher"))
+    stale = [p for p in _props(synth, "AWS::CloudWatch::Alarm")
+             if any("PollStalenessRatio" in m.get("Expression", "") for m in p.get("Metrics", []))]
+    assert len(stale) == 1 and stale[0]["AlarmActions"], stale
 
 
 def nlb_listener_is_tcp_passthrough(synth: Synth) -> None:
@@ -111,12 +131,29 @@ def jwks_cdn_logs_every_request_and_is_read_only(synth: Synth) -> None:
     assert "ViewerCertificate" not in config or "AcmCertificateArn" not in config["ViewerCertificate"]
 
 
-def refresher_secret_scope(synth: Synth) -> None:
-    statements = [s for k, p in synth.resources("AWS::IAM::Policy").items() if "TokenRefreshRefresher" in k
+def _secret_statements(synth: Synth, policy_prefix: str) -> list[dict]:
+    statements = [s for k, p in synth.resources("AWS::IAM::Policy").items() if k.startswith(policy_prefix)
                   for s in p["Properties"]["PolicyDocument"]["Statement"]]
-    for statement in statements:
-        if any(str(a).startswith("secretsmanager:") for a in statement["Action"]):
-            assert "ehrbridge/tenants/" in json.dumps(statement["Resource"])
+    found = [s for s in statements if any(str(a).startswith("secretsmanager:") for a in
+                                          ([s["Action"]] if isinstance(s["Action"], str) else s["Action"]))]
+    assert found, policy_prefix
+    for statement in found:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        assert all("ehrbridge/tenants/" in json.dumps(r) for r in resources), statement
+    return found
+
+
+def refresher_secret_scope(synth: Synth) -> None:
+    _secret_statements(synth, "TokenRefreshRefresher")
+
+
+def poller_secret_scope(synth: Synth) -> None:
+    """Reads tenant secrets only; writes nothing but per-tenant token secrets."""
+    for statement in _secret_statements(synth, "PollingPoller"):
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        if set(actions) - {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}:
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            assert all(json.dumps(r).rstrip('"]}').endswith("/token-*") for r in resources), statement
 
 
 # (construct path suffix, rule prefix) -> the check that makes the reason true of the template.
@@ -128,6 +165,9 @@ CHECKED: dict[tuple[str, str], Callable[[Synth], None]] = {
     ("Pipeline/", "HIPAA.Security-LambdaDLQ"): functions_on_sqs_have_a_source_dlq,
     ("TokenRefresh/Refresher", "HIPAA.Security-LambdaDLQ"): schedule_without_retries,
     ("TokenRefresh/Refresher", "AwsSolutions-IAM5[Resource::arn:"): refresher_secret_scope,
+    ("Polling/Dispatcher", "HIPAA.Security-LambdaDLQ"): dispatcher_schedule_without_retries_and_stale_alarm,
+    ("Polling/Poller", "HIPAA.Security-LambdaDLQ"): functions_on_sqs_have_a_source_dlq,
+    ("Polling/Poller", "AwsSolutions-IAM5[Resource::arn:"): poller_secret_scope,
     ("MllpBridge/Nlb", "AwsSolutions-ELB2"): nlb_listener_is_tcp_passthrough,
     ("MllpBridge/Nlb", "HIPAA.Security-ELBLoggingEnabled"): nlb_listener_is_tcp_passthrough,
     ("MllpBridge/Nlb/Mllp", "HIPAA.Security-ELBv2ACMCertificateRequired"): tls_secret_on_the_data_key,
@@ -146,6 +186,7 @@ REVIEWED: dict[tuple[str, str], str] = {
     ("", "AwsSolutions-IAM5[Resource::<"): "object keys, index names and versions under one named resource",
     ("MllpBridge/Task/TaskRole", "AwsSolutions-IAM5[Action::"): "CDK grant_put / encrypt action groups",
     ("TokenRefresh/SchedulerRole", ""): "CDK's invoke grant on the refresher, on the scheduler's own role",
+    ("Polling/SchedulerRole", ""): "CDK's invoke grant on the dispatcher, on the scheduler's own role",
     ("TokenRefresh/JwksBucket", ""): "public keys, derivable from the credentials secrets (tenants/keys.py)",
     ("MllpBridge/TlsSecret", ""): "certificate re-issued by the CA; bridge/entrypoint.py re-reads and SIGHUPs",
     ("MllpBridge/Task", "AwsSolutions-ECS2"): "test_mllp_bridge: no key material in the environment",
@@ -206,3 +247,5 @@ def test_concrete_account_and_region_with_bundling_passes_cdk_nag(synth_deployed
     # The refresher's IAM5 acknowledgements name the concrete ARNs in this shape.
     rules = [rule for (path, rule) in synth_deployed.acknowledgements() if "TokenRefresh/Refresher" in path]
     assert any(":us-east-1:123456789012:secret:ehrbridge/tenants/*" in r for r in rules), rules
+    rules = [rule for (path, rule) in synth_deployed.acknowledgements() if "Polling/Poller" in path]
+    assert any(":us-east-1:123456789012:secret:ehrbridge/tenants/*/token-*" in r for r in rules), rules

@@ -109,6 +109,20 @@ def test_every_dashboard_widget_refers_to_an_emitted_metric_and_dimension_set(sy
     assert len(refs) == 2  # overview + tenant
 
 
+def test_each_widget_holds_at_most_one_metrics_insights_query(synth: Synth) -> None:
+    """A widget is one GetMetricData request, and a request takes one Metrics Insights query: a second
+    query in the same widget does not render (several SEARCH expressions are fine)."""
+    widgets = 0
+    for dashboard in synth.resources("AWS::CloudWatch::Dashboard").values():
+        body = json.loads(_render(dashboard["Properties"]["DashboardBody"]))
+        for widget in body["widgets"]:
+            rows = widget.get("properties", {}).get("metrics", [])
+            expressions = [row[-1].get("expression", "") for row in rows if row and isinstance(row[-1], dict)]
+            widgets += bool(rows)
+            assert sum(e.lstrip().upper().startswith("SELECT") for e in expressions) <= 1, widget["properties"]
+    assert widgets >= 40
+
+
 def test_dashboards_cover_the_operations_views(synth: Synth) -> None:
     [overview] = [d for d in synth.resources("AWS::CloudWatch::Dashboard").values()
                   if d["Properties"]["DashboardName"] == "ehrbridge-overview"]

@@ -60,15 +60,26 @@ def test_alarms_and_a_dashboard_widget_per_alarm(synth: Synth) -> None:
     names = {"PollFailedCallRate", "PollLatencyP99", "Poll401Cluster", "PollTypeDenied", "PollStale"}
     assert {n for n in names if any(n in k for k in alarms)} == names
     failed = next(v for k, v in alarms.items() if "PollFailedCallRate" in k)
-    query = json.dumps(failed["Metrics"])
-    assert "AVG(PollCallFailed)" in query and "GROUP BY tenant" in query and failed["Threshold"] == 0.005
-    assert next(v for k, v in alarms.items() if "PollFailedCallRate" in k)["Metrics"][0]["Period"] == 900
+    [query] = [m["Expression"] for m in failed["Metrics"] if "Expression" in m]
+    assert query.startswith('SELECT AVG("PollCallFailed") FROM SCHEMA("ehrbridge", service, tenant, endpoint, '
+                            "resource_type) GROUP BY tenant ORDER BY AVG() DESC LIMIT 1"), query
+    assert failed["Threshold"] == 0.005 and failed["Metrics"][0]["Period"] == 900
     p99 = next(v for k, v in alarms.items() if "PollLatencyP99" in k)
     assert p99["ExtendedStatistic"] == "p99" and p99["Threshold"] == 500
-    dashboards = [d for d in synth.resources("AWS::CloudWatch::Dashboard").values()
-                  if "polling" in json.dumps(d["Properties"].get("DashboardName", ""))]
-    assert len(dashboards) == 1
-    body = json.dumps(dashboards[0]["Properties"]["DashboardBody"])
-    for metric in ("PollCallFailed", "PollCallLatency", "PollCall401", "PollTypeDenied", "PollStalenessRatio"):
-        assert metric in body
-    assert "variables" in body and "TENANT_ID" in body
+    # The series the poller writes: its Lambda's POWERTOOLS_SERVICE_NAME, fleet-wide.
+    assert p99["Dimensions"] == [{"Name": "service", "Value": "fhir_poller"}]
+    _, poller = _function(synth, "fhir_poller")
+    assert poller["Properties"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"] == "fhir_poller"
+    # The widgets are a section of the overview and the per-tenant dashboard (no dashboard of their own).
+    dashboards = {d["Properties"]["DashboardName"]: json.dumps(d["Properties"]["DashboardBody"])
+                  for d in synth.resources("AWS::CloudWatch::Dashboard").values()}
+    assert set(dashboards) == {"ehrbridge-overview", "ehrbridge-tenant"}
+    for name, body in dashboards.items():
+        assert "FHIR polling" in body, name
+        for metric in ("PollCallFailed", "PollCallLatency", "PollCall401", "PollTypeDenied", "PollStalenessRatio",
+                       "PollFreshnessSeconds", "PollCalls", "PollCall429", "PollCall5xx"):
+            assert metric in body, (name, metric)
+    tenant = dashboards["ehrbridge-tenant"].replace("\\", "")  # unescape the JSON in JSON
+    assert "tenant = 'TENANT_ID'" in tenant and 'tenant="TENANT_ID"' in tenant  # insights and SEARCH
+    assert "GROUP BY endpoint, resource_type" in tenant  # calls per endpoint and resource type
+

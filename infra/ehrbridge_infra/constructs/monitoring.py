@@ -26,7 +26,7 @@ from constructs import Construct
 from ehrbridge import resources as spec
 from ehrbridge.observability import names
 from ehrbridge_infra.constructs.core import CoreResources
-from ehrbridge_infra.observability import TENANT_PATTERN, insights, search, series
+from ehrbridge_infra.observability import TENANT_PATTERN, insights, search, search_total, series
 
 # A message older than this in a pipeline queue means a stage is stuck or failing.
 QUEUE_AGE_ALARM_S = 900
@@ -180,13 +180,17 @@ class PipelineMonitoring(Construct):
         # The fixed "stage failures" widget: per emitting service over the dimension set actually written.
         failed = insights(names.STAGE_FAILED, "SUM", "stage failures", where=where, group_by=("service",))
         invalid = insights(names.INVALID_ENVELOPE, "SUM", "invalid envelopes", group_by=("message_type",))
+        # One Metrics Insights query per widget: a widget is one GetMetricData request, which takes one.
         widgets: list[cw.IWidget] = [
-            cw.GraphWidget(title="Normalization outcomes", width=8, left=[normalized], right=[unmapped, repairs]),
+            cw.GraphWidget(title="Normalized", width=8, left=[normalized]),
+            cw.GraphWidget(title="Unmapped segments", width=8, left=[unmapped]),
+            cw.GraphWidget(title="Code repairs", width=8, left=[repairs]),
             cw.GraphWidget(title="Quarantined by reason" + (" and tenant" if tenant is None else ""), width=8,
                            left=[quarantined], stacked=True),
-            cw.GraphWidget(title="Stage failures (retried, then DLQ) by stage", width=8,
-                           left=[failed] if tenant else [failed, invalid]),
+            cw.GraphWidget(title="Stage failures (retried, then DLQ) by stage", width=8, left=[failed]),
         ]
+        if tenant is None:
+            widgets.append(cw.GraphWidget(title="Invalid envelopes by stage", width=8, left=[invalid]))
         return widgets
 
     def _identity_widgets(self, tenant: str | None) -> list[cw.IWidget]:
@@ -197,16 +201,18 @@ class PipelineMonitoring(Construct):
             scores = [series(names.IDENTITY_MATCH_SCORE, stat, {"service": "identity_matcher", "tenant": tenant},
                              label=f"score {stat} (%)", period=hour) for stat in ("p10", "p50", "p90")]
         where = self._where(tenant)
-        decisions = [insights(metric, "SUM", label, where=where, period=hour)
+        decisions = [search_total(metric, "Sum", label, where=where, period=hour)
                      for metric, label in ((names.IDENTITY_LINKED, "linked"), (names.IDENTITY_REVIEW, "review"),
                                            (names.IDENTITY_NEW, "new patient"))]
         by_tenant = ("tenant",) if tenant is None else ()
         backlog = insights(names.IDENTITY_REVIEW_BACKLOG, "MAX", "open reviews", where=where, group_by=by_tenant)
         oldest = insights(names.IDENTITY_REVIEW_OLDEST_AGE, "MAX", "oldest open review (s)", where=where,
                           group_by=by_tenant)
+        # One Metrics Insights query per widget (one GetMetricData request each).
         return [cw.GraphWidget(title="Match-score distribution (best candidate, %)", width=8, left=scores),
                 cw.GraphWidget(title="Match decisions", width=8, left=decisions, stacked=True),
-                cw.GraphWidget(title="Review backlog", width=8, left=[backlog], right=[oldest])]
+                cw.GraphWidget(title="Review backlog", width=8, left=[backlog]),
+                cw.GraphWidget(title="Oldest open review (s)", width=8, left=[oldest])]
 
     def _token_widgets(self, tenant: str | None) -> list[cw.IWidget]:
         where = self._where(tenant)

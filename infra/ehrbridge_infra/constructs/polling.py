@@ -9,7 +9,10 @@ the poller's alarms and a per-tenant dashboard.
 - Alarms (runbook: docs/runbooks/polling.md), all over every tenant with Metrics Insights (tenants
   are data, not deploy-time constants), worst tenant first: failed-call rate > 0.5 % over 15 min,
   p99 call latency > 500 ms, a cluster of 401s, a newly denied type, a pair stale beyond 3 intervals.
-- Dashboard ``{prefix}-polling``: a ``tenant`` variable and one widget per alarm for that tenant.
+  The poll-jobs queue's depth, age and DLQ alarms are PipelineMonitoring's (every pipeline queue).
+- Widgets: a "FHIR polling" section on the overview and per-tenant dashboards of PipelineMonitoring
+  (``add_section``): one widget per alarm, plus calls by outcome, endpoint and resource type.
+Every metric comes from ``ehrbridge.observability.names`` with the dimension set the poller writes.
 """
 
 from __future__ import annotations
@@ -25,31 +28,27 @@ from constructs import Construct
 
 from ehrbridge import resources as spec
 from ehrbridge.contracts.tenant import SECRET_PREFIX
+from ehrbridge.observability import names
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
+from ehrbridge_infra.constructs.monitoring import PipelineMonitoring
+from ehrbridge_infra.nag import iam5_resource
+from ehrbridge_infra.observability import TENANT_PATTERN, insights, search, search_total, series
 
 RUNBOOK = "docs/runbooks/polling.md"
-SCHEMA = 'SCHEMA("ehrbridge", service, tenant, endpoint, resource_type)'
-SEARCH_SCHEMA = "{ehrbridge,service,tenant,endpoint,resource_type}"
-TENANT_PLACEHOLDER = "TENANT_ID"  # replaced by the dashboard's tenant variable
+# The poller's EMF lines carry the function's POWERTOOLS_SERVICE_NAME (CoreResources.env_for).
+POLLER_SERVICE = spec.function("fhir_poller").name
 
 
-def _worst_tenant(aggregate: str, metric: str, label: str, period: cdk.Duration) -> cw.MathExpression:
-    query = (f"SELECT {aggregate}({metric}) FROM {SCHEMA} "  # noqa: S608 - constants, not input
-             f"GROUP BY tenant ORDER BY {aggregate}() DESC LIMIT 1")
-    return cw.MathExpression(expression=query, label=label, period=period)
-
-
-def _for_tenant(metric: str, statistic: str, period_s: int, label: str) -> cw.MathExpression:
-    return cw.MathExpression(
-        expression=f"SEARCH('{SEARCH_SCHEMA} MetricName=\"{metric}\" tenant=\"{TENANT_PLACEHOLDER}\"', "
-                   f"'{statistic}', {period_s})",
-        label=label, period=cdk.Duration.seconds(period_s))
+def _worst_tenant(aggregate: str, metric: names.MetricName, label: str, period: cdk.Duration) -> cw.MathExpression:
+    """Metrics Insights over every tenant (tenants are data, not deploy-time constants), worst tenant first."""
+    return insights(metric, aggregate, label, period=period, group_by=("tenant",), top=1)
 
 
 class FhirPolling(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, core: CoreResources,
-                 failed_rate_threshold: float = 0.005, p99_latency_ms: float = 500.0,
+                 monitoring: PipelineMonitoring | None = None, failed_rate_threshold: float = 0.005,
+                 p99_latency_ms: float = 500.0,
                  unauthorized_threshold: int = 5, stale_intervals: float = 3.0) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
@@ -69,13 +68,12 @@ class FhirPolling(Construct):
         self.poller.role.add_to_principal_policy(iam.PolicyStatement(
             actions=["secretsmanager:PutSecretValue", "secretsmanager:CreateSecret", "secretsmanager:TagResource"],
             resources=[f"{secrets_arn}/*/token-*"]))
+        # Ids rendered from the same ARNs: they match with and without a concrete account/region.
         Validations.of(self.poller).acknowledge(
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
-                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*]",
+            Acknowledgment(id=iam5_resource(stack, f"{secrets_arn}/*"),
                            reason="Reads the token and credentials of whichever tenant a poll job names (tenants are "
                                   "added at runtime); nothing outside the ehrbridge/tenants/ prefix."),
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:secretsmanager:<AWS::Region>:"
-                              f"<AWS::AccountId>:secret:{SECRET_PREFIX}/*/token-*]",
+            Acknowledgment(id=iam5_resource(stack, f"{secrets_arn}/*/token-*"),
                            reason="Writes only per-tenant token secrets, when a 401 forces one refresh."))
 
         # ---- one schedule for all tenants ----------------------------------------------------
@@ -116,45 +114,82 @@ class FhirPolling(Construct):
 
         # PollCallFailed is 0/1 per call: its average is the failed-call rate.
         alarm("PollFailedCallRate", "failed-call-rate",
-              _worst_tenant("AVG", "PollCallFailed", "failed-call rate of the worst tenant", fifteen),
+              _worst_tenant("AVG", names.POLL_CALL_FAILED, "failed-call rate of the worst tenant", fifteen),
               failed_rate_threshold, gt, f"more than {failed_rate_threshold:.1%} of a tenant's FHIR calls failed "
               "over 15 minutes")
+        # Percentiles need a plain metric (Metrics Insights has none): the fleet-wide latency series.
         alarm("PollLatencyP99", "p99-latency",
-              cw.Metric(namespace="ehrbridge", metric_name="PollCallLatency", dimensions_map={"service": "ehrbridge"},
-                        statistic="p99", period=five),
+              series(names.POLL_CALL_LATENCY, "p99", {"service": POLLER_SERVICE}, period=five),
               p99_latency_ms, gt, f"p99 FHIR call latency above {p99_latency_ms:.0f} ms", evaluation_periods=3)
         alarm("Poll401Cluster", "401-cluster",
-              _worst_tenant("SUM", "PollCall401", "401s of the worst tenant", five),
+              _worst_tenant("SUM", names.POLL_CALL_401, "401s of the worst tenant", five),
               unauthorized_threshold, ge, f"{unauthorized_threshold}+ FHIR 401s for one tenant in 5 minutes "
               "(auth broken)")
         alarm("PollTypeDenied", "type-denied",
-              _worst_tenant("SUM", "PollTypeDenied", "newly denied types", five),
+              _worst_tenant("SUM", names.POLL_TYPE_DENIED, "newly denied types", five),
               1, ge, "a FHIR server answered 403 for a resource type: newly denied for the tenant, skipped until fixed")
         alarm("PollStale", "stale",
-              _worst_tenant("MAX", "PollStalenessRatio", "worst age / interval", five),
+              _worst_tenant("MAX", names.POLL_STALENESS_RATIO, "worst age / interval", five),
               stale_intervals, gt, f"a tenant's resource type has not been polled for {stale_intervals:g}x its "
               "interval", evaluation_periods=2)
 
-        # ---- per-tenant dashboard: a widget per alarm ---------------------------------------
-        tenant_variable = cw.DashboardVariable(
-            id="tenant", type=cw.VariableType.PATTERN, input_type=cw.VariableInputType.SELECT,
-            value=TENANT_PLACEHOLDER, label="Tenant",
-            values=cw.Values.from_search(f'{SEARCH_SCHEMA} MetricName="PollCalls"', "tenant"))
+        # ---- widgets on the overview and tenant dashboards (PipelineMonitoring.add_section) ---
+        self.thresholds = {"failed": failed_rate_threshold, "p99": p99_latency_ms,
+                           "unauthorized": float(unauthorized_threshold), "stale": stale_intervals}
+        if monitoring is not None:
+            monitoring.add_section("FHIR polling", overview=self.widgets(tenant=None),
+                                   tenant=self.widgets(tenant=TENANT_PATTERN))
 
-        def widget(title: str, metric: cw.MathExpression, threshold: float, stat_label: str) -> cw.GraphWidget:
-            return cw.GraphWidget(title=title, left=[metric], width=8, left_y_axis=cw.YAxisProps(label=stat_label),
-                                  left_annotations=[cw.HorizontalAnnotation(value=threshold, label="alarm")])
+    def widgets(self, tenant: str | None) -> list[cw.IWidget]:
+        """FHIR calls by outcome, endpoint and resource type, latency p50/p99, failed-call rate, 401s, denied
+        types, freshness and staleness per resource type: for one tenant, or (``None``) every tenant.
 
-        self.dashboard = cw.Dashboard(self, "Dashboard", dashboard_name=f"{core.prefix}-polling",
-                                      variables=[tenant_variable])
-        self.dashboard.add_widgets(
-            widget("Failed-call rate (15 min)", _for_tenant("PollCallFailed", "Average", 900, "failed"),
-                   failed_rate_threshold, "fraction"),
-            widget("Call latency p99", _for_tenant("PollCallLatency", "p99", 300, "p99"), p99_latency_ms, "ms"),
-            widget("401 answers", _for_tenant("PollCall401", "Sum", 300, "401"), unauthorized_threshold, "count"),
-            widget("Newly denied types", _for_tenant("PollTypeDenied", "Sum", 300, "denied"), 1, "count"),
-            widget("Staleness (age / interval)", _for_tenant("PollStalenessRatio", "Maximum", 300, "ratio"),
-                   stale_intervals, "ratio"),
-            widget("Freshness lag (s)", _for_tenant("PollFreshnessSeconds", "Maximum", 300, "lag"),
-                   900, "seconds"),
-        )
+        At most one Metrics Insights query per widget: a widget is one GetMetricData request, which takes
+        one Insights query. Multi-line widgets use SEARCH instead."""
+        five, fifteen = cdk.Duration.minutes(5), cdk.Duration.minutes(15)
+        where = {"tenant": tenant} if tenant else {}
+        # Fleet-wide: one line per tenant; for a tenant: one line per resource type.
+        by = ("tenant",) if tenant is None else ("resource_type",)
+
+        def graph(title: str, metrics: list[cw.IMetric], *, alarm_at: float | None = None,
+                  stacked: bool = False) -> cw.GraphWidget:
+            return cw.GraphWidget(title=title, width=8, left=metrics, stacked=stacked,
+                                  left_annotations=[cw.HorizontalAnnotation(value=alarm_at, label="alarm")]
+                                  if alarm_at is not None else None)
+
+        def one(metric: names.MetricName, aggregate: str, label: str, group_by: tuple[str, ...],
+                period: cdk.Duration = five) -> list[cw.IMetric]:
+            return [insights(metric, aggregate, label, where=where, group_by=group_by, period=period)]
+
+        if tenant is None:
+            latency: list[cw.IMetric] = [series(names.POLL_CALL_LATENCY, stat, {"service": POLLER_SERVICE},
+                                                label=f"{stat} (ms)", period=five) for stat in ("p50", "p99")]
+        else:
+            # One series per endpoint and resource type; SEARCH allows percentiles, Metrics Insights does not.
+            latency = [search(names.POLL_CALL_LATENCY, stat, f"{stat} (ms)", where=where, period=five)
+                       for stat in ("p50", "p99")]
+        per_call = ("endpoint", "resource_type") if tenant else ("tenant",)
+        return [
+            graph("FHIR calls by outcome", [search_total(metric, "Sum", outcome, where=where, period=five)
+                                            for outcome, metric in names.POLL_CALL_OUTCOMES.items()], stacked=True),
+            graph("FHIR calls by endpoint and resource type" if tenant else "FHIR calls by tenant",
+                  one(names.POLL_CALLS, "SUM", "calls", per_call)),
+            graph("Failed calls by endpoint and resource type" if tenant else "Failed calls by tenant and endpoint",
+                  one(names.POLL_CALL_FAILED, "SUM", "failed", per_call if tenant else ("tenant", "endpoint"))),
+            graph("FHIR call latency p50 / p99 (ms)", latency, alarm_at=self.thresholds["p99"]),
+            graph("Failed-call rate (15 min)", one(names.POLL_CALL_FAILED, "AVG", "failed-call rate", ("tenant",),
+                                                   fifteen), alarm_at=self.thresholds["failed"]),
+            graph("FHIR 401 answers", one(names.POLL_CALL_401, "SUM", "401", by),
+                  alarm_at=self.thresholds["unauthorized"]),
+            graph("Newly denied resource types (403)",
+                  one(names.POLL_TYPE_DENIED, "SUM", "denied", ("resource_type",) if tenant else
+                      ("tenant", "resource_type")), alarm_at=1),
+            graph("Freshness lag per resource type (s)",
+                  one(names.POLL_FRESHNESS_SECONDS, "MAX", "lag", ("resource_type",) if tenant else ("tenant",))),
+            graph("Staleness (time since last window / interval)",
+                  one(names.POLL_STALENESS_RATIO, "MAX", "ratio", by), alarm_at=self.thresholds["stale"]),
+            graph("Resources received", one(names.POLL_RESOURCES, "SUM", "resources", by)),
+            graph("Duplicates received", one(names.POLL_DUPLICATES, "SUM", "duplicates", by)),
+            graph("Retries", one(names.POLL_RETRIES, "SUM", "retries", by)),
+            graph("Throttle wait (ms)", one(names.POLL_THROTTLE_WAIT_MS, "SUM", "wait", by)),
+        ]

@@ -154,3 +154,38 @@ def test_quarantines_are_counted_per_tenant_and_low_cardinality_reason(capsys) -
     assert metric["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [list(names.QUARANTINED.dimension_sets[0])]
     assert names.quarantine_reason("hl7_ingest", ["OBX-3: loinc: bad"]) == "hl7_ingest:OBX-3"
     assert names.quarantine_reason("x", []) == "x:other"
+
+
+def _poller_emissions() -> dict[str, set[tuple[str, ...]]]:
+    """Every (metric, dimension set) PollMetrics writes, driving each of its recording methods."""
+    from ehrbridge.poll.metrics import PollMetrics, outcome_for
+
+    stream = io.StringIO()
+    recorder = PollMetrics("t1", stream=stream, service="fhir_poller")
+    for status, timeout in ((200, False), (401, False), (403, False), (404, False), (429, False), (503, False),
+                            (400, False), (None, True), (None, False)):
+        recorder.call("search", "Observation", status, 12.0, timeout=timeout)
+        assert f"PollCall{outcome_for(status, timeout=timeout)}" in stream.getvalue()
+    recorder.retry("search", "Observation", 1.5)
+    recorder.bucket_wait("next-page", "Observation", 0.2)
+    recorder.received("Observation", 10, duplicates=2)
+    recorder.freshness("Observation", 130.0)
+    recorder.denied("Observation")
+    recorder.staleness("Observation", 0.5)
+    emitted: dict[str, set[tuple[str, ...]]] = {}
+    for line in stream.getvalue().splitlines():
+        for directive in json.loads(line)["_aws"]["CloudWatchMetrics"]:
+            assert directive["Namespace"] == names.NAMESPACE
+            for metric in directive["Metrics"]:
+                emitted.setdefault(metric["Name"], set()).update(tuple(d) for d in directive["Dimensions"])
+    return emitted
+
+
+def test_poller_entries_match_what_the_poller_writes() -> None:
+    """Both directions: every name PollMetrics writes is a poller entry with exactly its dimension sets,
+    and every poller entry is written."""
+    emitted = _poller_emissions()
+    catalogued = {m.name: set(m.dimension_sets) for m in names.ALL if m.emitter.startswith("poller")}
+    assert emitted == catalogued
+    assert {f"PollCall{o}" for o in names.POLL_OUTCOMES} <= set(catalogued)
+    assert ("service",) in catalogued["PollCallLatency"] and len(catalogued) >= 19

@@ -6,11 +6,13 @@ alarm and widget in the synthesized template refers to an entry (tests/infra/tes
 A CloudWatch metric is its name *and* its full dimension set: a graph of ``StageFailed`` without
 dimensions is a different, empty series.
 
-Two emitters:
+Three emitters:
 - ``emit_metric`` (functions, and the bridge for quarantines): ``service, tenant`` plus at most one
   secondary dimension.
 - the MLLP bridge's aggregated EMF (``ehrbridge.mllp.metrics``): each counter twice, per tenant and
   fleet-wide (``service`` [, ``message_type``]), so alarms need no tenant list.
+- the FHIR poller's EMF (``ehrbridge.poll.metrics``): ``service, tenant, endpoint, resource_type`` on
+  every value; call latency also fleet-wide (``service``) for percentile alarms.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from typing import Literal
 NAMESPACE = "ehrbridge"
 SECONDARY_DIMENSIONS = frozenset({"resource_type", "endpoint", "message_type", "reason"})
 
-Emitter = Literal["function", "bridge_counter", "bridge_latency", "bridge_gauge"]
+Emitter = Literal["function", "bridge_counter", "bridge_latency", "bridge_gauge", "poller", "poller_latency"]
+# The poller's one detailed dimension set (endpoint: search, next-page, keyset, bulk, metadata, dispatch).
+POLL_DIMENSIONS = ("service", "tenant", "endpoint", "resource_type")
+# Outcomes of a FHIR call as the poller counts them (``PollCall<outcome>``).
+POLL_OUTCOMES = ("2xx", "401", "403", "404", "429", "5xx", "4xx", "timeout", "network")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,10 @@ class MetricName:
     def dimension_sets(self) -> tuple[tuple[str, ...], ...]:
         """Every dimension set a series of this metric exists under."""
         extra = (self.secondary,) if self.secondary else ()
+        if self.emitter == "poller":
+            return (POLL_DIMENSIONS,)
+        if self.emitter == "poller_latency":
+            return (POLL_DIMENSIONS, ("service",))
         if self.emitter == "function":
             sets = [("service", "tenant", *extra)]
             if self.optional_secondary:
@@ -96,6 +106,22 @@ FHIR_CALL_3XX = MetricName("FhirCall3xx", "resource_type", optional_secondary=Tr
 FHIR_CALL_4XX = MetricName("FhirCall4xx", "resource_type", optional_secondary=True)
 FHIR_CALL_5XX = MetricName("FhirCall5xx", "resource_type", optional_secondary=True)
 
+# ---- FHIR poller (names from ehrbridge.poll.metrics; PollMetrics is the emitter) ---------------------
+# secondary = "resource_type" (with "endpoint" beside it): the dimension the infra helpers select on.
+POLL_CALLS = MetricName("PollCalls", "resource_type", "poller")
+POLL_CALL_FAILED = MetricName("PollCallFailed", "resource_type", "poller")  # 0/1 per call: AVG = failed rate
+POLL_CALL_LATENCY = MetricName("PollCallLatency", "resource_type", "poller_latency")  # ms, high resolution
+POLL_CALL_OUTCOMES: dict[str, MetricName] = {
+    outcome: MetricName(f"PollCall{outcome}", "resource_type", "poller") for outcome in POLL_OUTCOMES}
+POLL_CALL_401 = POLL_CALL_OUTCOMES["401"]
+POLL_RETRIES = MetricName("PollRetries", "resource_type", "poller")
+POLL_THROTTLE_WAIT_MS = MetricName("PollThrottleWaitMs", "resource_type", "poller")
+POLL_RESOURCES = MetricName("PollResources", "resource_type", "poller")
+POLL_DUPLICATES = MetricName("PollDuplicates", "resource_type", "poller")
+POLL_FRESHNESS_SECONDS = MetricName("PollFreshnessSeconds", "resource_type", "poller")
+POLL_TYPE_DENIED = MetricName("PollTypeDenied", "resource_type", "poller")
+POLL_STALENESS_RATIO = MetricName("PollStalenessRatio", "resource_type", "poller")  # written by the dispatcher
+
 # ---- MLLP bridge (names from ehrbridge.mllp.metrics; the bridge is the emitter) -----------------------
 MLLP_ACKS = MetricName("MllpAcks", "message_type", "bridge_counter")  # message_type = ACK code
 MLLP_MESSAGES = MetricName("MllpMessages", "message_type", "bridge_counter")
@@ -110,7 +136,8 @@ MLLP_FRAMING_ERRORS = MetricName("MllpFramingErrors", "message_type", "bridge_co
 MLLP_ACK_LATENCY = MetricName("MllpAckLatency", None, "bridge_latency")
 MLLP_CERT_DAYS_TO_EXPIRY = MetricName("MllpCertDaysToExpiry", None, "bridge_gauge")
 
-ALL: tuple[MetricName, ...] = tuple(v for v in dict(globals()).values() if isinstance(v, MetricName))
+ALL: tuple[MetricName, ...] = (*(v for v in dict(globals()).values() if isinstance(v, MetricName)),
+                               *(v for v in POLL_CALL_OUTCOMES.values() if v is not POLL_CALL_401))
 BY_NAME: dict[str, MetricName] = {metric.name: metric for metric in ALL}
 
 # ACK codes the bridge sends (MSH-18 style: original and enhanced acknowledgment modes).
@@ -136,5 +163,6 @@ def quarantine_reason(stage: str, reasons: list[str] | tuple[str, ...]) -> str:
     return f"{stage}:{reason_class(reasons[0]) if reasons else 'other'}"
 
 
-__all__ = ["ALL", "BY_NAME", "NAMESPACE", "SECONDARY_DIMENSIONS", "MetricName", "quarantine_reason",
+__all__ = ["ALL", "BY_NAME", "NAMESPACE", "POLL_DIMENSIONS", "POLL_OUTCOMES", "SECONDARY_DIMENSIONS",
+           "MetricName", "quarantine_reason",
            "reason_class"]

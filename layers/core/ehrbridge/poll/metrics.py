@@ -17,9 +17,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TextIO
 
-NAMESPACE = "ehrbridge"
-DETAIL = ("service", "tenant", "endpoint", "resource_type")
-OUTCOMES = ("2xx", "401", "403", "404", "429", "5xx", "4xx", "timeout", "network")
+from ehrbridge.observability.names import NAMESPACE, POLL_DIMENSIONS, POLL_OUTCOMES
+
+# Names and dimension sets are catalogued in ehrbridge.observability.names (alarms and dashboards are built
+# from it; tests/unit/observability/test_metric_names.py checks this module writes exactly those).
+DETAIL = POLL_DIMENSIONS
+OUTCOMES = POLL_OUTCOMES
 
 
 def outcome_for(status: int | None, *, timeout: bool = False) -> str:
