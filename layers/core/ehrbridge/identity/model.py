@@ -255,8 +255,9 @@ SSN_SEQUENCE = 10
 _FAMILY_ELSE = len(cmp.COMPARISONS[_FAMILY][1]) - 1
 _ADDRESS, _PHONE, _MIDDLE = cmp.INDEX["address"], cmp.INDEX["phone"], cmp.INDEX["middle"]
 _ADDRESS_SAME_POSTCODE = cmp.COMPARISONS[_ADDRESS][1].index("same_postcode")
+SAME_SYSTEM_GATE = "another number from the same system and no first name in common"
 HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, GENERATION_GATE, "different birth order", TWIN_GATE,
-                             "different name suffix", NO_NAME_GATE})
+                             "different name suffix", NO_NAME_GATE, SAME_SYSTEM_GATE})
 
 
 def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | None:
@@ -294,7 +295,9 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
         if not _daughter_named_for_mother_unlikely(a, b, levels):
             return GENERATION_GATE
     if levels[_ID] == 1:
-        return "conflicting identifier from the same system"
+        # Two records of one system with their own numbers and no first name in common: two members of
+        # a household that registers together, not one patient registered twice.
+        return SAME_SYSTEM_GATE if given not in cmp.GIVEN_AGREES else "conflicting identifier from the same system"
     if levels[_FAMILY] == _FAMILY_ELSE and not guard_lifted(a, b, levels) \
             and not (0 <= levels[_ADDRESS] <= _ADDRESS_SAME_POSTCODE or levels[_PHONE] in (0, 1)):
         # Another surname and nothing placing the two together (home, phone, a personal identifier): a
