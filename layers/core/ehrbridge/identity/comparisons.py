@@ -131,6 +131,10 @@ def _family(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_
         return 1
     if a_mph == b_mph or a_sdx == b_sdx:
         return 2
+    if min(len(a), len(b)) >= 5 and a[0] == b[0] and _dl(a, b, score_cutoff=1) <= 1:
+        # One keying error in a surname of five letters or more (FEAST/FEDST, GEORGE/GEOER) is the same
+        # surname mistyped, whatever Jaro-Winkler makes of a short word.
+        return 1
     # Hyphenated / compound / double-barrelled surnames, or one part of it kept after marriage.
     if (" " in a or " " in b) and set(a.split()) & set(b.split()):
         return 3

@@ -358,8 +358,10 @@ def guard_lifted(a: Person, b: Person, levels: list[int], *, twins: bool = False
         or (levels[_EMAIL] == 0 and not namesakes and (not twins or _email_names(a, b)))
     if not personal:
         return False
+    # With the first name and the birth date also agreeing the identifier is not lone: that is the
+    # person under another surname (a married name), not a guarantor's number on a dependant.
     return 0 <= levels[_FAMILY] < _FAMILY_ELSE or 0 <= levels[_ADDRESS] <= _ADDRESS_SAME_POSTCODE \
-        or levels[_PHONE] in (0, 1)
+        or levels[_PHONE] in (0, 1) or (levels[_GIVEN] in cmp.GIVEN_AGREES and levels[_DOB] in cmp.DOB_AGREES)
 
 
 def _email_names(a: Person, b: Person) -> bool:
