@@ -13,11 +13,14 @@ GIVEN, FAMILY = cmp.INDEX["given"], cmp.INDEX["family"]
 
 
 def _person(given: list[str], family: str, dob: str | None = "1980-09-02", *, line: str = "12 main st",
-            postal: str | None = "98101", system: str | None = None, value: str | None = None) -> Person:
+            postal: str | None = "98101", system: str | None = None, value: str | None = None,
+            gender: str | None = None) -> Person:
     pat: dict[str, Any] = {"resourceType": "Patient", "name": [{"family": family, "given": given}],
                            "address": [{"line": [line], "state": "WA", **({"postalCode": postal} if postal else {})}]}
     if dob:
         pat["birthDate"] = dob
+    if gender:
+        pat["gender"] = gender
     if system:
         pat["identifier"] = [{"system": system, "value": value}]
     return person_from_patient(pat)
@@ -98,3 +101,32 @@ def test_home_without_postcode_is_a_blocking_key() -> None:
     a = _person(["Patrick", "S"], "Mckinnon", None, postal=None)
     b = _person(["Pat", "S"], "Mckinnon", "1967-01-13", postal=None)
     assert set(record_keys(a)) & set(query_keys(b))
+
+
+def test_same_full_name_at_one_home_with_another_birth_date_is_one_person() -> None:
+    # Same first name, middle initial, surname, sex and home, dates under a generation apart: one date is
+    # wrong (parents do not give two children one first and middle name).
+    a = _person(["Melissa", "M"], "Widmer", "2000-02-18", gender="female")
+    b = _person(["Melissa", "M"], "Widmer", "2001-07-20", gender="female")
+    s = _score(a, b)
+    assert s.gate is None
+    # At another home it stays a namesake for a person to look at.
+    c = _person(["Melissa", "M"], "Widmer", "2001-07-20", line="400 oak ave", postal="98109", gender="female")
+    assert _score(a, c).gate is not None
+
+
+def test_patient_with_another_number_from_the_same_system_is_not_auto_linked() -> None:
+    from ehrbridge.identity.resolver import Resolver
+    from ehrbridge.identity.store import InMemoryMpiStore
+
+    def pat(pid: str, system: str, dob: str) -> dict[str, Any]:
+        return {"resourceType": "Patient", "id": pid, "identifier": [{"system": system, "value": pid}],
+                "name": [{"family": "Gilchrest", "given": ["Devin", "E"]}], "gender": "male", "birthDate": dob,
+                "address": [{"line": ["348 Village Commons Blvd"], "state": "WA", "postalCode": "98101"}]}
+
+    resolver = Resolver(InMemoryMpiStore(), default_model())
+    resolver.resolve("t", pat("a1", "urn:h:a", "2004-10-30"))
+    assert resolver.resolve("t", pat("b1", "urn:h:b", "2004-10-30")).decision == "link"
+    # Hospital B registers a second DEVIN E GILCHREST at that home: the patient already has B's number b1.
+    second = resolver.resolve("t", pat("b2", "urn:h:b", "2007-04-18"))
+    assert second.decision != "link"

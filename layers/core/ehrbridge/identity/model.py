@@ -291,8 +291,9 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
         # daughter: see below); closer, a person must look (a namesake relative, or one badly keyed date;
         # namesakes at one home exist).
         if _years_apart(a.dob, b.dob) < GENERATION_YEARS:
-            return NAMESAKE_GATE
-        if not _daughter_named_for_mother_unlikely(a, b, levels):
+            if not _same_person_at_home(levels):
+                return NAMESAKE_GATE
+        elif not _daughter_named_for_mother_unlikely(a, b, levels):
             return GENERATION_GATE
     if levels[_ID] == 1:
         # Two records of one system with their own numbers and no first name in common: two members of
@@ -311,6 +312,13 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
             # One name and a home in common, the birth date unrelated: relatives more often than typos.
             return ONE_NAME_GATE
     return None
+
+
+def _same_person_at_home(levels: list[int]) -> bool:
+    """Same first name exactly, surname, middle initial, sex and home, birth dates under a generation apart:
+    parents do not give two children one first and middle name, so one of the two dates is wrong."""
+    return levels[_GIVEN] == 0 and levels[_FAMILY] in (0, 1) and levels[_MIDDLE] in (0, 1) \
+        and levels[cmp.INDEX["sex"]] == 0 and levels[_ADDRESS] == 0
 
 
 def _first_name_replaced(a: Person, b: Person, levels: list[int]) -> bool:
