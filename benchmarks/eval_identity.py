@@ -1,6 +1,7 @@
 """Accuracy of identity resolution, resolved one record at a time exactly as the function does.
 
   .venv/bin/python benchmarks/eval_identity.py [--quick] [--model FILE] [--train] [--sets a,b] [--plots DIR]
+      [--misses N]
 
 Needs the eval extra (pseudopeople, matplotlib): ``.venv/bin/pip install -e '.[eval]'``.
 The realistic population (``pp-dev`` / ``pp-heldout``) comes from pseudopeople (benchmarks/identity_population.py):
@@ -248,6 +249,39 @@ def household_cases(patients: list[dict[str, Any]], r: dict[str, Any]) -> None:
     print("    false links by kind:", dict(false_kind) or "none")
 
 
+def misses(patients: list[dict[str, Any]], r: dict[str, Any], model: Model, population: int, top: int) -> None:
+    """Where the recall goes: each missed true pair (earlier record vs later one) by what stopped it —
+    blocking (no shared key), a gate, or a score under the link threshold — and its comparison levels."""
+    from ehrbridge.identity.blocking import query_keys, record_keys
+
+    policy = model.thresholds.model_copy(update={"population_size": max(2, population)})
+    by_id = {p["id"]: {k: v for k, v in p.items() if k not in ("truth", "case")} for p in patients}
+    order = {p["id"]: i for i, p in enumerate(patients)}
+    shown = ("given", "family", "middle", "dob", "sex", "address", "ssn")
+    groups: Counter[tuple[str, str]] = Counter()
+    reasons: Counter[str] = Counter()
+    for x, y in r["missed_pairs"]:
+        first, later = sorted((x, y), key=order.__getitem__)
+        a, b = person_from_patient(by_id[first]), person_from_patient(by_id[later])
+        s = model.score(b, a, policy)
+        if not set(record_keys(a)) & set(query_keys(b)):
+            why = "not retrieved (blocking)"
+        elif s.gate:
+            why = f"gate: {s.gate}"
+        elif s.probability < policy.link:
+            why = f"score < {policy.link}"
+        else:
+            why = "pair scores a link (runner-up, a gated household member, or linked elsewhere)"
+        reasons[why] += 1
+        levels = " ".join(f"{k}={v}" for k, v in model.level_names(s.levels).items() if k in shown)
+        groups[(why, levels + (" (swapped)" if s.swapped else ""))] += 1
+    print(f"    missed true pairs: {len(r['missed_pairs'])}")
+    for why, n in reasons.most_common():
+        print(f"      {n:5d}  {why}")
+    for (why, levels), n in groups.most_common(top):
+        print(f"      {n:5d}  {why} | {levels}")
+
+
 def pp_set(part: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
     from identity_population import pseudopeople_linkage_set
 
@@ -296,6 +330,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path)
     ap.add_argument("--train", action="store_true", help="also evaluate a model EM-trained on the same records")
     ap.add_argument("--relaxed", action="store_true", help="also run FEBRL with the household guards off")
+    ap.add_argument("--misses", type=int, metavar="N", default=0,
+                    help="print the missed true pairs by cause, and the N commonest level patterns")
     ap.add_argument("--plots", type=Path, metavar="DIR", help="write calibration and histogram PNGs here")
     ap.add_argument("--write-default", type=Path, metavar="FILE",
                     help="(re)build the shipped default model: EM on the pseudopeople development part, then exit")
@@ -314,6 +350,8 @@ def main() -> None:
         report(label + " [default model]", r)
         if name == "households" or name.startswith("pp-"):
             household_cases(patients, r)
+        if args.misses:
+            misses(patients, r, model, people, args.misses)
         if args.plots:
             for path in plot(label, r["scored"], args.plots):
                 print(f"    wrote {path}")

@@ -16,7 +16,7 @@ MAX_BUCKET = 200
 # read is one round trip). Ranked by the keys shared, weighted by how personal each key is: on FEBRL4
 # and the household sets the true record, when blocking finds it at all, always ranks in the top 10.
 MAX_CANDIDATES = 30
-KEY_WEIGHTS = {"ssn": 5, "id": 5, "em": 4, "ph": 3, "dob": 2, "nm": 2, "ad": 2}
+KEY_WEIGHTS = {"ssn": 5, "id": 5, "em": 4, "ph": 3, "dob": 2, "nm": 2, "ad": 2, "hs": 2}
 
 
 def key_weight(key: str) -> int:
@@ -40,6 +40,11 @@ def record_keys(p: Person) -> list[str]:
             keys.append(f"fy:{p.family_sdx}|{year}")
         if p.given_sdx:
             keys.append(f"gy:{p.given_sdx}|{year}")
+    if p.house and p.street:
+        # The home without the postcode (missing, a placeholder, or mistyped on one side): the state keeps
+        # "12 MAIN ST" of different towns apart. A record with no birth date and a nickname (PAT / PATRICK)
+        # shares no other key with its pair.
+        keys.append(f"hs:{p.state or ''}|{p.house}|{p.street}")
     if p.postcode:
         if p.house:
             keys.append(f"ad:{p.postcode}|{p.house}")

@@ -60,6 +60,10 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
     if len(a) == 1 or len(b) == 1:
         return 7 if a[0] == b[0] else 8
     sim = _jw(a, b)
+    if _transposed(a, b):
+        # Two neighbouring letters keyed the other way round (WILLAIM/WILLIAM): a keying error even when
+        # the misspelling happens to be in the name list; parents do not tell twins apart that way.
+        return 4
     if sim >= 0.80 and _two_names(a, b):
         # Two real names that look alike (ADRIAN/ADRIANA, JAYDEN/JADEN, MARIA/MARIO) are what parents
         # give twins and siblings: different people unless something personal says otherwise.
@@ -75,6 +79,25 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
     if sim >= 0.80:
         return 6
     return 8
+
+
+def _transposed(a: str, b: str) -> bool:
+    """Same letters, same first letter, one adjacent pair swapped; from 5 letters (short names such as
+    ALEC/ACLE are too few letters to tell a slip from another name)."""
+    if len(a) != len(b) or len(a) < 5 or a[0] != b[0]:
+        return False
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+
+
+def _split_given(a: Person, b: Person) -> bool:
+    """One first name keyed with a stray space (JAYDE N / JAYDEN, MARY ANN / MARYANN): the normalizer then
+    reads the tail as a middle name, so first + middle of one record spell the other's first name."""
+    for one, other in ((a, b), (b, a)):
+        if one.given and one.middle and other.given and len(other.given) > len(one.given) \
+                and (one.given + one.middle).replace(" ", "") == other.given:
+            return True
+    return False
 
 
 def _two_names(a: str, b: str) -> bool:
@@ -108,6 +131,10 @@ def _family(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_
         return 1
     if a_mph == b_mph or a_sdx == b_sdx:
         return 2
+    if min(len(a), len(b)) >= 5 and a[0] == b[0] and _dl(a, b, score_cutoff=1) <= 1:
+        # One keying error in a surname of five letters or more (FEAST/FEDST, GEORGE/GEOER) is the same
+        # surname mistyped, whatever Jaro-Winkler makes of a short word.
+        return 1
     # Hyphenated / compound / double-barrelled surnames, or one part of it kept after marriage.
     if (" " in a or " " in b) and set(a.split()) & set(b.split()):
         return 3
@@ -223,16 +250,38 @@ def names_swapped(a: Person, b: Person) -> bool:
     return _jw(a.given, b.family) >= 0.92 and _jw(a.family, b.given) >= 0.92
 
 
+def _one_name_crossed(a: Person, b: Person) -> bool:
+    """Names recorded the other way round, and one of them then mistyped or replaced (RAQUEL LODGE /
+    GARNETT RAQUEL): one name agrees crosswise. The other name still disagrees, and every gate still
+    applies to the swapped comparison (the surname crossing alone is the twin pattern)."""
+    if not (a.given and a.family and b.given and b.family):
+        return False
+    if _jw(a.given, b.family) >= 0.92 or _jw(a.family, b.given) >= 0.92:
+        return True
+    return bool(b.middle and a.family == f"{b.given} {b.middle}") \
+        or bool(a.middle and b.family == f"{a.given} {a.middle}")
+
+
 def compare(a: Person, b: Person) -> tuple[list[int], bool]:
     """-> (levels per comparison, whether the names were compared swapped)."""
     given = _given(a.given, b.given, a.given_sdx, b.given_sdx, a.given_mph, b.given_mph)
     family = _family(a.family, b.family, a.family_sdx, b.family_sdx, a.family_mph, b.family_mph)
     swapped = False
     # Only when neither name agrees as recorded is it worth trying them the other way round.
-    if given not in GIVEN_AGREES and family >= 4 and names_swapped(a, b):
+    if given not in GIVEN_AGREES and family >= 4 and (names_swapped(a, b) or _one_name_crossed(a, b)):
         swapped = True
         given = _given(a.given, b.family, a.given_sdx, b.family_sdx, a.given_mph, b.family_mph)
         family = _family(a.family, b.given, a.family_sdx, b.given_sdx, a.family_mph, b.given_mph)
+        if family >= 4 and b.middle and a.family == f"{b.given} {b.middle}":
+            # A two-word surname moved into the given field is read as first + middle name.
+            family = 0
+    if given not in GIVEN_AGREES and not swapped and _split_given(a, b):
+        given = _TYPO
+    middle = _middle(a.middle, b.middle)
+    if given == _TYPO and middle == 2 and not swapped and a.given and b.given and _transposed(a.given, b.given) \
+            and _two_names(a.given, b.given):
+        # MICHAEL J / MICHEAL R: two spellings in use and two middle names read as two people (twins).
+        given = GIVEN_ALIKE
     sex = _exact(a.sex, b.sex)
     if given == _TYPO and sex == 1:
         # A keying error does not change the recorded sex: CAROL/CARLOS, MARY/MARL(K) are two names.
@@ -240,7 +289,7 @@ def compare(a: Person, b: Person) -> tuple[list[int], bool]:
     levels = [
         given,
         family,
-        _middle(a.middle, b.middle),
+        middle,
         _suffix(a.suffix, b.suffix),
         _dob(a.dob, b.dob),
         sex,

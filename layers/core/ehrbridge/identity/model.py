@@ -255,8 +255,9 @@ SSN_SEQUENCE = 10
 _FAMILY_ELSE = len(cmp.COMPARISONS[_FAMILY][1]) - 1
 _ADDRESS, _PHONE, _MIDDLE = cmp.INDEX["address"], cmp.INDEX["phone"], cmp.INDEX["middle"]
 _ADDRESS_SAME_POSTCODE = cmp.COMPARISONS[_ADDRESS][1].index("same_postcode")
+SAME_SYSTEM_GATE = "another number from the same system and no first name in common"
 HOUSEHOLD_GATES = frozenset({HOUSEHOLD_GATE, GENERATION_GATE, "different birth order", TWIN_GATE,
-                             "different name suffix", NO_NAME_GATE})
+                             "different name suffix", NO_NAME_GATE, SAME_SYSTEM_GATE})
 
 
 def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | None:
@@ -290,11 +291,14 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
         # daughter: see below); closer, a person must look (a namesake relative, or one badly keyed date;
         # namesakes at one home exist).
         if _years_apart(a.dob, b.dob) < GENERATION_YEARS:
-            return NAMESAKE_GATE
-        if not _daughter_named_for_mother_unlikely(a, b, levels):
+            if not _same_person_at_home(levels):
+                return NAMESAKE_GATE
+        elif not _daughter_named_for_mother_unlikely(a, b, levels):
             return GENERATION_GATE
     if levels[_ID] == 1:
-        return "conflicting identifier from the same system"
+        # Two records of one system with their own numbers and no first name in common: two members of
+        # a household that registers together, not one patient registered twice.
+        return SAME_SYSTEM_GATE if given not in cmp.GIVEN_AGREES else "conflicting identifier from the same system"
     if levels[_FAMILY] == _FAMILY_ELSE and not guard_lifted(a, b, levels) \
             and not (0 <= levels[_ADDRESS] <= _ADDRESS_SAME_POSTCODE or levels[_PHONE] in (0, 1)):
         # Another surname and nothing placing the two together (home, phone, a personal identifier): a
@@ -308,6 +312,13 @@ def _gate(a: Person, b: Person, levels: list[int], policy: Thresholds) -> str | 
             # One name and a home in common, the birth date unrelated: relatives more often than typos.
             return ONE_NAME_GATE
     return None
+
+
+def _same_person_at_home(levels: list[int]) -> bool:
+    """Same first name exactly, surname, middle initial, sex and home, birth dates under a generation apart:
+    parents do not give two children one first and middle name, so one of the two dates is wrong."""
+    return levels[_GIVEN] == 0 and levels[_FAMILY] in (0, 1) and levels[_MIDDLE] in (0, 1) \
+        and levels[cmp.INDEX["sex"]] == 0 and levels[_ADDRESS] == 0
 
 
 def _first_name_replaced(a: Person, b: Person, levels: list[int]) -> bool:
@@ -355,8 +366,10 @@ def guard_lifted(a: Person, b: Person, levels: list[int], *, twins: bool = False
         or (levels[_EMAIL] == 0 and not namesakes and (not twins or _email_names(a, b)))
     if not personal:
         return False
+    # With the first name and the birth date also agreeing the identifier is not lone: that is the
+    # person under another surname (a married name), not a guarantor's number on a dependant.
     return 0 <= levels[_FAMILY] < _FAMILY_ELSE or 0 <= levels[_ADDRESS] <= _ADDRESS_SAME_POSTCODE \
-        or levels[_PHONE] in (0, 1)
+        or levels[_PHONE] in (0, 1) or (levels[_GIVEN] in cmp.GIVEN_AGREES and levels[_DOB] in cmp.DOB_AGREES)
 
 
 def _email_names(a: Person, b: Person) -> bool:

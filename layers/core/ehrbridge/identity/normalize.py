@@ -29,6 +29,18 @@ PLACEHOLDER_NAME_TOKENS = frozenset({
     "DAUGHTER", "KID", "CHILD", "GRANDMA", "GRANDPA", "WIFE", "HUSBAND", "SPOUSE", "ROOMMATE", "ANON",
     "ANONYMOUS", "DONT", "DK", "REFUSED", "DECLINED",
 })
+# Relationship and role words written where a first name goes (census and registration forms). Given
+# names only: several are real surnames too (PERSON, FRIEND, MINOR).
+PLACEHOLDER_GIVEN_TOKENS = frozenset({
+    "NEPHEW", "NIECE", "COUSIN", "AUNT", "UNCLE", "GRANDSON", "GRANDDAUGHTER", "GRANDCHILD", "STEPSON",
+    "STEPDAUGHTER", "YOUNGEST", "OLDEST", "ELDEST", "PERSON", "FRIEND", "BOARDER", "LODGER", "TENANT", "ADULT",
+    "INMATE", "RESPONDENT",
+})
+# Phrases that mean "no name given" as a whole though their words may be names (LADY OF THE HOUSE).
+_PLACEHOLDER_PHRASES = re.compile(
+    r"\b(?:DONT KNOW|DO NOT KNOW|NOT KNOWN|NO NAME|HEAD OF (?:THE )?HOUSEHOLD|"
+    r"(?:LADY|MAN|GENTLEMAN|WOMAN) (?:OF|IN) (?:THE )?(?:HOUSE|HOUSEHOLD)|(?:LADY|MAN|GENTLEMAN|WOMAN) OF THE|"
+    r"OF THE HOUSE)\b")
 # Whole names that are defaults even though each token is a real name.
 PLACEHOLDER_FULL_NAMES = frozenset({("JOHN", "DOE"), ("JANE", "DOE"), ("BABY", "DOE"), ("JOHN", "SMITH-DOE")})
 NAME_PREFIXES = frozenset({"MR", "MRS", "MS", "MISS", "DR", "PROF", "REV", "SR.", "MX"})
@@ -206,12 +218,13 @@ def _split_name(given_parts: list[str], family: str) -> tuple[str | None, str | 
     order = None
     tokens: list[str] = []
     for part in given_parts:
-        tokens.extend(clean_name(part).split())
-    fam_tokens = clean_name(family).split()
+        tokens.extend(_PLACEHOLDER_PHRASES.sub(" ", clean_name(part)).split())
+    fam_tokens = _PLACEHOLDER_PHRASES.sub(" ", clean_name(family)).split()
     for bag in (tokens, fam_tokens):
         keep = []
         for i, tok in enumerate(bag):
-            if tok in SUFFIXES and (bag is fam_tokens or i > 0):
+            # Among given names a lone V is a middle initial, not "the fifth" (FHIR has name.suffix).
+            if tok in SUFFIXES and (bag is fam_tokens or (i > 0 and tok != "V")):
                 suffix = SUFFIXES[tok]
             elif tok in NAME_PREFIXES and i == 0 and len(bag) > 1:
                 continue
@@ -225,7 +238,7 @@ def _split_name(given_parts: list[str], family: str) -> tuple[str | None, str | 
             if tok in _ORDER_TOKENS:
                 order = _ORDER_TOKENS[tok]
         tokens = [t for t in tokens if t not in _ORDER_TOKENS]
-    given_tokens = [t for t in tokens if t not in PLACEHOLDER_NAME_TOKENS]
+    given_tokens = [t for t in tokens if t not in PLACEHOLDER_NAME_TOKENS and t not in PLACEHOLDER_GIVEN_TOKENS]
     fam_clean = [t for t in fam_tokens if t not in PLACEHOLDER_NAME_TOKENS]
     given = given_tokens[0] if given_tokens else None
     middle = " ".join(given_tokens[1:]) or None

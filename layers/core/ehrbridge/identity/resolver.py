@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from ehrbridge.identity import comparisons as cmp
 from ehrbridge.identity.blocking import MAX_BUCKET, MAX_CANDIDATES, key_weight, query_keys, record_keys
 from ehrbridge.identity.model import Grade, Model, PairScore, Thresholds
 from ehrbridge.identity.normalize import Person, person_from_patient
@@ -32,6 +33,7 @@ from ehrbridge.identity.store import (
 
 Decision = Literal["link", "review", "new"]
 _PERSON_CACHE_MAX = 300_000
+_IDENTIFIER = cmp.INDEX["identifier"]
 
 
 class ResolveError(ValueError):
@@ -108,6 +110,7 @@ class Resolver:
         self._seq = 0
         self._persons: dict[str, tuple[str, Person]] = {}
         self._gated_best = float("-inf")
+        self._same_system_eids: set[str] = set()
 
     # ---- helpers -------------------------------------------------------------------------------
     def _now(self) -> str:
@@ -154,10 +157,13 @@ class Resolver:
         best: dict[str, Candidate] = {}
         score = self.model.score
         self._gated_best = float("-inf")
+        self._same_system_eids = set()
         for rec in candidates.values():
             if rec.status != "active" or rec.eid in exclude:
                 continue
             s = score(person, self._person(rec), th)
+            if s.levels[_IDENTIFIER] == 1:
+                self._same_system_eids.add(rec.eid)
             if s.household_only:
                 # Another member of the household: never a match. Remembered, because a weaker
                 # candidate must not win just because a better-fitting one was gated away.
@@ -183,6 +189,10 @@ class Resolver:
                 ranked.insert(0, ranked.pop(flagged))
                 top = ranked[0].score
                 grade, reason = top.grade(th), top.gate
+        if grade == "certain" and ranked[0].eid in self._same_system_eids:
+            # The patient already has another number from this record's system: linking would declare a
+            # duplicate inside that system (two people of one name at one home look the same), so a person decides.
+            grade, reason = "probable", "the patient has another number from the same system"
         if grade == "certain" and self._gated_best > top.weight:
             grade, reason = "probable", "a gated household member fits better"
         if grade == "certain" and len(ranked) > 1:

@@ -1,0 +1,132 @@
+"""Keying corruptions of one person's names that must still read as one person, and look-alikes that must not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ehrbridge.identity import comparisons as cmp
+from ehrbridge.identity.blocking import query_keys, record_keys
+from ehrbridge.identity.model import NO_NAME_GATE, SAME_SYSTEM_GATE, default_model
+from ehrbridge.identity.normalize import Person, person_from_patient
+
+GIVEN, FAMILY = cmp.INDEX["given"], cmp.INDEX["family"]
+
+
+def _person(given: list[str], family: str, dob: str | None = "1980-09-02", *, line: str = "12 main st",
+            postal: str | None = "98101", system: str | None = None, value: str | None = None,
+            gender: str | None = None) -> Person:
+    pat: dict[str, Any] = {"resourceType": "Patient", "name": [{"family": family, "given": given}],
+                           "address": [{"line": [line], "state": "WA", **({"postalCode": postal} if postal else {})}]}
+    if dob:
+        pat["birthDate"] = dob
+    if gender:
+        pat["gender"] = gender
+    if system:
+        pat["identifier"] = [{"system": system, "value": value}]
+    return person_from_patient(pat)
+
+
+def _score(a: Person, b: Person) -> Any:
+    model = default_model()
+    return model.score(a, b, model.thresholds.model_copy(update={"population_size": 10_000}))
+
+
+def test_names_swapped_then_one_replaced_still_have_a_name_in_common() -> None:
+    # RAQUEL LODGE recorded as GARNETT (given) RAQUEL (family): the swapped first name agrees.
+    s = _score(_person(["Raquel"], "Lodge"), _person(["Garnett"], "Raquel"))
+    assert s.swapped and s.levels[GIVEN] == 0
+    assert s.gate != NO_NAME_GATE
+    assert s.grade(default_model().thresholds) == "certain"
+
+
+def test_two_word_surname_moved_into_the_given_field_is_a_swap() -> None:
+    s = _score(_person(["Emily"], "Wilson Wheeler"), _person(["Wilson", "Wheeler"], "Emily"))
+    assert s.swapped and s.levels[GIVEN] in cmp.GIVEN_AGREES and s.levels[FAMILY] in cmp.FAMILY_AGREES
+    assert s.gate is None
+
+
+def test_strangers_with_a_first_name_used_as_a_surname_are_not_linked() -> None:
+    # JAMES as someone's surname, same birth date and state, another home: the crossing name and a birth
+    # date are what strangers share.
+    s = _score(_person(["James"], "Coleman"), _person(["Howard"], "James", line="400 oak ave", postal="98109"))
+    assert s.grade(default_model().thresholds) != "certain"
+
+
+def test_stray_space_in_a_first_name_is_a_typo_not_another_name() -> None:
+    s = _score(_person(["Jayden"], "White"), _person(["Jayde N"], "White"))
+    assert s.levels[GIVEN] in cmp.GIVEN_AGREES
+    assert s.gate is None
+
+
+def test_adjacent_letters_swapped_in_a_first_name_is_a_typo() -> None:
+    s = _score(_person(["William"], "Frahn"), _person(["Willaim"], "Frahn"))
+    assert s.levels[GIVEN] in cmp.GIVEN_AGREES
+    assert s.gate is None
+
+
+def test_two_spellings_with_two_middle_names_stay_twins() -> None:
+    # MICHAEL J / MICHEAL R ESCOBAR, same birth date and home: two children, not a slip.
+    s = _score(_person(["Michael", "J"], "Escobar"), _person(["Micheal", "R"], "Escobar"))
+    assert s.levels[GIVEN] == cmp.GIVEN_ALIKE
+    assert s.gate is not None
+
+
+def test_one_keying_error_in_a_long_surname_agrees() -> None:
+    assert cmp.compare(_person(["Erin"], "Feast"), _person(["Erin"], "Fedst"))[0][FAMILY] in cmp.FAMILY_AGREES
+    # Short surnames one letter apart are different names (REES / REED).
+    assert cmp.compare(_person(["Erin"], "Rees"), _person(["Erin"], "Reed"))[0][FAMILY] not in cmp.FAMILY_AGREES
+
+
+def test_household_form_phrases_are_not_names() -> None:
+    assert _person(["Carol", "D"], "Dont Know").family is None
+    assert _person(["Jimmy"], "No Name").family is None
+    lady = _person(["Lady Of The House"], "Hollenbaugh")
+    assert lady.given is None and lady.family == "HOLLENBAUGH"
+    assert _person(["Nephew"], "Leach").given is None
+    # A lone V among the given names is a middle initial; in the family field it stays a suffix.
+    megan = _person(["Megan", "V"], "Leach")
+    assert megan.middle == "V" and megan.suffix is None
+    assert _person(["John"], "Smith V").suffix == "V"
+
+
+def test_same_system_member_with_another_first_name_is_certainly_not() -> None:
+    a = _person(["Anna"], "Ryan", None, system="urn:h:a", value="1")
+    b = _person(["Tom"], "Ryan", None, system="urn:h:a", value="2")
+    s = _score(a, b)
+    assert s.gate == SAME_SYSTEM_GATE and s.household_only
+
+
+def test_home_without_postcode_is_a_blocking_key() -> None:
+    # No birth date on one side and a nickname: only the home joins PAT and PATRICK MCKINNON.
+    a = _person(["Patrick", "S"], "Mckinnon", None, postal=None)
+    b = _person(["Pat", "S"], "Mckinnon", "1967-01-13", postal=None)
+    assert set(record_keys(a)) & set(query_keys(b))
+
+
+def test_same_full_name_at_one_home_with_another_birth_date_is_one_person() -> None:
+    # Same first name, middle initial, surname, sex and home, dates under a generation apart: one date is
+    # wrong (parents do not give two children one first and middle name).
+    a = _person(["Melissa", "M"], "Widmer", "2000-02-18", gender="female")
+    b = _person(["Melissa", "M"], "Widmer", "2001-07-20", gender="female")
+    s = _score(a, b)
+    assert s.gate is None
+    # At another home it stays a namesake for a person to look at.
+    c = _person(["Melissa", "M"], "Widmer", "2001-07-20", line="400 oak ave", postal="98109", gender="female")
+    assert _score(a, c).gate is not None
+
+
+def test_patient_with_another_number_from_the_same_system_is_not_auto_linked() -> None:
+    from ehrbridge.identity.resolver import Resolver
+    from ehrbridge.identity.store import InMemoryMpiStore
+
+    def pat(pid: str, system: str, dob: str) -> dict[str, Any]:
+        return {"resourceType": "Patient", "id": pid, "identifier": [{"system": system, "value": pid}],
+                "name": [{"family": "Gilchrest", "given": ["Devin", "E"]}], "gender": "male", "birthDate": dob,
+                "address": [{"line": ["348 Village Commons Blvd"], "state": "WA", "postalCode": "98101"}]}
+
+    resolver = Resolver(InMemoryMpiStore(), default_model())
+    resolver.resolve("t", pat("a1", "urn:h:a", "2004-10-30"))
+    assert resolver.resolve("t", pat("b1", "urn:h:b", "2004-10-30")).decision == "link"
+    # Hospital B registers a second DEVIN E GILCHREST at that home: the patient already has B's number b1.
+    second = resolver.resolve("t", pat("b2", "urn:h:b", "2007-04-18"))
+    assert second.decision != "link"
