@@ -1,4 +1,4 @@
-"""ADT feeds the FHIR poller's roster: the normalizer records the PID-3 identifier, idempotently, without PHI in logs."""
+"""ADT feeds the FHIR poller's roster: the normalizer records the PID-3 identifier, idempotently, no PHI logged."""
 
 from __future__ import annotations
 
