@@ -19,7 +19,7 @@ FUNCTIONS_DIR = Path(__file__).resolve().parents[4] / "functions"
 
 
 def onboard_sandbox_tenant(sandbox: SandboxEHR, base: TenantConfig, *, workflows: Iterable[str] = ("labs",),
-                           deny_types: Iterable[str] = ("DiagnosticReport",)) -> TenantConfig:
+                           deny_types: Iterable[str] = ("DiagnosticReport",), algorithm: str = "ES384") -> TenantConfig:
     """Register a fresh key with the sandbox and onboard the tenant into the twin (config in the
     state table, credentials in Secrets Manager), pointed at the sandbox's FHIR base."""
     from ehrbridge.auth.credentials import SecretsManagerCredentialStore
@@ -29,15 +29,16 @@ def onboard_sandbox_tenant(sandbox: SandboxEHR, base: TenantConfig, *, workflows
     from ehrbridge.contracts.tenant_store import DynamoTenantStore
     from ehrbridge.tenants.onboarding import onboard
 
-    pem = generate_private_key("ES384")
-    kid = thumbprint_kid(load_private_key(pem, "ES384"))
+    # Epic takes EC keys only from a JWKS URL: a statically registered key must be RSA (RS384) there.
+    pem = generate_private_key(algorithm, 2048)  # type: ignore[arg-type]
+    kid = thumbprint_kid(load_private_key(pem, algorithm))  # type: ignore[arg-type]
     client_id = base.client_id or f"{base.tenant_id}-backend"
     workflows = tuple(base.workflows or workflows)
-    sandbox.register_client(client_id, jwks=jwks([public_jwk_from_pem(pem, "ES384", kid)]),
+    sandbox.register_client(client_id, jwks=jwks([public_jwk_from_pem(pem, algorithm, kid)]),  # type: ignore[arg-type]
                             grant_types=set(resource_types_for(workflows)) - set(deny_types))
     tenant = TenantConfig.model_validate({
         **base.model_dump(), "fhir_base_url": sandbox.fhir_base_url, "token_url": None, "client_id": client_id,
-        "key_id": kid, "algorithm": "ES384", "workflows": workflows, "private_key_file": None})
+        "key_id": kid, "algorithm": algorithm, "workflows": workflows, "private_key_file": None})
     onboard(tenant, tenants=DynamoTenantStore(table_name("state")), credentials=SecretsManagerCredentialStore(),
             private_key_pem=pem)
     return tenant

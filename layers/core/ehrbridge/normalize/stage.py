@@ -20,6 +20,7 @@ from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
 from ehrbridge.hl7.message import split_messages
 from ehrbridge.normalize.engine import NormalizeResult, normalize_hl7
+from ehrbridge.normalize.roster import RosterFeed, feeds_roster, roster_identifier
 from ehrbridge.observability import emit_metric, logger
 from ehrbridge.observability.names import reason_class
 
@@ -44,10 +45,12 @@ def normalize_envelope(envelope: Envelope, tenant: TenantConfig) -> NormalizeRes
 class NormalizerStage:
     """Domain step, independent of Lambda: the handler wires it to SQS through Consumer."""
 
-    def __init__(self, tenants: Callable[[str], TenantConfig], out: Publisher, quarantine: Quarantine) -> None:
+    def __init__(self, tenants: Callable[[str], TenantConfig], out: Publisher, quarantine: Quarantine,
+                 roster: RosterFeed | None = None) -> None:
         self.tenants = tenants
         self.out = out
         self.quarantine = quarantine
+        self.roster = roster
 
     def __call__(self, envelope: Envelope) -> NormalizeResult:
         try:
@@ -75,6 +78,8 @@ class NormalizerStage:
         if not result.ok:
             self.quarantine.put(envelope, result.reasons, STAGE)  # counts Quarantined per tenant and reason
             return result
+        if self.roster is not None and envelope.source == "hl7v2" and feeds_roster(tenant, result.kind):
+            self._feed_roster(tenant_id, result)
         attributes = {"source_event_time": result.source_event_time, "structure": result.structure,
                       "unmapped": str(len(result.unmapped)), "repairs": str(len(result.repairs))}
         body = result.bundle_json or json.dumps(result.bundle, separators=(",", ":"))
@@ -93,10 +98,23 @@ class NormalizerStage:
         return result
 
 
+    def _feed_roster(self, tenant_id: str, result: NormalizeResult) -> None:
+        """Stored before the message is acknowledged (a failed write fails the message; SQS retries it)."""
+        identifier = roster_identifier(result.bundle)
+        if identifier is None:
+            emit_metric("RosterFeedSkipped", tenant=tenant_id, message_type=result.kind)
+            return
+        if self.roster is not None and self.roster.add_roster_identifier(tenant_id, *identifier):
+            emit_metric("RosterFed", tenant=tenant_id, message_type=result.kind)
+
+
 def build_normalizer_stage() -> Consumer:
+    from ehrbridge.poll.cursor import DynamoCursorStore
+
     io = stage_io()
     store = DynamoTenantStore(settings.table_name("state"))
-    stage = NormalizerStage(store.get, io.publisher("identity"), io.quarantine)
+    stage = NormalizerStage(store.get, io.publisher("identity"), io.quarantine,
+                            roster=DynamoCursorStore(settings.table_name("state")))
 
     def handle(envelope: Envelope) -> None:
         stage(io.claim_check.inbound(envelope))

@@ -66,6 +66,9 @@ QUARANTINED = MetricName("Quarantined", "reason")  # reason = "<stage>:<reason c
 NORMALIZED = MetricName("Normalized", "message_type")
 UNMAPPED_SEGMENTS = MetricName("UnmappedSegments", "message_type")
 CODE_REPAIRS = MetricName("CodeRepairs", "message_type")
+# An ADT recorded a patient identifier on the tenant's FHIR poll roster (new entries only) / had none to record.
+ROSTER_FED = MetricName("RosterFed", "message_type")
+ROSTER_FEED_SKIPPED = MetricName("RosterFeedSkipped", "message_type")
 
 # ---- identity ----------------------------------------------------------------------------------
 IDENTITY_MATCH_SCORE = MetricName("IdentityMatchScore")  # percent, high resolution

@@ -4,6 +4,9 @@ State-table items (pk = ``tenant#{tenant_id}``, PHI-free except the opaque resum
 roster's vendor patient ids, which stay in the KMS-encrypted table and never reach logs):
   sk ``poll#{type}``          watermark, window (since, server time, resume link / keyset), version
   sk ``roster#{patient_id}``  patients known to the tenant (per-patient crawls where a vendor needs patient=)
+  sk ``rosterid#{digest}``    a patient known by an identifier only (ADT PID-3: system + value attributes),
+                              resolved by the poller to a Patient id (cached as ``patient_id``); the key is
+                              a digest so the MRN never appears in a key, an error message or a log
 
 Every write is conditional on the version read (optimistic concurrency): two pollers that somehow
 crawl the same pair cannot move one watermark past the other's unfinished window.
@@ -11,6 +14,7 @@ crawl the same pair cannot move one watermark past the other's unfinished window
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +25,22 @@ from ehrbridge.aws.clients import client
 _PK = "tenant#{tenant_id}"
 _SK = "poll#{resource_type}"
 _ROSTER = "roster#"
+_ROSTER_IDENT = "rosterid#"
+
+
+def identifier_key(system: str, value: str) -> str:
+    """Stable, PHI-free key of a patient identifier (re-delivery of the same ADT hits the same item)."""
+    return hashlib.sha256(f"{system}|{value}".encode()).hexdigest()[:40]
+
+
+@dataclass(frozen=True)
+class RosterIdentifier:
+    """A roster entry known by identifier only, waiting to be resolved to the vendor's Patient id."""
+
+    key: str
+    system: str
+    value: str
+    attempts: int = 0
 
 
 class CursorConflict(RuntimeError):
@@ -73,11 +93,26 @@ class CursorStore(Protocol):
 
     def add_to_roster(self, tenant_id: str, patient_ids: set[str]) -> None: ...
 
+    def add_roster_identifier(self, tenant_id: str, system: str, value: str) -> bool:
+        """Record a patient by identifier (idempotent); True if the entry is new."""
+        ...
+
+    def pending_roster_identifiers(self, tenant_id: str) -> list[RosterIdentifier]: ...
+
+    def resolve_roster_identifier(self, tenant_id: str, key: str, patient_id: str) -> None:
+        """Cache the resolved id on the entry and put the patient on the roster."""
+        ...
+
+    def roster_identifier_unresolved(self, tenant_id: str, key: str) -> None:
+        """Count a failed resolution; the entry stays pending for the next window."""
+        ...
+
 
 class InMemoryCursorStore:
     def __init__(self) -> None:
         self._items: dict[tuple[str, str], Cursor] = {}
         self._rosters: dict[str, set[str]] = {}
+        self._identifiers: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.writes = 0
 
@@ -103,6 +138,29 @@ class InMemoryCursorStore:
     def add_to_roster(self, tenant_id: str, patient_ids: set[str]) -> None:
         with self._lock:
             self._rosters.setdefault(tenant_id, set()).update(patient_ids)
+
+    def add_roster_identifier(self, tenant_id: str, system: str, value: str) -> bool:
+        key = identifier_key(system, value)
+        with self._lock:
+            entries = self._identifiers.setdefault(tenant_id, {})
+            if key in entries:
+                return False
+            entries[key] = {"system": system, "value": value, "attempts": 0, "patient_id": None}
+            return True
+
+    def pending_roster_identifiers(self, tenant_id: str) -> list[RosterIdentifier]:
+        with self._lock:
+            return [RosterIdentifier(k, e["system"], e["value"], e["attempts"])
+                    for k, e in sorted(self._identifiers.get(tenant_id, {}).items()) if e["patient_id"] is None]
+
+    def resolve_roster_identifier(self, tenant_id: str, key: str, patient_id: str) -> None:
+        with self._lock:
+            self._identifiers[tenant_id][key]["patient_id"] = patient_id
+            self._rosters.setdefault(tenant_id, set()).add(patient_id)
+
+    def roster_identifier_unresolved(self, tenant_id: str, key: str) -> None:
+        with self._lock:
+            self._identifiers[tenant_id][key]["attempts"] += 1
 
     def dump(self) -> dict[str, Any]:
         with self._lock:
@@ -173,6 +231,42 @@ class DynamoCursorStore:
                 if not unprocessed:
                     break
                 pending = unprocessed
+            else:
+                raise RuntimeError("roster write still throttled after 5 attempts")  # retried by SQS
+
+    def add_roster_identifier(self, tenant_id: str, system: str, value: str) -> bool:
+        key = self._key(tenant_id, _ROSTER_IDENT + identifier_key(system, value))
+        try:
+            self.ddb.put_item(TableName=self.table_name, Item={
+                **key, "system": {"S": system}, "value": {"S": value}, "attempts": {"N": "0"}},
+                ConditionExpression="attribute_not_exists(pk)")
+        except self.ddb.exceptions.ConditionalCheckFailedException:
+            return False  # re-delivery, or the patient was already known by this identifier
+        return True
+
+    def pending_roster_identifiers(self, tenant_id: str) -> list[RosterIdentifier]:
+        out: list[RosterIdentifier] = []
+        paginator = self.ddb.get_paginator("query")
+        for page in paginator.paginate(
+                TableName=self.table_name, KeyConditionExpression="pk = :pk AND begins_with(sk, :r)",
+                FilterExpression="attribute_not_exists(patient_id)", ConsistentRead=True,
+                ExpressionAttributeValues={":pk": {"S": _PK.format(tenant_id=tenant_id)},
+                                           ":r": {"S": _ROSTER_IDENT}}):
+            out.extend(RosterIdentifier(item["sk"]["S"][len(_ROSTER_IDENT):], item["system"]["S"],
+                                        item["value"]["S"], int(item.get("attempts", {}).get("N", "0")))
+                       for item in page.get("Items", []))
+        return out
+
+    def resolve_roster_identifier(self, tenant_id: str, key: str, patient_id: str) -> None:
+        # Roster first: a crash between the two writes resolves again next time, never loses the patient.
+        self.add_to_roster(tenant_id, {patient_id})
+        self.ddb.update_item(TableName=self.table_name, Key=self._key(tenant_id, _ROSTER_IDENT + key),
+                             UpdateExpression="SET patient_id = :p", ExpressionAttributeValues={
+                                 ":p": {"S": patient_id}})
+
+    def roster_identifier_unresolved(self, tenant_id: str, key: str) -> None:
+        self.ddb.update_item(TableName=self.table_name, Key=self._key(tenant_id, _ROSTER_IDENT + key),
+                             UpdateExpression="ADD attempts :one", ExpressionAttributeValues={":one": {"N": "1"}})
 
 
 def _to_json(cursor: Cursor) -> dict[str, Any]:
@@ -185,4 +279,5 @@ def _from_json(data: dict[str, Any]) -> Cursor:
     return Cursor(**fields, window=Window(**window) if window else None)
 
 
-__all__ = ["Cursor", "CursorConflict", "CursorStore", "DynamoCursorStore", "InMemoryCursorStore", "Window"]
+__all__ = ["Cursor", "CursorConflict", "CursorStore", "DynamoCursorStore", "InMemoryCursorStore", "RosterIdentifier",
+           "Window", "identifier_key"]

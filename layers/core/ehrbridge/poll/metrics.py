@@ -94,6 +94,11 @@ class PollMetrics:
     def denied(self, resource_type: str) -> None:
         self._emit("search", resource_type, {"PollTypeDenied": (1.0, "Count")})
 
+    def roster(self, resolved: int, unresolved: int) -> None:
+        """ADT-fed roster identifiers resolved to a Patient id, and those kept for a later retry."""
+        self._emit("roster", "Patient", {"PollRosterResolved": (float(resolved), "Count"),
+                                         "PollRosterUnresolved": (float(unresolved), "Count")})
+
     def staleness(self, resource_type: str, ratio: float) -> None:
         self._emit("dispatch", resource_type, {"PollStalenessRatio": (ratio, "None")})
 

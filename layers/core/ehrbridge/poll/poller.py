@@ -17,6 +17,9 @@ Modes (vendor profile + CapabilityStatement):
 - ``incremental``: ``_lastUpdated`` supported (the general case).
 - ``per_patient``: the vendor needs ``patient=`` on this type's searches (Epic, athena): the window
   walks the tenant's roster (fed by Patient polls and ADT), with ``_lastUpdated`` when supported.
+  Patients the roster knows by identifier only (ADT PID-3) are first resolved to the vendor's
+  Patient id (``Patient?identifier=system|value``, cached on the entry); those that do not resolve
+  yet are counted and kept for the next window.
 - ``bulk``: no ``_lastUpdated`` but the vendor offers Bulk Data (a Group id in the tenant's
   ``vendor_context.bulk_group_id`` where the vendor exports per Group): each window is one ``$export``
   with ``_since`` and ``_type``, spread over invocations (kick-off, status polls honouring
@@ -61,6 +64,8 @@ class PollSettings:
     safety_margin_s: float = 120.0
     page_size: int | None = None  # default: the vendor profile's max page size
     max_pages_per_window: int = 100_000
+    # Identifier-only roster entries (ADT) resolved per job step at most; the rest wait for the next one.
+    max_roster_resolutions: int = 200
     # Leave this much of the deadline for saving the cursor and re-enqueueing.
     reserve_s: float = 5.0
 
@@ -214,6 +219,8 @@ class Poller:
         """Page until the window is complete; ``run.cursor`` is always what was last saved."""
         rt = run.cursor.resource_type
         use_last_updated = mode == "incremental" or (mode == "per_patient" and self.supports_last_updated(rt))
+        if mode == "per_patient":
+            self._resolve_roster_identifiers(deadline)
         patients = self.cursors.roster(self.tenant.tenant_id) if mode == "per_patient" else [""]
         while True:
             window = run.cursor.window
@@ -247,6 +254,44 @@ class Poller:
             run.pages += 1
             if mode != "per_patient" and finished:
                 return
+
+    def _resolve_roster_identifiers(self, deadline: Deadline) -> None:
+        """ADT-fed entries -> vendor Patient ids, through the same calls (rate limit, retries, metrics).
+
+        An identifier no Patient (or more than one) answers to, or a search that fails, stays pending
+        and is counted: the EHR may not have the patient yet, and this type's crawl goes on regardless.
+        """
+        tenant_id = self.tenant.tenant_id
+        pending = self.cursors.pending_roster_identifiers(tenant_id)[:self.settings.max_roster_resolutions]
+        resolved = unresolved = 0
+        for entry in pending:
+            if not deadline.allows(self.settings.reserve_s):
+                break
+            try:
+                page = self.calls.get_page("Patient", {"identifier": f"{entry.system}|{entry.value}"}, "Patient",
+                                           endpoint="roster", deadline=deadline)
+            except OutOfTime:
+                break  # the rest waits for the next step; this type's own progress matters more
+            except FhirCallError as err:
+                self.cursors.roster_identifier_unresolved(tenant_id, entry.key)
+                unresolved += 1
+                logger.warning("roster identifier not resolved", extra={
+                    "tenant_id": tenant_id, "roster_key": entry.key, "reason": err.code or str(err.status)})
+                continue
+            ids = {r["id"] for e in page.bundle.get("entry") or [] if isinstance(r := e.get("resource"), dict)
+                   and r.get("resourceType") == "Patient" and r.get("id")
+                   and (e.get("search") or {}).get("mode", "match") == "match"}
+            if len(ids) == 1:
+                self.cursors.resolve_roster_identifier(tenant_id, entry.key, ids.pop())
+                resolved += 1
+            else:
+                self.cursors.roster_identifier_unresolved(tenant_id, entry.key)
+                unresolved += 1
+                logger.info("roster identifier not resolved", extra={
+                    "tenant_id": tenant_id, "roster_key": entry.key,
+                    "reason": "no match" if not ids else "ambiguous", "matches": len(ids)})
+        if resolved or unresolved:
+            self.calls.metrics.roster(resolved, unresolved)
 
     def _crawl_bulk(self, run: _Run, deadline: Deadline) -> None:
         """One export per window, a step per invocation where the server makes us wait."""

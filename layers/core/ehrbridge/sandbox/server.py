@@ -272,6 +272,8 @@ class SandboxEHR:
                 params.append({"name": "_lastUpdated", "type": "date"})
             if resource_type != "Patient":
                 params.append({"name": "patient", "type": "reference"})
+            else:
+                params.append({"name": "identifier", "type": "token"})
             resources.append({"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}],
                               "searchParam": params})
         return {"resourceType": "CapabilityStatement", "status": "active", "date": _now_iso(self.clock()),
@@ -513,6 +515,10 @@ class SandboxEHR:
                 ref = value if "/" in value else f"Patient/{value}"
                 items = [r for r in items if r.get("subject", {}).get("reference") == ref
                          or (resource_type == "Patient" and f"Patient/{r['id']}" == ref)]
+        for value in query.get("identifier", []):  # token search: system|value, |value or value
+            system, _, wanted = value.rpartition("|") if "|" in value else (None, "", value)
+            items = [r for r in items if any(i.get("value") == wanted and (system is None or (i.get("system") or "")
+                                                                           == system) for i in r.get("identifier", []))]
         for value in query.get("code", []):
             code = value.split("|")[-1]
             items = [r for r in items if any(c.get("code") == code for c in r.get("code", {}).get("coding", []))]

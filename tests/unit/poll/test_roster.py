@@ -1,0 +1,138 @@
+"""ADT feeds the FHIR poller's roster: the normalizer records the PID-3 identifier, idempotently, no PHI logged."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from ehrbridge.aws.s3 import InMemoryBlobStore
+from ehrbridge.aws.sqs import InMemoryPublisher
+from ehrbridge.contracts.envelope import new_envelope
+from ehrbridge.contracts.tenant import TenantConfig
+from ehrbridge.contracts.tenant_store import InMemoryTenantStore
+from ehrbridge.normalize.roster import feeds_roster, roster_identifier
+from ehrbridge.normalize.stage import NormalizerStage
+from ehrbridge.observability import logger
+from ehrbridge.pipeline.stages import Quarantine
+from ehrbridge.poll.cursor import InMemoryCursorStore, identifier_key
+from tests.unit.normalize.conftest import EVENTS
+
+MRN_SYSTEM = "urn:oid:2.16.840.1.113883.3.999.1"  # demo-health's MRN assigning authority
+ADT = (b"MSH|^~\\&|DEMOADT|HOSP|EHR|X|20240102030405||ADT^{event}^ADT_A01|C{event}|P|2.5.1\r"
+       b"EVN|{event}|20240102030405\r"
+       b"PID|1||SECRETMRN^^^MRN^MR~998877^^^GHH^PI||ZEBRAFAMILY^QUINTESSA||19800101|F|||||||||||123-45-6789\r"
+       b"PV1|1|I|W^1^1\r")
+A40 = (b"MSH|^~\\&|DEMOADT|HOSP|EHR|X|20240102030405||ADT^A40^ADT_A39|M1|P|2.5.1\r"
+       b"EVN|A40|20240102030405\r"
+       b"PID|1||SURVIVORMRN^^^MRN^MR||ZEBRAFAMILY^QUINTESSA||19800101|F\r"
+       b"MRG|OLDMRN^^^MRN^MR\r")
+ORU = (b"MSH|^~\\&|DEMOLAB|HOSP|EHR|X|20240102030405||ORU^R01^ORU_R01|L77|P|2.5.1\r"
+       b"PID|1||SECRETMRN^^^MRN^MR||ZEBRAFAMILY^QUINTESSA||19800101|F\r"
+       b"OBR|1|P1|F1|24323-8^CMP^LN|||20240102010000\r"
+       b"OBX|1|NM|2345-7^Glucose^LN||98|mg/dL|70-99|N|||F\r")
+
+
+def adt(event: str) -> bytes:
+    return ADT.replace(b"{event}", event.encode())
+
+
+@pytest.fixture()
+def epic_tenant() -> TenantConfig:
+    base = TenantConfig.from_yaml(EVENTS / "tenants" / "demo-health.yaml")
+    return TenantConfig.model_validate({**base.model_dump(), "vendor": "epic",
+                                        "fhir_base_url": "https://ehr.example.org/fhir/R4"})
+
+
+def stage_for(tenant: TenantConfig, roster: InMemoryCursorStore) -> tuple[NormalizerStage, InMemoryPublisher]:
+    out = InMemoryPublisher()
+    quarantine = Quarantine(InMemoryBlobStore("quarantine"), InMemoryPublisher())
+    return NormalizerStage(InMemoryTenantStore([tenant]).get, out, quarantine, roster=roster), out
+
+
+def envelope(raw: bytes, kind: str, tenant_id: str = "demo-health"):  # type: ignore[no-untyped-def]
+    return new_envelope(tenant_id=tenant_id, source="hl7v2", kind=kind, body=raw, natural_key=["src", raw],
+                        attributes={"source_id": "demo-adt", "charset": "ASCII", "version": "2.5.1"})
+
+
+@pytest.fixture()
+def log_buffer() -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    previous = handler.setStream(buffer)
+    yield buffer
+    handler.setStream(previous)
+
+
+@pytest.mark.parametrize("event", ["A01", "A04", "A08", "A28", "A31"])
+def test_adt_records_the_mrn_as_an_identifier_roster_entry(epic_tenant: TenantConfig, event: str) -> None:
+    roster = InMemoryCursorStore()
+    stage, out = stage_for(epic_tenant, roster)
+    assert stage(envelope(adt(event), f"ADT^{event}")).ok
+    [entry] = roster.pending_roster_identifiers("demo-health")
+    # The MR-typed PID-3 repetition, system as the normalizer maps its assigning authority (not the PI, not SSN).
+    assert (entry.system, entry.value, entry.attempts) == (MRN_SYSTEM, "SECRETMRN", 0)
+    assert entry.key == identifier_key(MRN_SYSTEM, "SECRETMRN")
+    assert roster.roster("demo-health") == []  # no Patient id yet: the poller resolves it
+    assert len(out.sent) == 1  # the message still flows on
+
+
+def test_redelivery_is_harmless_and_counted_once(epic_tenant: TenantConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    roster = InMemoryCursorStore()
+    stage, _ = stage_for(epic_tenant, roster)
+    for _ in range(2):
+        assert stage(envelope(adt("A08"), "ADT^A08")).ok
+    assert stage(envelope(adt("A31"), "ADT^A31")).ok  # another event, same patient
+    assert len(roster.pending_roster_identifiers("demo-health")) == 1
+    emitted = capsys.readouterr().out
+    assert len([line for line in emitted.splitlines() if '"RosterFed":' in line]) == 1
+
+
+def test_a40_merge_records_the_surviving_patient(epic_tenant: TenantConfig) -> None:
+    roster = InMemoryCursorStore()
+    stage, _ = stage_for(epic_tenant, roster)
+    assert stage(envelope(A40, "ADT^A40")).ok
+    assert [e.value for e in roster.pending_roster_identifiers("demo-health")] == ["SURVIVORMRN"]
+
+
+def test_only_adts_for_tenants_polled_per_patient_feed_the_roster(epic_tenant: TenantConfig) -> None:
+    roster = InMemoryCursorStore()
+    stage, _ = stage_for(epic_tenant, roster)
+    assert stage(envelope(ORU, "ORU^R01")).ok
+    assert roster.pending_roster_identifiers("demo-health") == []
+    generic = TenantConfig.from_yaml(EVENTS / "tenants" / "demo-health.yaml")  # no FHIR server, no patient= need
+    assert not feeds_roster(generic, "ADT^A01")
+    assert not feeds_roster(TenantConfig.model_validate({**generic.model_dump(), "vendor": "generic",
+                                                         "fhir_base_url": "https://x.example/fhir"}), "ADT^A01")
+    assert feeds_roster(epic_tenant, "ADT^A04") and not feeds_roster(epic_tenant, "ORU^R01")
+    stage, _ = stage_for(generic, roster)
+    assert stage(envelope(adt("A04"), "ADT^A04")).ok
+    assert roster.pending_roster_identifiers("demo-health") == []
+
+
+def test_identifier_choice_prefers_mr_and_never_ssn() -> None:
+    def bundle(*identifiers: dict[str, object]) -> dict[str, object]:
+        return {"entry": [{"resource": {"resourceType": "Patient", "identifier": list(identifiers)}}]}
+
+    ssn = {"type": {"coding": [{"code": "SS"}]}, "system": "http://hl7.org/fhir/sid/us-ssn", "value": "1"}
+    pi = {"type": {"coding": [{"code": "PI"}]}, "system": "urn:pi", "value": "2"}
+    mr = {"type": {"coding": [{"code": "MR"}]}, "system": "urn:mr", "value": "3"}
+    assert roster_identifier(bundle(ssn, pi, mr)) == ("urn:mr", "3")
+    assert roster_identifier(bundle(ssn, pi)) == ("urn:pi", "2")
+    assert roster_identifier(bundle(ssn)) is None
+    assert roster_identifier(bundle({"value": "no-system"})) is None
+    assert roster_identifier({"entry": []}) is None
+
+
+def test_no_mrn_in_logs_or_metrics(epic_tenant: TenantConfig, log_buffer: io.StringIO,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    stage, _ = stage_for(epic_tenant, InMemoryCursorStore())
+    stage(envelope(adt("A04"), "ADT^A04"))
+    stage(envelope(A40, "ADT^A40"))
+    emitted = log_buffer.getvalue() + capsys.readouterr().out
+    assert "RosterFed" in emitted
+    for phi in ("SECRETMRN", "SURVIVORMRN", "998877", "ZEBRAFAMILY", "123-45-6789"):
+        assert phi not in emitted
