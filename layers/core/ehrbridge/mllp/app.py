@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ehrbridge.aws import settings as aws_settings
+from ehrbridge.aws.clients import client
 from ehrbridge.aws.s3 import S3BlobStore
 from ehrbridge.aws.sqs import SqsPublisher
 from ehrbridge.contracts.claim_check import ClaimCheck
@@ -50,10 +51,24 @@ def write_linger_for(settings: BridgeSettings) -> float:
     return settings.ack_store_write_linger_s if settings.ack_store_write_behind else 0.0
 
 
+def warm_clients(targets: AwsTargets) -> list[str]:
+    """Create the bridge's AWS clients before it listens: loading botocore's service models inside the first
+    message's ACK-store/commit deadline (1 s by default) made a fresh worker's first answers AE on a busy host."""
+    services = ["sqs"]
+    if targets.state_table:
+        services.append("dynamodb")
+    if targets.archive_bucket or targets.quarantine_bucket:
+        services.append("s3")
+    for service in services:
+        client(service)
+    return services
+
+
 def build_bridge(settings: BridgeSettings, tenants: list[TenantConfig], targets: AwsTargets, *,
                  metrics: BridgeMetrics | None = None,
                  tenant_loader: Callable[[], list[TenantConfig]] | None = None) -> MllpBridge:
     metrics = metrics or BridgeMetrics(interval=settings.metrics_interval_s)
+    warm_clients(targets)
     claim_check = ClaimCheck(S3BlobStore(targets.archive_bucket)) if targets.archive_bucket else None
     quarantine = None
     if targets.quarantine_bucket and targets.quarantine_queue_url:
