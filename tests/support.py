@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -48,3 +49,28 @@ def drain_queue(twin, name: str, limit: int = 200) -> list[dict]:  # type: ignor
         sqs.delete_message_batch(QueueUrl=twin.queues[name], Entries=[
             {"Id": str(i), "ReceiptHandle": msg["ReceiptHandle"]} for i, msg in enumerate(got)])
     return out
+
+
+class RecordingTransport(asyncio.Transport):
+    """An in-memory transport for the bridge's per-frame path: records what is written, closed, paused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closed = False
+        self.paused = False
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False

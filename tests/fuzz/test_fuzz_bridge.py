@@ -23,6 +23,7 @@ from ehrbridge.mllp.commit import Entry, GroupCommitter
 from ehrbridge.mllp.framing import FrameTooLarge, MllpDecoder, frame
 from ehrbridge.mllp.metrics import BridgeMetrics
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge, MllpConnection
+from tests.support import RecordingTransport
 
 from . import stats
 from .strategies import fan_out, hl7_bytes, inputs_per_example
@@ -33,29 +34,6 @@ TENANT = TenantConfig(tenant_id="t1", vendor="generic", mllp_sources=(
     MllpSource(source_id="adt", sending_application="DEMOADT", default_charset="8859/1")))
 _SSL = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 _LOOP = asyncio.new_event_loop()
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[bytes] = []
-        self.closed = False
-        self.paused = False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        self.written.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
 
 
 class Sink:
@@ -93,7 +71,7 @@ def _expected(stream: bytes, limit: int) -> tuple[int, bool]:
         return len(err.frames), True
 
 
-async def _run(pieces: list[bytes], limit: int) -> tuple[Counting, Transport, Sink, Quarantine, MllpBridge]:
+async def _run(pieces: list[bytes], limit: int) -> tuple[Counting, RecordingTransport, Sink, Quarantine, MllpBridge]:
     sink, quarantine = Sink(), Quarantine()
     settings = BridgeSettings(certfile=Path("unused.crt"), keyfile=Path("unused.key"), health_port=None,
                               ack_timeout_s=2)
@@ -101,7 +79,7 @@ async def _run(pieces: list[bytes], limit: int) -> tuple[Counting, Transport, Si
                         metrics=BridgeMetrics(interval=3600), ssl_context=_SSL,
                         quarantine=quarantine)  # type: ignore[arg-type]
     conn = Counting(bridge, limit)
-    transport = Transport()
+    transport = RecordingTransport()
     conn.connection_made(transport)
     for piece in pieces:
         for n in range(4000):  # a paused transport delivers nothing (as asyncio's and uvloop's do)

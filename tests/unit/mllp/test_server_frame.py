@@ -18,6 +18,7 @@ from ehrbridge.mllp.commit import Entry, GroupCommitter
 from ehrbridge.mllp.framing import frame
 from ehrbridge.mllp.metrics import BridgeMetrics
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge, MllpConnection
+from tests.support import RecordingTransport
 
 TENANT = TenantConfig(tenant_id="t1", vendor="generic",
                       mllp_sources=(MllpSource(source_id="lab", sending_application="DEMOLAB"),))
@@ -29,27 +30,7 @@ def oru(control_id: str = "C1", ack_type: str = "") -> bytes:
             "PID|1||MRN1^^^MRN^MR||DOE^JANE\rOBR|1|ORD1||58410-2^CBC^LN\rOBX|1|NM|718-7^Hgb^LN||13|g/dL\r").encode()
 
 
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:  # type: ignore[override]
-        self.written.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
+class FakeTransport(RecordingTransport):
     def acks(self) -> list[str]:
         return [parse_ack(w.strip(b"\x0b\x1c\r")).code for w in self.written]
 
