@@ -32,8 +32,8 @@ def _ids(path: Path) -> set[tuple[str, str]]:
 def test_cli_polls_twice_without_missing_or_refetching(tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_text(pem())
-    faults = Faults(throttle_rate=0.15, retry_after_s=0, retry_after_forms=("delta",), error_rate=0.05,
-                    truncate_rate=0.05, seed=4)
+    faults = Faults(throttle_rate=0.15, throttle_pages_every=4, retry_after_s=0, retry_after_forms=("delta",),
+                    error_rate=0.05, truncate_rate=0.05, seed=4)
     with SandboxEHR("generic", patients=12, faults=faults, paging_style="offset") as sandbox:
         sandbox.register_client("cli-client", jwks=jwks([public_jwk_from_pem(pem(), "ES384", "k1")]))
         tenant = tmp_path / "tenant.yaml"

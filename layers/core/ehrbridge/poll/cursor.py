@@ -56,6 +56,9 @@ class Window:
     server_time: str | None = None  # server time at the window's first page
     resume_url: str | None = None  # opaque next link to continue from
     keyset_from: str | None = None  # keyset position: re-query with _lastUpdated=ge{this}
+    # records already delivered at exactly keyset_from: the re-query asks for that many more, so
+    # re-reading them does not cost an extra page
+    keyset_ties: int = 0
     newest_seen: str | None = None  # newest lastUpdated delivered in this window
     pages: int = 0
     patient_after: str | None = None  # per-patient mode: the last roster patient finished (ids sorted)

@@ -326,7 +326,7 @@ class Poller:
     def _fetch(self, rt: str, window: Window, patient: str, use_last_updated: bool, deadline: Deadline) -> Page:
         if window.resume_url:
             return self.calls.get_page(window.resume_url, None, rt, endpoint="next-page", deadline=deadline)
-        params = {"_count": str(self.page_size)}
+        params = {"_count": str(self.page_size + (window.keyset_ties if window.keyset_from is not None else 0))}
         if patient:
             params["patient"] = patient
         if use_last_updated:
@@ -370,14 +370,18 @@ class Poller:
                          if isinstance(link, dict) and link.get("relation") == "next"), None)
         window = replace(window, server_time=server_time, newest_seen=newest, pages=window.pages + 1)
         if not next_url:
-            return replace(window, resume_url=None, keyset_from=None)
+            return replace(window, resume_url=None, keyset_from=None, keyset_ties=0)
         sorted_page = all(a <= b for a, b in pairwise(moments))
         if use_last_updated and moments and sorted_page and _pages_by_offset(next_url):
             last = moments[-1]
             if window.keyset_from is None or last > _parse(window.keyset_from):
-                return replace(window, resume_url=None, keyset_from=_iso(last))
+                # ``ge`` re-reads the records that share ``last``; asking for that many more keeps
+                # a page's worth of new records per request (a server may still cap the page: the
+                # crawl then takes more pages, never skips).
+                ties = sum(1 for m in moments if m == last)
+                return replace(window, resume_url=None, keyset_from=_iso(last), keyset_ties=ties)
             # A whole page shares one timestamp: keyset cannot move past it; follow the link this once.
-        return replace(window, resume_url=next_url, keyset_from=None)
+        return replace(window, resume_url=next_url, keyset_from=None, keyset_ties=0)
 
     def _close_window(self, cursor: Cursor) -> Cursor:
         window = cursor.window

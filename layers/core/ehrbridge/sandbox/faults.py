@@ -31,6 +31,9 @@ class Faults:
     throttle_rate: float = 0.0  # chance that a FHIR request starts a burst of 429s
     throttle_burst: int = 1  # 429s in a row per burst
     throttle_every: int = 0  # deterministic: every Nth FHIR request answers 429 (0: off)
+    # deterministic, per page: every Nth request that is not the retry of a 429 answers 429, so 1/N of
+    # the pages a crawl needs are refused once (0: off)
+    throttle_pages_every: int = 0
     retry_after_s: int = 1
     retry_after_forms: tuple[str, ...] = RETRY_AFTER_FORMS
     error_rate: float = 0.0  # chance of a 5xx
@@ -83,6 +86,8 @@ class FaultInjector:
         self._rng = random.Random(sandbox.faults.seed)
         self._burst_left = 0
         self._count = 0
+        self._first_tries = 0  # requests that did not follow a 429 (throttle_pages_every counts these)
+        self._last_throttled = False
         self._form = 0
         self.injected: dict[str, int] = {}
 
@@ -112,10 +117,16 @@ class FaultInjector:
             if self._burst_left > 0:
                 self._burst_left -= 1
                 throttle = True
-            elif (faults.throttle_every and self._count % faults.throttle_every == 0) or \
-                    self._chance(faults.throttle_rate):
-                self._burst_left = max(0, faults.throttle_burst - 1)
-                throttle = True
+            else:
+                if not self._last_throttled:
+                    self._first_tries += 1
+                if (faults.throttle_every and self._count % faults.throttle_every == 0) or (
+                        faults.throttle_pages_every and not self._last_throttled
+                        and self._first_tries % faults.throttle_pages_every == 0) or \
+                        self._chance(faults.throttle_rate):
+                    self._burst_left = max(0, faults.throttle_burst - 1)
+                    throttle = True
+            self._last_throttled = throttle
             error = None if throttle or not self._chance(faults.error_rate) else \
                 self._rng.choice(faults.error_statuses)
             form = faults.retry_after_forms[self._form % len(faults.retry_after_forms)] if throttle else ""
