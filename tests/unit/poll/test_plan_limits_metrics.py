@@ -186,3 +186,33 @@ def test_sandbox_fault_switches() -> None:
         {"1", "Thu, 01 Jan 2026 00:00:02 GMT", "1767225602"}
     for form in ("delta", "date", "epoch"):
         assert parse_retry_after(retry_after(form, 1, now), now, 60) >= 1
+
+
+class _StatementOnly:
+    """The one PollCalls method the capability check uses."""
+
+    def __init__(self, statement: dict[str, object]) -> None:
+        self.statement = statement
+
+    def metadata(self) -> dict[str, object]:
+        return self.statement
+
+
+def test_server_wide_search_params_count_for_every_type() -> None:
+    from ehrbridge.poll.cursor import InMemoryCursorStore as Cursors
+    from ehrbridge.poll.poller import Poller
+
+    def poller(statement: dict[str, object]) -> Poller:
+        return Poller(tenant(), _StatementOnly(statement), Cursors(), sink=None)  # type: ignore[arg-type]
+
+    # _lastUpdated declared once at rest level (it applies to all resources): incremental, not a full re-read.
+    common = poller({"rest": [{"mode": "server", "searchParam": [{"name": "_lastUpdated", "type": "date"}],
+                               "resource": [{"type": "Observation", "searchParam": [{"name": "code"}]}]}]})
+    assert common.supports_last_updated("Observation") and common.mode_for("Observation") == "incremental"
+    # Declared for the type's own parameters only, without it: the poller must not assume it.
+    absent = poller({"rest": [{"mode": "server",
+                               "resource": [{"type": "Observation", "searchParam": [{"name": "code"}]}]}]})
+    # (the generic profile offers system-level $export, so the type is covered by Bulk _since instead)
+    assert not absent.supports_last_updated("Observation") and absent.mode_for("Observation") == "bulk"
+    # No CapabilityStatement at all: assume the spec's common parameter works.
+    assert poller({}).supports_last_updated("Observation")

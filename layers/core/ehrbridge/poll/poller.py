@@ -131,10 +131,15 @@ class Poller:
             statement = self.calls.metadata() or {}
             self._capabilities = {}
             for rest in statement.get("rest") or []:
+                if not isinstance(rest, dict):
+                    continue
+                # Parameters declared once for the whole server (rest.searchParam: _id, _lastUpdated, ...
+                # apply to every type) count for each type next to the type's own.
+                common = {p.get("name") for p in rest.get("searchParam") or [] if isinstance(p, dict)}
                 for res in rest.get("resource") or []:
                     if isinstance(res, dict) and "type" in res:
-                        self._capabilities[res["type"]] = {p.get("name") for p in res.get("searchParam") or []
-                                                           if isinstance(p, dict)}
+                        self._capabilities[res["type"]] = common | {
+                            p.get("name") for p in res.get("searchParam") or [] if isinstance(p, dict)}
         return self._capabilities.get(resource_type) if self._capabilities else None
 
     def supports_last_updated(self, resource_type: str) -> bool:
