@@ -130,3 +130,36 @@ def test_patient_with_another_number_from_the_same_system_is_not_auto_linked() -
     # Hospital B registers a second DEVIN E GILCHREST at that home: the patient already has B's number b1.
     second = resolver.resolve("t", pat("b2", "urn:h:b", "2007-04-18"))
     assert second.decision != "link"
+
+
+def test_a_digit_inside_a_name_is_the_letter_it_looks_like() -> None:
+    # RANDA1 is RANDAL keyed or read wrong (not RANDA, another real name: that would read as twins' names).
+    s = _score(_person(["Randal", "W"], "Faith"), _person(["Randa1", "W"], "Faith"))
+    assert s.levels[GIVEN] == 0 and s.gate is None
+    assert _person(["4iden"], "Chen9").given == "AIDEN" and _person(["4iden"], "Chen9").family == "CHENG"
+    # A digit standing alone is still no name, and newborn forms keep their meaning.
+    assert _person(["Nick", "4"], "Brothers").middle is None
+    assert _person(["BB1"], "Smith").given is None
+
+
+def test_a_first_name_of_the_other_sex_is_a_replaced_name_not_a_twin() -> None:
+    # Two female records, same birth date, surname, middle initial and home; one first name is a boy's
+    # name (NINO): the name on that record is wrong, the score decides.
+    girl = _person(["Kimberly", "A"], "Nelson", gender="female")
+    s = _score(girl, _person(["Nino", "A"], "Nelson", gender="female"))
+    assert s.gate is None and s.grade(default_model().thresholds) == "certain"
+    # Boy-girl twins each carry a name of their own sex; two girls' names are two girls.
+    assert _score(girl, _person(["Nino", "A"], "Nelson", gender="male")).gate is not None
+    assert _score(girl, _person(["Jessica", "A"], "Nelson", gender="female")).gate is not None
+    # Without the middle names agreeing it stays the twins' pattern.
+    assert _score(girl, _person(["Nino", "R"], "Nelson", gender="female")).gate is not None
+
+
+def test_street_name_with_one_keying_error_at_the_same_house_number_is_the_same_home() -> None:
+    address = cmp.INDEX["address"]
+    home = _person(["Ben"], "Hernandez", line="2242 gertrude street", postal=None)
+    assert _score(home, _person(["Ben"], "Younger", line="2242 yertrude stteet", postal=None)).levels[address] == 0
+    # Another house number, another street type or a short street name: not the same home.
+    assert _score(home, _person(["Ben"], "Younger", line="2248 yertrude stteet", postal=None)).levels[address] != 0
+    main = _person(["Ben"], "Hernandez", line="12 main st", postal=None)
+    assert _score(main, _person(["Ben"], "Younger", line="12 maln ave", postal=None)).levels[address] != 0

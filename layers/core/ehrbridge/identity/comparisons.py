@@ -197,6 +197,8 @@ def _middle(a: str | None, b: str | None) -> int:
 def _address(a: Person, b: Person) -> int:
     """The most specific part of the address that agrees: home, street, postcode, city, state."""
     street = _jw3(a.street, b.street)
+    if street == 2 and a.house and a.house == b.house and _street_name_typo(a.street or "", b.street or ""):
+        street = 1
     postcode = _exact(a.postcode, b.postcode)
     city = _jw3(a.city, b.city)
     state = _exact(a.state, b.state)
@@ -212,6 +214,17 @@ def _address(a: Person, b: Person) -> int:
     if state == 0:
         return 4
     return 5
+
+
+def _street_name_typo(a: str, b: str) -> bool:
+    """The street's name (its first word) one keying error apart, 6 letters or more, with the house number
+    agreeing (2242 YERTRUDE STTEET / 2242 GERTRUDE ST): Jaro-Winkler weighs a wrong first letter and a
+    mangled street type heavily. The street type is left out: MAIN ST and MAIN AVE are two streets, but
+    the same name with one letter wrong and the same house number is one address keyed twice."""
+    wa, wb = a.split(), b.split()
+    if not wa or not wb or wa[0] == wb[0] or min(len(wa[0]), len(wb[0])) < 6:
+        return False
+    return _dl(wa[0], wb[0], score_cutoff=1) <= 1
 
 
 def _suffix(a: str | None, b: str | None) -> int:

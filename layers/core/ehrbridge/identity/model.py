@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ehrbridge.identity import comparisons as cmp
-from ehrbridge.identity.names import is_given_name
+from ehrbridge.identity.names import is_given_name, name_sex
 from ehrbridge.identity.nicknames import is_listed
 from ehrbridge.identity.normalize import Person
 
@@ -331,6 +331,13 @@ def _first_name_replaced(a: Person, b: Person, levels: list[int]) -> bool:
             return True
     if levels[_MIDDLE] not in (0, 1):
         return False
+    for one, other in ((a, b), (b, a)):
+        # A first name given (almost) only to the other sex than the record's own, where the other record's
+        # name fits that same sex (NINO on a female record against KIMBERLY): the name, not the person,
+        # is wrong. Boy-girl twins each carry a name of their own sex.
+        if one.given and other.given and one.sex in ("F", "M") and one.sex == other.sex \
+                and name_sex(one.given) not in (None, one.sex) and name_sex(other.given) == other.sex:
+            return True
     return any(g and (len(g) == 1 or not (is_given_name(g) or is_listed(g))) for g in (a.given, b.given))
 
 

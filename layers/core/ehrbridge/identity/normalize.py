@@ -73,6 +73,23 @@ def _ascii_upper(value: str) -> str:
     return "".join(c for c in folded if not unicodedata.combining(c)).upper()
 
 
+# Digits keyed or OCR-read for the letters they look like (RANDA1, 4IDEN, FAI9Y): inside a name they are
+# a misread letter, not a separator. A digit standing alone (NICK 4 BROTHERS) is still dropped.
+_DIGIT_LOOKALIKES = str.maketrans("0123456789", "OLZEASGTBG")
+_MIXED_TOKEN = re.compile(r"[A-Za-z0-9]*(?:[A-Za-z][0-9]|[0-9][A-Za-z])[A-Za-z0-9]*")
+
+
+def _misread_digits(text: str) -> str:
+    def fix(match: re.Match[str]) -> str:
+        token = match.group(0).upper()
+        letters = "".join(c for c in token if c.isalpha())
+        # Newborn and suffix forms keep their digits' meaning (BB1, BABY2, 2ND, 3RD).
+        if len(letters) < 2 or token in _ORDER_TOKENS or token in SUFFIXES or letters in PLACEHOLDER_NAME_TOKENS:
+            return match.group(0)
+        return token.translate(_DIGIT_LOOKALIKES)
+    return _MIXED_TOKEN.sub(fix, text)
+
+
 def clean_name(value: str | None) -> str:
     if not value:
         return ""
@@ -218,8 +235,8 @@ def _split_name(given_parts: list[str], family: str) -> tuple[str | None, str | 
     order = None
     tokens: list[str] = []
     for part in given_parts:
-        tokens.extend(_PLACEHOLDER_PHRASES.sub(" ", clean_name(part)).split())
-    fam_tokens = _PLACEHOLDER_PHRASES.sub(" ", clean_name(family)).split()
+        tokens.extend(_PLACEHOLDER_PHRASES.sub(" ", clean_name(_misread_digits(part))).split())
+    fam_tokens = _PLACEHOLDER_PHRASES.sub(" ", clean_name(_misread_digits(family))).split()
     for bag in (tokens, fam_tokens):
         keep = []
         for i, tok in enumerate(bag):
