@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 
-from ehrbridge.identity.names import is_given_name
+from ehrbridge.identity.names import is_given_name, name_counts, name_sex
 from ehrbridge.identity.nicknames import are_nicknames, is_listed
 from ehrbridge.identity.normalize import Person
 
@@ -64,7 +64,7 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
         # Two neighbouring letters keyed the other way round (WILLAIM/WILLIAM): a keying error even when
         # the misspelling happens to be in the name list; parents do not tell twins apart that way.
         return 4
-    if sim >= 0.80 and _two_names(a, b):
+    if sim >= 0.80 and _two_names(a, b) and not (_rare_variant(a, b) and _typo(a, b)):
         # Two real names that look alike (ADRIAN/ADRIANA, JAYDEN/JADEN, MARIA/MARIO) are what parents
         # give twins and siblings: different people unless something personal says otherwise.
         return 5
@@ -105,6 +105,24 @@ def _two_names(a: str, b: str) -> bool:
     nicknames of each other. Spelling variants of one name (STEVEN/STEPHEN) land here too: from the
     names alone they cannot be told from twins' names (JAYDEN/JADEN), so they do not count as agreeing."""
     return is_given_name(a) and is_given_name(b)
+
+
+# A spelling given to fewer babies than this share of the other's is rarer as a parent's choice (for a
+# twin named after a sibling's name) than as a keying error of the common name.
+RARE_VARIANT_SHARE = 0.02
+
+
+def _rare_variant(a: str, b: str) -> bool:
+    """One of two alike real names is a rare spelling of the other (KEVYN/KEVIN: 1 baby in 500; COLLEN/
+    COLLEEN, DILAN/DYLAN), both given to the same sex: a misspelling that happens to be in the name list
+    is far likelier than twins named that way. Spellings in common use (JADEN/JAYDEN, ELLE/ELLA, MARLA/
+    MARIA) stay two names."""
+    (fa, ma), (fb, mb) = name_counts(a), name_counts(b)
+    sa, sb = name_sex(a), name_sex(b)
+    if sa and sb and sa != sb:
+        return False
+    low, high = sorted((fa + ma, fb + mb))
+    return high > 0 and low < RARE_VARIANT_SHARE * high
 
 
 def _typo(a: str, b: str) -> bool:

@@ -27,6 +27,11 @@ def is_given_name(name: str) -> bool:
     return bool(name) and name in _table()
 
 
+def name_counts(name: str) -> tuple[int, int]:
+    """(female, male) births with this first name in the SSA list; (0, 0) when not listed."""
+    return _table().get(name, (0, 0))
+
+
 def name_sex(name: str) -> str | None:
     """'F' or 'M' when the name is (almost) only given to one sex, else None."""
     counts = _table().get(name)
