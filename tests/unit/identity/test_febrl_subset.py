@@ -29,6 +29,6 @@ def test_febrl4_subset_precision_and_recall(with_ssn: bool) -> None:
     assert result["true_pairs"] == 400
     assert result["precision"] == 1.0
     # The default model is trained on the pseudopeople development part (lighter typos than FEBRL's), and
-    # the no-name gate and surname rule hold even with the household guards off: floors measured on 2026-12-05
-    # (0.9675 / 0.95), see docs/identity.md.
-    assert result["recall"] >= (0.96 if with_ssn else 0.94)
+    # the no-name gate and surname rule hold even with the household guards off: measured 0.975 / 0.96
+    # (branch identity3, 2026-12-05; 0.9675 / 0.95 before identity2), see docs/identity.md.
+    assert result["recall"] >= (0.97 if with_ssn else 0.955)
