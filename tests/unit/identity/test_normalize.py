@@ -93,3 +93,17 @@ def test_round_trip_through_storage() -> None:
 
     again = Person.from_dict(p.to_dict())
     assert again == p
+
+
+def test_suffixes_and_birth_orders_written_with_digits_keep_their_meaning() -> None:
+    # SMITH 2ND is SMITH with suffix II (not the surname "SMITH ND"); BB1 and BABY BOY 2 are birth orders.
+    p = person_from_patient(patient("a1", "John", "Smith 2nd"))
+    assert (p.family, p.suffix) == ("SMITH", "II")
+    p = person_from_patient(patient("a2", "John", "Smith", suffix="3rd"))
+    assert p.suffix == "III"
+    assert person_from_patient(patient("a3", "BB1", "Jones")).birth_order == 1
+    baby = person_from_patient(patient("a4", ["Baby", "Boy", "2"], "Lee"))
+    assert (baby.given, baby.birth_order) == (None, 2)
+    # Outside a newborn name a bare number is no name and no order.
+    adult = person_from_patient(patient("a5", ["Mary", "2"], "Smith 3"))
+    assert (adult.given, adult.middle, adult.family, adult.birth_order) == ("MARY", None, "SMITH", None)

@@ -148,8 +148,9 @@ def test_no_phi_in_logs(parts, caplog: pytest.LogCaptureFixture, capsys: pytest.
     stage.flush_backlog_metrics()
     text = caplog.text + capsys.readouterr().out
     assert "identity resolved" in text  # the check sees the logs at all
-    for value in ("Zebediah", "ZEBEDIAH", "Quartermaine", "QUARTERMAINE", "1961-04-09", "19610409", "536",
-                  "zq@mail", "555-2368", "5185552368"):
+    # The SSN as a whole and in part ("536" alone also turns up in random ids and durations: a flaky check).
+    for value in ("Zebediah", "ZEBEDIAH", "Quartermaine", "QUARTERMAINE", "1961-04-09", "19610409", "536-22",
+                  "536221947", "22-1947", "zq@mail", "555-2368", "5185552368"):
         assert value not in text, value
 
 

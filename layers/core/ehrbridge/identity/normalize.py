@@ -228,6 +228,21 @@ _STORED_FIELDS = ("given", "family", "middle", "suffix", "dob", "sex", "house", 
                   "given_mph", "family_mph")
 
 
+# Suffix and newborn tokens whose digits are their meaning (SMITH 2ND, BB1 JONES): clean_name would keep only
+# the letters (ND, BB) and lose the suffix or the birth order.
+# A bare 1-4 counts only as a newborn's birth order (BABY BOY 2) and is dropped everywhere else.
+_DIGIT_TOKENS = frozenset(t for t in (*SUFFIXES, *_ORDER_TOKENS) if any(c.isdigit() for c in t))
+
+
+def _name_tokens(value: str) -> str:
+    """clean_name, word by word, keeping the suffix and newborn tokens that carry digits."""
+    words = []
+    for raw in _ascii_upper(value).split():
+        word = raw.strip(".,")
+        words.append(word if word in _DIGIT_TOKENS else clean_name(raw))
+    return " ".join(w for w in words if w)
+
+
 def _split_name(given_parts: list[str], family: str) -> tuple[str | None, str | None, str | None, str | None,
                                                                int | None]:
     """-> given, middle, family, suffix, birth order; placeholder tokens removed."""
@@ -235,8 +250,8 @@ def _split_name(given_parts: list[str], family: str) -> tuple[str | None, str | 
     order = None
     tokens: list[str] = []
     for part in given_parts:
-        tokens.extend(_PLACEHOLDER_PHRASES.sub(" ", clean_name(_misread_digits(part))).split())
-    fam_tokens = _PLACEHOLDER_PHRASES.sub(" ", clean_name(_misread_digits(family))).split()
+        tokens.extend(_PLACEHOLDER_PHRASES.sub(" ", _name_tokens(_misread_digits(part))).split())
+    fam_tokens = _PLACEHOLDER_PHRASES.sub(" ", _name_tokens(_misread_digits(family))).split()
     for bag in (tokens, fam_tokens):
         keep = []
         for i, tok in enumerate(bag):
@@ -249,14 +264,15 @@ def _split_name(given_parts: list[str], family: str) -> tuple[str | None, str | 
                 keep.append(tok)
         bag[:] = keep
     is_newborn = any(t in {"BABY", "BB", "BG", "INFANT", "NEWBORN", "NB", "TWIN", "TRIPLET", "BABYBOY",
-                           "BABYGIRL"} for t in tokens)
+                           "BABYGIRL", "BB1", "BB2", "BB3"} for t in tokens)
     if is_newborn:
         for tok in tokens:
             if tok in _ORDER_TOKENS:
                 order = _ORDER_TOKENS[tok]
         tokens = [t for t in tokens if t not in _ORDER_TOKENS]
-    given_tokens = [t for t in tokens if t not in PLACEHOLDER_NAME_TOKENS and t not in PLACEHOLDER_GIVEN_TOKENS]
-    fam_clean = [t for t in fam_tokens if t not in PLACEHOLDER_NAME_TOKENS]
+    given_tokens = [t for t in tokens if t not in PLACEHOLDER_NAME_TOKENS and t not in PLACEHOLDER_GIVEN_TOKENS
+                    and not t.isdigit()]
+    fam_clean = [t for t in fam_tokens if t not in PLACEHOLDER_NAME_TOKENS and not t.isdigit()]
     given = given_tokens[0] if given_tokens else None
     middle = " ".join(given_tokens[1:]) or None
     fam = " ".join(fam_clean) or None
@@ -292,8 +308,8 @@ def person_from_patient(patient: dict[str, Any], *, today: date | None = None) -
         given_parts, family = parts[:-1], (parts[-1] if parts else "")
     given, middle, fam, suffix, order = _split_name(given_parts, family or "")
     for sfx in name.get("suffix") or []:
-        if isinstance(sfx, str) and clean_name(sfx) in SUFFIXES:
-            suffix = SUFFIXES[clean_name(sfx)]
+        if isinstance(sfx, str) and _name_tokens(sfx) in SUFFIXES:
+            suffix = SUFFIXES[_name_tokens(sfx)]
     mb = patient.get("multipleBirthInteger")
     if isinstance(mb, int) and not isinstance(mb, bool) and 0 < mb < 10:
         order = mb
