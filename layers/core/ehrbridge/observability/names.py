@@ -123,6 +123,14 @@ POLL_RESOURCES = MetricName("PollResources", "resource_type", "poller")
 POLL_DUPLICATES = MetricName("PollDuplicates", "resource_type", "poller")
 POLL_FRESHNESS_SECONDS = MetricName("PollFreshnessSeconds", "resource_type", "poller")
 POLL_TYPE_DENIED = MetricName("PollTypeDenied", "resource_type", "poller")
+# A 403-denied type asked again (every interval, or when the grant changes); reinstated 1 = polled again.
+POLL_TYPE_REPROBED = MetricName("PollTypeReprobed", "resource_type", "poller")
+POLL_TYPE_REINSTATED = MetricName("PollTypeReinstated", "resource_type", "poller")
+# ADT-fed roster identifiers (per-patient vendors): resolved to a Patient id, not resolved this step, and
+# the gauge of entries that keep failing (pending ≥ 1 h after several attempts): the alarm's metric.
+POLL_ROSTER_RESOLVED = MetricName("PollRosterResolved", "resource_type", "poller")
+POLL_ROSTER_UNRESOLVED = MetricName("PollRosterUnresolved", "resource_type", "poller")
+POLL_ROSTER_STUCK = MetricName("PollRosterStuck", "resource_type", "poller")
 POLL_STALENESS_RATIO = MetricName("PollStalenessRatio", "resource_type", "poller")  # written by the dispatcher
 
 # ---- MLLP bridge (names from ehrbridge.mllp.metrics; the bridge is the emitter) -----------------------

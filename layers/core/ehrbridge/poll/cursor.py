@@ -80,6 +80,12 @@ class Cursor:
     first_dispatched_at: float | None = None  # staleness of a pair that never completed counts from here
     completed_at: float | None = None
     not_before: float | None = None
+    # A 403 denial of the type (the flag itself is ``server_denied_types`` in the tenant's token status):
+    # when it started, when it was last probed (403 or re-probe) and the granted scopes then. The
+    # dispatcher re-probes after an interval, or at once when the granted scopes differ from these.
+    denied_at: float | None = None
+    denied_probed_at: float | None = None
+    denied_scopes: str | None = None
 
     def with_window(self, window: Window | None) -> Cursor:
         return replace(self, window=window)

@@ -94,10 +94,17 @@ class PollMetrics:
     def denied(self, resource_type: str) -> None:
         self._emit("search", resource_type, {"PollTypeDenied": (1.0, "Count")})
 
-    def roster(self, resolved: int, unresolved: int) -> None:
-        """ADT-fed roster identifiers resolved to a Patient id, and those kept for a later retry."""
+    def reprobed(self, resource_type: str, *, reinstated: bool) -> None:
+        """A 403-denied type asked again: reinstated (polled again) or still denied (not a new alarm)."""
+        self._emit("search", resource_type, {"PollTypeReprobed": (1.0, "Count"),
+                                             "PollTypeReinstated": (1.0 if reinstated else 0.0, "Count")})
+
+    def roster(self, resolved: int, unresolved: int, *, stuck: int = 0) -> None:
+        """ADT-fed roster identifiers resolved to a Patient id, those kept for a later retry, and (a gauge)
+        the pending entries that keep failing: the unresolved-roster alarm reads ``PollRosterStuck``."""
         self._emit("roster", "Patient", {"PollRosterResolved": (float(resolved), "Count"),
-                                         "PollRosterUnresolved": (float(unresolved), "Count")})
+                                         "PollRosterUnresolved": (float(unresolved), "Count"),
+                                         "PollRosterStuck": (float(stuck), "Count")})
 
     def staleness(self, resource_type: str, ratio: float) -> None:
         self._emit("dispatch", resource_type, {"PollStalenessRatio": (ratio, "None")})

@@ -46,7 +46,7 @@ from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.observability import logger
 from ehrbridge.poll.calls import OutOfTime, Page, PollCalls, SessionExpired
 from ehrbridge.poll.cursor import Cursor, CursorStore, Window
-from ehrbridge.poll.jobs import PollJob
+from ehrbridge.poll.jobs import PollJob, scope_key
 from ehrbridge.poll.limits import Deadline
 from ehrbridge.poll.sink import ResourceSink, patient_id_of, resource_key
 
@@ -165,6 +165,9 @@ class Poller:
         """Crawl (the rest of) the pair's window. ``since`` overrides the watermark for a new window."""
         deadline = deadline or Deadline(None)
         rt = job.resource_type
+        # Another environment may have denied or reinstated a type since this client last looked; a
+        # re-probe job lets this one denied type be asked once more.
+        self.calls.client.reload_coverage(probe=rt if job.reprobe else None)
         cursor = self.cursors.get(self.tenant.tenant_id, rt)
         if cursor.window is None:
             mode = self.mode_for(rt)
@@ -184,8 +187,14 @@ class Poller:
             run.cursor = self.cursors.put(replace(run.cursor, not_before=self.clock() + signal.wait_s,
                                                   dispatched_at=self.clock()))
         except ResourceDenied:
-            self.calls.metrics.denied(rt)
-            outcome.status, outcome.detail = "denied", "server answered 403; type denied for the tenant"
+            if job.reprobe:
+                self.calls.metrics.reprobed(rt, reinstated=False)  # known denial: no new alarm
+                outcome.detail = "server answered 403 again; the type stays denied"
+            else:
+                self.calls.metrics.denied(rt)
+                outcome.detail = "server answered 403; type denied for the tenant"
+            outcome.status = "denied"
+            run.cursor = self._record_denial_probe(run.cursor)
         except ScopeNotGranted:
             outcome.status, outcome.detail = "not_granted", "the token does not cover this type"
         except FhirCallError as err:
@@ -201,6 +210,8 @@ class Poller:
         finally:
             if run.resources or run.duplicates:
                 self.calls.metrics.received(rt, run.resources, run.duplicates)
+        if outcome.status in ("done", "continue") and (job.reprobe or run.cursor.denied_at is not None):
+            run.cursor = self._settle_reprobe(run, outcome, job)
         outcome.pages, outcome.resources, outcome.duplicates = run.pages, run.resources, run.duplicates
         outcome.watermark = run.cursor.watermark
         logger.info("poll window step", extra={"tenant_id": self.tenant.tenant_id, "resource_type": rt,
@@ -208,6 +219,32 @@ class Poller:
                                                     "pages": run.pages, "resources": run.resources,
                                                     "duplicates": run.duplicates}})
         return outcome
+
+    def _record_denial_probe(self, cursor: Cursor) -> Cursor:
+        """When the type was (again) found denied, and under which grant: the dispatcher's re-probe clock."""
+        now = self.clock()
+        granted = self.calls.client.state.status(self.tenant.tenant_id).granted_scopes
+        return self.cursors.put(replace(cursor, denied_at=cursor.denied_at or now, denied_probed_at=now,
+                                        denied_scopes=scope_key(granted)))
+
+    def _settle_reprobe(self, run: _Run, outcome: PollOutcome, job: PollJob) -> Cursor:
+        """A denied type answered: reinstated if a page came back; a probe that asked nothing (no patient on
+        the roster, out of time before the first call) proves nothing and keeps the denial."""
+        rt, tenant_id = run.cursor.resource_type, self.tenant.tenant_id
+        if run.pages > 0:
+            # The state table first: a crash before the cursor write only means clearing again next job.
+            self.calls.client.state.clear_server_denied(tenant_id, rt)
+            self.calls.client.reload_coverage()
+            self.calls.metrics.reprobed(rt, reinstated=True)
+            logger.info("denied resource type answered again; polled from now on",
+                        extra={"tenant_id": tenant_id, "resource_type": rt, "status": "reinstated"})
+            outcome.detail = "re-probe answered: the type is no longer denied"
+            return self.cursors.put(replace(run.cursor, denied_at=None, denied_probed_at=None, denied_scopes=None))
+        if outcome.status == "done" and job.reprobe:
+            logger.info("re-probe of a denied type made no call; it stays denied",
+                        extra={"tenant_id": tenant_id, "resource_type": rt, "status": "inconclusive"})
+            return self._record_denial_probe(run.cursor)
+        return run.cursor
 
     def _open_window(self, cursor: Cursor, job: PollJob, mode: Mode, since: str | None) -> Window:
         base = since or cursor.watermark
