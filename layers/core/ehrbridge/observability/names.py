@@ -69,6 +69,7 @@ CODE_REPAIRS = MetricName("CodeRepairs", "message_type")
 # An ADT recorded a patient identifier on the tenant's FHIR poll roster (new entries only) / had none to record.
 ROSTER_FED = MetricName("RosterFed", "message_type")
 ROSTER_FEED_SKIPPED = MetricName("RosterFeedSkipped", "message_type")
+ROSTER_RETIRED = MetricName("RosterRetired", "message_type")  # A40: the merged-away patient's entry dropped
 
 # ---- identity ----------------------------------------------------------------------------------
 IDENTITY_MATCH_SCORE = MetricName("IdentityMatchScore")  # percent, high resolution

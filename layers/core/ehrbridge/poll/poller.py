@@ -96,7 +96,7 @@ class _Run:
 class _CountingSink:
     """Bulk files go to the same sink; counts and roster updates as for searched pages."""
 
-    def __init__(self, sink: ResourceSink, run: _Run, on_patients: Callable[[set[str]], None]) -> None:
+    def __init__(self, sink: ResourceSink, run: _Run, on_patients: Callable[[list[dict[str, Any]]], None]) -> None:
         self.sink, self.run, self.on_patients = sink, run, on_patients
 
     def deliver(self, tenant: TenantConfig, resources: Any) -> None:
@@ -110,7 +110,7 @@ class _CountingSink:
             fresh.append(resource)
         self.sink.deliver(tenant, fresh)
         self.run.resources += len(fresh)
-        patients = {p for r in fresh if r.get("resourceType") == "Patient" and (p := patient_id_of(r))}
+        patients = [r for r in fresh if r.get("resourceType") == "Patient"]
         if patients:
             self.on_patients(patients)
 
@@ -287,7 +287,11 @@ class Poller:
                 window = replace(window, resume_url=None, keyset_from=None, restarts=window.restarts + 1)
                 run.cursor = self.cursors.put(run.cursor.with_window(window))
                 continue
+            delivered_before = run.resources
             resources = self._deliver(rt, page, run)
+            if patient and run.resources > delivered_before:
+                # New records for this patient: roster activity, its entry does not expire while data flows.
+                self.cursors.add_to_roster(self.tenant.tenant_id, {patient})
             window = self._advance(window, page, resources, use_last_updated)
             finished = window.resume_url is None and window.keyset_from is None
             if mode == "per_patient" and finished:
@@ -304,8 +308,11 @@ class Poller:
         and is counted: the EHR may not have the patient yet, and this type's crawl goes on regardless.
         """
         tenant_id = self.tenant.tenant_id
-        pending = self.cursors.pending_roster_identifiers(tenant_id)[:self.settings.max_roster_resolutions]
+        every_pending = self.cursors.pending_roster_identifiers(tenant_id)
+        pending = every_pending[:self.settings.max_roster_resolutions]
         resolved = unresolved = 0
+        failed: set[str] = set()
+        done: set[str] = set()
         for entry in pending:
             if not deadline.allows(self.settings.reserve_s):
                 break
@@ -317,6 +324,7 @@ class Poller:
             except FhirCallError as err:
                 self.cursors.roster_identifier_unresolved(tenant_id, entry.key)
                 unresolved += 1
+                failed.add(entry.key)
                 logger.warning("roster identifier not resolved", extra={
                     "tenant_id": tenant_id, "roster_key": entry.key, "reason": err.code or str(err.status)})
                 continue
@@ -326,14 +334,21 @@ class Poller:
             if len(ids) == 1:
                 self.cursors.resolve_roster_identifier(tenant_id, entry.key, ids.pop())
                 resolved += 1
+                done.add(entry.key)
             else:
                 self.cursors.roster_identifier_unresolved(tenant_id, entry.key)
                 unresolved += 1
+                failed.add(entry.key)
                 logger.info("roster identifier not resolved", extra={
                     "tenant_id": tenant_id, "roster_key": entry.key,
                     "reason": "no match" if not ids else "ambiguous", "matches": len(ids)})
-        if resolved or unresolved:
-            self.calls.metrics.roster(resolved, unresolved)
+        if every_pending:
+            # The gauge counts every pending entry that keeps failing (this step's failures included), so
+            # the alarm sees a tenant whose identifiers do not resolve, not one patient the EHR lacks.
+            now = self.clock()
+            stuck = sum(1 for e in every_pending if e.key not in done and replace(
+                e, attempts=e.attempts + (e.key in failed)).stuck(now))
+            self.calls.metrics.roster(resolved, unresolved, stuck=stuck)
 
     def _crawl_bulk(self, run: _Run, deadline: Deadline) -> None:
         """One export per window, a step per invocation where the server makes us wait."""
@@ -343,7 +358,7 @@ class Poller:
         window = run.cursor.window
         assert window is not None
         self.calls.label("bulk", rt)  # the exporter shares the HTTP client: its calls are counted and timed too
-        counted = _CountingSink(self.sink, run, lambda ids: self.cursors.add_to_roster(self.tenant.tenant_id, ids))
+        counted = _CountingSink(self.sink, run, self._update_roster)
         exporter = BulkExporter(self.tenant, self.calls.client.refresher, counted, http=self.calls.http,
                                 limiter=self.calls.bucket)
         if window.bulk_status_url is None:
@@ -397,8 +412,29 @@ class Poller:
         self.sink.deliver(self.tenant, fresh)
         run.resources += len(fresh)
         if rt == "Patient" and fresh:
-            self.cursors.add_to_roster(self.tenant.tenant_id, {p for r in fresh if (p := patient_id_of(r))})
+            self._update_roster(fresh)
         return matches
+
+    def _update_roster(self, patients: list[dict[str, Any]]) -> None:
+        """Patient versions seen: each is roster activity (pushes its expiry out). A Patient carrying a
+        ``replaced-by`` link was merged away (FHIR: "must no longer be used"): it leaves the roster and the
+        patient it points to is crawled instead."""
+        active: set[str] = set()
+        retired: set[str] = set()
+        for patient in patients:
+            patient_id = patient_id_of(patient)
+            successors = {ref for link in patient.get("link") or [] if isinstance(link, dict)
+                          and link.get("type") == "replaced-by" and (ref := _patient_reference(link.get("other")))}
+            if successors and patient_id:
+                retired.add(patient_id)
+                active |= successors
+            elif patient_id:
+                active.add(patient_id)
+        active -= retired
+        if retired:
+            self.cursors.remove_from_roster(self.tenant.tenant_id, retired)
+        if active:
+            self.cursors.add_to_roster(self.tenant.tenant_id, active)
 
     def _advance(self, window: Window, page: Page, resources: list[dict[str, Any]], use_last_updated: bool) -> Window:
         server_time = window.server_time or _normal(page.server_time)
@@ -443,6 +479,13 @@ class Poller:
                                          (_parse(window.server_time) - _parse(watermark)).total_seconds())
         return self.cursors.put(replace(cursor, watermark=watermark, window=None, completed_at=self.clock(),
                                         not_before=None))
+
+
+def _patient_reference(other: Any) -> str | None:
+    reference = other.get("reference") if isinstance(other, dict) else None
+    if not isinstance(reference, str) or "Patient/" not in reference:
+        return None
+    return reference.rstrip("/").split("Patient/")[-1].split("/")[0] or None
 
 
 def _pages_by_offset(url: str) -> bool:

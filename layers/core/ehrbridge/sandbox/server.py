@@ -97,6 +97,8 @@ class RequestRecord:
     client_id: str | None = None
     resource_type: str | None = None
     error: str | None = None
+    # Query parameters of an answered FHIR request (last value of each), for tests asking "who was searched".
+    params: dict[str, str] = field(default_factory=dict)
 
 
 class SandboxEHR:
@@ -664,7 +666,8 @@ class _Handler(BaseHTTPRequestHandler):
                 sandbox.record(RequestRecord("fhir", "GET", path, 200, token.client_id, resource_type, "injected"))
                 self._send_raw(broken)
                 return
-        sandbox.record(RequestRecord("fhir", "GET", path, status, token.client_id, resource_type))
+        sandbox.record(RequestRecord("fhir", "GET", path, status, token.client_id, resource_type,
+                                     params={k: v[-1] for k, v in query.items() if v}))
         self._send(status, body)
 
     def _bulk(self, path: str, query: dict[str, list[str]]) -> None:
