@@ -143,3 +143,16 @@ def test_a_denied_per_patient_type_with_nobody_to_ask_stays_denied(make_rig: Cal
     assert outcome.status == "done" and not rig.sandbox.fhir_requests("Observation")
     assert "Observation" in rig.refresher.state.status(TENANT).server_denied_types
     assert rig.cursors.get(TENANT, "Observation").denied_probed_at is not None
+
+
+def test_a_reprobe_flag_on_a_type_not_denied_is_an_ordinary_job(make_rig: Callable[..., Rig],
+                                                                 client_metrics: list[str]) -> None:
+    """E.g. the continuation of a re-probe that reinstated the type: a 403 now is a new denial, alarmed."""
+    rig = make_rig(patients=2)
+    rig.sandbox.clients["poll-client"].policy_denied_types = {"Observation"}
+    emf = _emf(rig)
+    job = PollJob(tenant_id=TENANT, resource_type="Observation", job_id="o-1", reprobe=True)
+    assert rig.poller().run(job).status == "denied"
+    assert '"PollTypeDenied":1.0' in emf.getvalue() and "PollTypeReprobed" not in emf.getvalue()
+    assert client_metrics.count("ResourceDenied") == 1
+    assert "Observation" in rig.refresher.state.status(TENANT).server_denied_types

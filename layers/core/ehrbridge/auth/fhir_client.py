@@ -94,14 +94,17 @@ class FhirClient:
             self._server_denied = set(self.state.status(self.tenant.tenant_id).server_denied_types)
         return self._server_denied
 
-    def reload_coverage(self, probe: str | None = None) -> None:
+    def reload_coverage(self, probe: str | None = None) -> bool:
         """Read the server-denied types again (another process may have cleared or added one); ``probe``
-        lets requests for that one denied type go out (a scheduled re-probe) until it is denied again."""
+        lets requests for that one denied type go out (a scheduled re-probe) until it is denied again.
+        True if ``probe`` is recorded as denied (a re-probe is on)."""
         self._server_denied = None
         self._probing = set()
-        if probe is not None:
-            self.server_denied().discard(probe)
-            self._probing.add(probe)
+        if probe is None or probe not in self.server_denied():
+            return False
+        self.server_denied().discard(probe)
+        self._probing.add(probe)
+        return True
 
     def permitted(self, resource_type: str, needed: str = "rs", token: CachedToken | None = None) -> bool:
         token = token or self.refresher.get_token(self.tenant)
@@ -152,7 +155,8 @@ class FhirClient:
                                         resource_type=resource_type, code="unauthorized")
         if response.status_code == 403 and resource_type is not None and resource_type in self._probing:
             self._probing.discard(resource_type)
-            self.server_denied().add(resource_type)  # still recorded in the state table
+            self.state.mark_server_denied(tenant_id, resource_type)  # normally still recorded: a no-op
+            self.server_denied().add(resource_type)
             logger.info("403 again on re-probe: resource type stays denied",
                         extra={"tenant_id": tenant_id, "resource_type": resource_type})
             raise ResourceDenied(f"{resource_type} still denied (403) for tenant {tenant_id}", status=403,

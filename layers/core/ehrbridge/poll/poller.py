@@ -167,7 +167,7 @@ class Poller:
         rt = job.resource_type
         # Another environment may have denied or reinstated a type since this client last looked; a
         # re-probe job lets this one denied type be asked once more.
-        self.calls.client.reload_coverage(probe=rt if job.reprobe else None)
+        probing = self.calls.client.reload_coverage(probe=rt if job.reprobe else None)
         cursor = self.cursors.get(self.tenant.tenant_id, rt)
         if cursor.window is None:
             mode = self.mode_for(rt)
@@ -187,7 +187,7 @@ class Poller:
             run.cursor = self.cursors.put(replace(run.cursor, not_before=self.clock() + signal.wait_s,
                                                   dispatched_at=self.clock()))
         except ResourceDenied:
-            if job.reprobe:
+            if probing:
                 self.calls.metrics.reprobed(rt, reinstated=False)  # known denial: no new alarm
                 outcome.detail = "server answered 403 again; the type stays denied"
             else:
@@ -210,8 +210,8 @@ class Poller:
         finally:
             if run.resources or run.duplicates:
                 self.calls.metrics.received(rt, run.resources, run.duplicates)
-        if outcome.status in ("done", "continue") and (job.reprobe or run.cursor.denied_at is not None):
-            run.cursor = self._settle_reprobe(run, outcome, job)
+        if outcome.status in ("done", "continue") and (probing or run.cursor.denied_at is not None):
+            run.cursor = self._settle_reprobe(run, outcome, probing)
         outcome.pages, outcome.resources, outcome.duplicates = run.pages, run.resources, run.duplicates
         outcome.watermark = run.cursor.watermark
         logger.info("poll window step", extra={"tenant_id": self.tenant.tenant_id, "resource_type": rt,
@@ -227,7 +227,7 @@ class Poller:
         return self.cursors.put(replace(cursor, denied_at=cursor.denied_at or now, denied_probed_at=now,
                                         denied_scopes=scope_key(granted)))
 
-    def _settle_reprobe(self, run: _Run, outcome: PollOutcome, job: PollJob) -> Cursor:
+    def _settle_reprobe(self, run: _Run, outcome: PollOutcome, probing: bool) -> Cursor:
         """A denied type answered: reinstated if a page came back; a probe that asked nothing (no patient on
         the roster, out of time before the first call) proves nothing and keeps the denial."""
         rt, tenant_id = run.cursor.resource_type, self.tenant.tenant_id
@@ -240,7 +240,7 @@ class Poller:
                         extra={"tenant_id": tenant_id, "resource_type": rt, "status": "reinstated"})
             outcome.detail = "re-probe answered: the type is no longer denied"
             return self.cursors.put(replace(run.cursor, denied_at=None, denied_probed_at=None, denied_scopes=None))
-        if outcome.status == "done" and job.reprobe:
+        if outcome.status == "done" and probing:
             logger.info("re-probe of a denied type made no call; it stays denied",
                         extra={"tenant_id": tenant_id, "resource_type": rt, "status": "inconclusive"})
             return self._record_denial_probe(run.cursor)
