@@ -42,6 +42,10 @@ def test_roster_items_carry_a_ttl_that_activity_pushes_out(twin: Any) -> None:
 
     store.add_to_roster("t1", {"pid-2"})  # a Patient version seen at T0 + 50 d
     store.add_roster_identifier("t1", "urn:mr", "NEVER-RESOLVES")
+    [unknown] = store.pending_roster_identifiers("t1")
+    store.roster_identifier_unresolved("t1", unknown.key)
+    [unknown] = store.pending_roster_identifiers("t1")
+    assert (unknown.attempts, unknown.last_attempt_at) == (1, T0 + 50 * DAY) and not unknown.due(T0 + 50 * DAY + 60)
     now[0] = T0 + 141 * DAY  # TTL has not deleted anything yet (moto, like DynamoDB, deletes lazily)
     assert _item(table, "roster#pid-1") is not None
     assert store.roster("t1") == []  # ... but expired items are not crawled

@@ -185,3 +185,23 @@ def test_expiry_in_memory_follows_activity() -> None:
     assert store.pending_roster_identifiers("t") == []
     assert store.add_roster_identifier("t", "urn:mr", "A")  # after expiry a new ADT starts afresh
     assert store.pending_roster_identifiers("t")[0].attempts == 0
+
+
+def test_unresolved_entries_back_off_exponentially_up_to_six_hours() -> None:
+    from ehrbridge.poll.cursor import RETRY_MAX_S, RosterIdentifier
+
+    fresh = RosterIdentifier("k", "urn:mr", "A")
+    assert fresh.due(0.0)
+    waits = []
+    for attempts in range(1, 10):
+        entry = RosterIdentifier("k", "urn:mr", "A", attempts=attempts, last_attempt_at=1000.0)
+        wait = next(w for w in range(0, 30_000, 60) if entry.due(1000.0 + w))
+        waits.append(wait)
+    assert waits[:4] == [300, 600, 1200, 2400] and waits[-1] == RETRY_MAX_S
+    now = [1000.0]
+    store = InMemoryCursorStore(clock=lambda: now[0])
+    store.add_roster_identifier("t", "urn:mr", "A")
+    [entry] = store.pending_roster_identifiers("t")
+    store.roster_identifier_unresolved("t", entry.key)
+    [entry] = store.pending_roster_identifiers("t")
+    assert entry.last_attempt_at == 1000.0 and not entry.due(1200.0) and entry.due(1300.0)

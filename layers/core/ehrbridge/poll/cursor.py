@@ -43,6 +43,10 @@ DEFAULT_ROSTER_EXPIRY_DAYS = 90.0
 # many resolutions and is at least this old: a patient the EHR registers a little after the ADT is not.
 STUCK_AFTER_ATTEMPTS = 3
 STUCK_AFTER_S = 3600.0
+# An entry that did not resolve is asked again after 5 min, 10, 20, ... at most every 6 h: a patient the
+# EHR does not know costs a few searches a day, not one per step of every per-patient type.
+RETRY_BASE_S = 300.0
+RETRY_MAX_S = 6 * 3600.0
 
 
 def default_roster_expiry_s() -> float:
@@ -64,6 +68,13 @@ class RosterIdentifier:
     value: str
     attempts: int = 0
     created_at: float | None = None  # first ADT naming it (None: written before this was recorded)
+    last_attempt_at: float | None = None  # the last failed resolution
+
+    def due(self, now: float) -> bool:
+        """Time for another resolution (exponential backoff after failures)."""
+        if self.attempts == 0 or self.last_attempt_at is None:
+            return True
+        return now >= self.last_attempt_at + min(RETRY_MAX_S, RETRY_BASE_S * 2 ** min(self.attempts - 1, 16))
 
     def stuck(self, now: float) -> bool:
         """Kept failing: several resolutions and over an hour old (age unknown: attempts decide)."""
@@ -210,7 +221,8 @@ class InMemoryCursorStore:
     def pending_roster_identifiers(self, tenant_id: str) -> list[RosterIdentifier]:
         now = self.clock()
         with self._lock:
-            return [RosterIdentifier(k, e["system"], e["value"], e["attempts"], e["created_at"])
+            return [RosterIdentifier(k, e["system"], e["value"], e["attempts"], e["created_at"],
+                                     e.get("last_attempt_at"))
                     for k, e in sorted(self._identifiers.get(tenant_id, {}).items())
                     if e["patient_id"] is None and e["expires_at"] > now]
 
@@ -227,6 +239,7 @@ class InMemoryCursorStore:
             entry = self._identifiers.get(tenant_id, {}).get(key)
             if entry is not None:
                 entry["attempts"] += 1
+                entry["last_attempt_at"] = self.clock()
 
     def retire_roster_identifier(self, tenant_id: str, system: str, value: str) -> bool:
         with self._lock:
@@ -356,7 +369,8 @@ class DynamoCursorStore:
                                            ":r": {"S": _ROSTER_IDENT}, ":now": {"N": str(int(self.clock()))}}):
             out.extend(RosterIdentifier(item["sk"]["S"][len(_ROSTER_IDENT):], item["system"]["S"],
                                         item["value"]["S"], int(item.get("attempts", {}).get("N", "0")),
-                                        float(item["created_at"]["N"]) if "created_at" in item else None)
+                                        float(item["created_at"]["N"]) if "created_at" in item else None,
+                                        float(item["last_attempt_at"]["N"]) if "last_attempt_at" in item else None)
                        for item in page.get("Items", []))
         return out
 
@@ -376,8 +390,9 @@ class DynamoCursorStore:
         # Only an entry that still exists: a merge may have retired it meanwhile (no resurrected stub).
         with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
             self.ddb.update_item(TableName=self.table_name, Key=self._key(tenant_id, _ROSTER_IDENT + key),
-                                 UpdateExpression="ADD attempts :one", ConditionExpression="attribute_exists(pk)",
-                                 ExpressionAttributeValues={":one": {"N": "1"}})
+                                 UpdateExpression="ADD attempts :one SET last_attempt_at = :now",
+                                 ConditionExpression="attribute_exists(pk)", ExpressionAttributeValues={
+                                     ":one": {"N": "1"}, ":now": {"N": str(int(self.clock()))}})
 
     def retire_roster_identifier(self, tenant_id: str, system: str, value: str) -> bool:
         old = self.ddb.delete_item(TableName=self.table_name, ReturnValues="ALL_OLD", Key=self._key(

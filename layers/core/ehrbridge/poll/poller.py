@@ -309,7 +309,10 @@ class Poller:
         """
         tenant_id = self.tenant.tenant_id
         every_pending = self.cursors.pending_roster_identifiers(tenant_id)
-        pending = every_pending[:self.settings.max_roster_resolutions]
+        # Entries that failed recently wait (backoff); new ones first, so a backlog of unknown identifiers
+        # never starves the patients the EHR does know.
+        due = sorted((e for e in every_pending if e.due(self.clock())), key=lambda e: e.attempts)
+        pending = due[:self.settings.max_roster_resolutions]
         resolved = unresolved = 0
         failed: set[str] = set()
         done: set[str] = set()
