@@ -95,3 +95,23 @@ def _job(step: int):  # type: ignore[no-untyped-def]
     from ehrbridge.poll.jobs import PollJob
 
     return PollJob(tenant_id=TENANT, resource_type="Observation", job_id=f"o-{step}")
+
+
+def test_an_identifier_search_answering_with_the_merged_record_resolves_to_the_survivor(
+        make_rig: Callable[..., Rig]) -> None:
+    """After a merge the EHR may still find the old record by the old or the shared MRN: it stands for its
+    survivor, so the entry resolves (instead of staying 'ambiguous' forever)."""
+    rig = make_rig("epic", patients=3, settings=PollSettings(page_size=5))
+    old, survivor = rig.sandbox.resources["Patient"][0], rig.sandbox.resources["Patient"][1]
+    mrn = next(i["value"] for i in old["identifier"] if i["system"] == MRN_SYSTEM)
+    merged = json.loads(json.dumps(old))
+    merged["meta"] = {"versionId": "2", "lastUpdated": rig.sandbox.next_stamp()}
+    merged["link"] = [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
+    rig.sandbox.add_resource(merged)
+    shared = json.loads(json.dumps(survivor))  # the survivor carries the old MRN too: two matches
+    shared["identifier"] = [*survivor["identifier"], {"system": MRN_SYSTEM, "value": mrn}]
+    rig.sandbox.add_resource(shared)
+    rig.cursors.add_roster_identifier(TENANT, MRN_SYSTEM, mrn)
+    assert crawl(rig, "Observation") == ["done"]
+    assert rig.cursors.pending_roster_identifiers(TENANT) == []
+    assert rig.cursors.roster(TENANT) == [survivor["id"]]

@@ -331,9 +331,9 @@ class Poller:
                 logger.warning("roster identifier not resolved", extra={
                     "tenant_id": tenant_id, "roster_key": entry.key, "reason": err.code or str(err.status)})
                 continue
-            ids = {r["id"] for e in page.bundle.get("entry") or [] if isinstance(r := e.get("resource"), dict)
-                   and r.get("resourceType") == "Patient" and r.get("id")
-                   and (e.get("search") or {}).get("mode", "match") == "match"}
+            ids = _current_patients([r for e in page.bundle.get("entry") or []
+                                     if isinstance(r := e.get("resource"), dict) and r.get("resourceType") == "Patient"
+                                     and r.get("id") and (e.get("search") or {}).get("mode", "match") == "match"])
             if len(ids) == 1:
                 self.cursors.resolve_roster_identifier(tenant_id, entry.key, ids.pop())
                 resolved += 1
@@ -426,8 +426,7 @@ class Poller:
         retired: set[str] = set()
         for patient in patients:
             patient_id = patient_id_of(patient)
-            successors = {ref for link in patient.get("link") or [] if isinstance(link, dict)
-                          and link.get("type") == "replaced-by" and (ref := _patient_reference(link.get("other")))}
+            successors = _successors(patient)
             if successors and patient_id:
                 retired.add(patient_id)
                 active |= successors
@@ -482,6 +481,22 @@ class Poller:
                                          (_parse(window.server_time) - _parse(watermark)).total_seconds())
         return self.cursors.put(replace(cursor, watermark=watermark, window=None, completed_at=self.clock(),
                                         not_before=None))
+
+
+def _current_patients(matches: list[dict[str, Any]]) -> set[str]:
+    """The Patient ids an identifier search means: a merged-away record (``replaced-by`` link) stands for the
+    patient it points to, so an EHR that still answers with the old record next to the survivor (or only
+    with the old one) resolves to the survivor instead of looking ambiguous."""
+    out: set[str] = set()
+    for patient in matches:
+        out |= _successors(patient) or {str(patient["id"])}
+    return out
+
+
+def _successors(patient: dict[str, Any]) -> set[str]:
+    """Where a merged-away Patient points (``link.type = replaced-by``: "must no longer be used")."""
+    return {ref for link in patient.get("link") or [] if isinstance(link, dict)
+            and link.get("type") == "replaced-by" and (ref := _patient_reference(link.get("other")))}
 
 
 def _patient_reference(other: Any) -> str | None:
