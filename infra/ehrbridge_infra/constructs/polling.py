@@ -211,6 +211,8 @@ class FhirPolling(Construct):
             graph("Roster identifiers resolved / not resolved (ADT)",
                   [search_total(names.POLL_ROSTER_RESOLVED, "Sum", "resolved", where=where, period=five),
                    search_total(names.POLL_ROSTER_UNRESOLVED, "Sum", "not resolved", where=where, period=five)]),
+            graph("Deletions seen at the source, not delivered (opt-in)",
+                  one(names.POLL_DELETIONS_SEEN, "SUM", "deleted", by)),
             graph("Roster identifiers that keep failing",
                   one(names.POLL_ROSTER_STUCK, "MAX", "stuck", ("tenant",), cdk.Duration.hours(1)),
                   alarm_at=self.thresholds["roster_stuck"]),

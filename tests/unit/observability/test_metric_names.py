@@ -173,6 +173,7 @@ def _poller_emissions() -> dict[str, set[tuple[str, ...]]]:
     recorder.denied("Observation")
     recorder.reprobed("Observation", reinstated=False)
     recorder.roster(2, 1, stuck=1)
+    recorder.deletions("Observation", 3)
     recorder.staleness("Observation", 0.5)
     emitted: dict[str, set[tuple[str, ...]]] = {}
     for line in stream.getvalue().splitlines():

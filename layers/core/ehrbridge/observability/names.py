@@ -127,6 +127,8 @@ POLL_TYPE_DENIED = MetricName("PollTypeDenied", "resource_type", "poller")
 # A 403-denied type asked again (every interval, or when the grant changes); reinstated 1 = polled again.
 POLL_TYPE_REPROBED = MetricName("PollTypeReprobed", "resource_type", "poller")
 POLL_TYPE_REINSTATED = MetricName("PollTypeReinstated", "resource_type", "poller")
+# Opt-in (poll_plan detect_deletions): hard deletions a type's _history listed for a window; not delivered.
+POLL_DELETIONS_SEEN = MetricName("PollDeletionsSeen", "resource_type", "poller")
 # ADT-fed roster identifiers (per-patient vendors): resolved to a Patient id, not resolved this step, and
 # the gauge of entries that keep failing (pending ≥ 1 h after several attempts): the alarm's metric.
 POLL_ROSTER_RESOLVED = MetricName("PollRosterResolved", "resource_type", "poller")

@@ -54,6 +54,8 @@ class PollJob(BaseModel):
     overlap_s: int = Field(default=DEFAULT_OVERLAP_S, ge=0)
     # The type is recorded as denied (403): this job asks once more; a 403 again is no new alarm.
     reprobe: bool = False
+    # The tenant opted in: count the type's deletions from its _history after the window (not delivered).
+    detect_deletions: bool = False
 
     @property
     def group_id(self) -> str:
@@ -79,6 +81,7 @@ class PlanEntry:
     resource_type: str
     interval_s: int = DEFAULT_INTERVAL_S
     overlap_s: int = DEFAULT_OVERLAP_S
+    detect_deletions: bool = False
 
 
 def poll_plan(tenant: TenantConfig, skipped: Iterable[str] = ()) -> list[PlanEntry]:
@@ -91,7 +94,8 @@ def poll_plan(tenant: TenantConfig, skipped: Iterable[str] = ()) -> list[PlanEnt
         if resource_type in skip:
             continue
         plan = explicit.get(resource_type)
-        entries.append(PlanEntry(resource_type, plan.interval_s, plan.overlap_s) if plan else PlanEntry(resource_type))
+        entries.append(PlanEntry(resource_type, plan.interval_s, plan.overlap_s, plan.detect_deletions) if plan
+                       else PlanEntry(resource_type))
     return entries
 
 
@@ -216,7 +220,8 @@ def dispatch(tenants: Iterable[TenantConfig], cursors: CursorStore, enqueue: Cal
                 continue
             jobs.append(PollJob(tenant_id=tenant.tenant_id, resource_type=entry.resource_type,
                                 job_id=f"{entry.resource_type}-{int(moment)}", interval_s=entry.interval_s,
-                                overlap_s=entry.overlap_s, reprobe=reprobe))
+                                overlap_s=entry.overlap_s, reprobe=reprobe,
+                                detect_deletions=entry.detect_deletions))
             if reprobe:
                 summary.reprobed.append(f"{tenant.tenant_id}:{entry.resource_type}")
         if jobs:

@@ -99,6 +99,10 @@ class PollMetrics:
         self._emit("search", resource_type, {"PollTypeReprobed": (1.0, "Count"),
                                              "PollTypeReinstated": (1.0 if reinstated else 0.0, "Count")})
 
+    def deletions(self, resource_type: str, count: int) -> None:
+        """Hard deletions the type's _history listed for a window: seen, not delivered (opt-in)."""
+        self._emit("history", resource_type, {"PollDeletionsSeen": (float(count), "Count")})
+
     def roster(self, resolved: int, unresolved: int, *, stuck: int = 0) -> None:
         """ADT-fed roster identifiers resolved to a Patient id, those kept for a later retry, and (a gauge)
         the pending entries that keep failing: the unresolved-roster alarm reads ``PollRosterStuck``."""

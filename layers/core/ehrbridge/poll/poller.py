@@ -142,6 +142,15 @@ class Poller:
                             p.get("name") for p in res.get("searchParam") or [] if isinstance(p, dict)}
         return self._capabilities.get(resource_type) if self._capabilities else None
 
+    def interactions(self, resource_type: str) -> set[str] | None:
+        """Interactions the CapabilityStatement declares for the type (None: no statement)."""
+        statement = self.calls.metadata()
+        if not statement:
+            return None
+        return {i.get("code") for rest in statement.get("rest") or [] if isinstance(rest, dict)
+                for res in rest.get("resource") or [] if isinstance(res, dict) and res.get("type") == resource_type
+                for i in res.get("interaction") or [] if isinstance(i, dict)}
+
     def supports_last_updated(self, resource_type: str) -> bool:
         if resource_type in self.tenant.profile.last_updated_unsupported:
             return False
@@ -205,8 +214,11 @@ class Poller:
             run.cursor = self.cursors.put(replace(run.cursor, window=None, completed_at=self.clock()))
             outcome.status, outcome.detail = "unsupported", "the server answered 404 for this type"
         else:
+            closed_since = run.cursor.window.since if run.cursor.window else None
             run.cursor = self._close_window(run.cursor)
             outcome.status, outcome.window_closed = "done", True
+            if job.detect_deletions and mode == "incremental":
+                self._count_deletions(rt, closed_since, deadline)
         finally:
             if run.resources or run.duplicates:
                 self.calls.metrics.received(rt, run.resources, run.duplicates)
@@ -219,6 +231,44 @@ class Poller:
                                                     "pages": run.pages, "resources": run.resources,
                                                     "duplicates": run.duplicates}})
         return outcome
+
+    def _count_deletions(self, rt: str, since: str | None, deadline: Deadline) -> int | None:
+        """Opt-in: hard deletions since the window's start, from ``[type]/_history?_since=`` (DELETE entries).
+
+        ``_lastUpdated`` searches cannot see a deleted resource. They are counted and logged (ids never), not
+        delivered: the envelope contract has no way to say "deleted". Best effort after the window has
+        closed: a server without type history, a failed call or too little time only skips the count."""
+        if since is None:
+            return None  # a first load: nothing was delivered that could have been deleted since
+        declared = self.interactions(rt)
+        if declared is not None and "history-type" not in declared:
+            logger.info("deletions not counted: the server offers no type history",
+                        extra={"tenant_id": self.tenant.tenant_id, "resource_type": rt, "status": "unsupported"})
+            return None
+        deleted: set[str] = set()
+        url: str | None = f"{rt}/_history"
+        params: dict[str, str] | None = {"_since": since, "_count": str(self.page_size)}
+        pages = 0
+        try:
+            while url and pages < self.settings.max_pages_per_window:
+                if not deadline.allows(self.settings.reserve_s):
+                    raise OutOfTime(0.0)
+                page = self.calls.get_page(url, params, rt, endpoint="history", deadline=deadline, coverage=False)
+                pages += 1
+                deleted |= {str(req.get("url")) for e in page.bundle.get("entry") or []
+                            if isinstance(req := e.get("request"), dict) and req.get("method") == "DELETE"}
+                url = next((link.get("url") for link in page.bundle.get("link") or []
+                            if isinstance(link, dict) and link.get("relation") == "next"), None)
+                params = None  # next links are followed as given
+        except (OutOfTime, FhirCallError) as err:
+            logger.warning("deletions not counted", extra={"tenant_id": self.tenant.tenant_id, "resource_type": rt,
+                                                           "reason": getattr(err, "code", None) or "out of time"})
+            return None
+        self.calls.metrics.deletions(rt, len(deleted))
+        if deleted:
+            logger.warning("resources deleted at the source are not delivered downstream", extra={
+                "tenant_id": self.tenant.tenant_id, "resource_type": rt, "counts": {"deleted": len(deleted)}})
+        return len(deleted)
 
     def _record_denial_probe(self, cursor: Cursor) -> Cursor:
         """When the type was (again) found denied, and under which grant: the dispatcher's re-probe clock."""
