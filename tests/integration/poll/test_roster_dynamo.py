@@ -57,9 +57,15 @@ def test_undated_items_get_a_ttl_and_merges_remove_both_items(twin: Any) -> None
     table = twin.tables["state"]
     ddb = client("dynamodb")
     ddb.put_item(TableName=table, Item={"pk": {"S": "tenant#t1"}, "sk": {"S": "roster#legacy"}})  # older release
+    legacy_id = "rosterid#" + identifier_key("urn:mr", "LEGACY")
+    ddb.put_item(TableName=table, Item={"pk": {"S": "tenant#t1"}, "sk": {"S": legacy_id}, "system": {"S": "urn:mr"},
+                                        "value": {"S": "LEGACY"}, "attempts": {"N": "4"},
+                                        "patient_id": {"S": "legacy"}})
     store = DynamoCursorStore(table, roster_expiry_s=10 * DAY, clock=lambda: T0)
     assert store.roster("t1") == ["legacy"]
     assert int(_item(table, "roster#legacy")["expires_at"]["N"]) == int(T0 + 10 * DAY)  # type: ignore[index]
+    assert int(_item(table, legacy_id)["expires_at"]["N"]) == int(T0 + 10 * DAY)  # type: ignore[index]
+    assert _item(table, legacy_id)["patient_id"]["S"] == "legacy"  # type: ignore[index]
 
     store.add_roster_identifier("t1", "urn:mr", "OLD")
     [old] = store.pending_roster_identifiers("t1")

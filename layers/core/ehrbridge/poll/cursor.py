@@ -269,6 +269,7 @@ class DynamoCursorStore:
         self._ddb = ddb
         self.roster_expiry_s = roster_expiry_s if roster_expiry_s is not None else default_roster_expiry_s()
         self.clock = clock
+        self._identifiers_dated: set[str] = set()  # tenants whose older rosterid# items got an expiry here
 
     def _expiry(self) -> dict[str, str]:
         return {"N": str(int(self.clock() + self.roster_expiry_s))}
@@ -319,7 +320,25 @@ class DynamoCursorStore:
                     undated.add(patient_id)
         if undated:
             self.add_to_roster(tenant_id, undated)  # written before entries expired: their clock starts now
+        if tenant_id not in self._identifiers_dated:
+            self._date_identifiers(tenant_id)
         return sorted(ids)
+
+    def _date_identifiers(self, tenant_id: str) -> None:
+        """Identifier entries written before expiry existed get one (once per tenant per process)."""
+        paginator = self.ddb.get_paginator("query")
+        for page in paginator.paginate(TableName=self.table_name, KeyConditionExpression="pk = :pk AND "
+                                       "begins_with(sk, :r)", FilterExpression="attribute_not_exists(expires_at)",
+                                       ExpressionAttributeValues={":pk": {"S": _PK.format(tenant_id=tenant_id)},
+                                                                  ":r": {"S": _ROSTER_IDENT}},
+                                       ProjectionExpression="pk, sk"):
+            for item in page.get("Items", []):
+                with contextlib.suppress(self.ddb.exceptions.ConditionalCheckFailedException):
+                    self.ddb.update_item(TableName=self.table_name, Key={"pk": item["pk"], "sk": item["sk"]},
+                                         UpdateExpression="SET expires_at = if_not_exists(expires_at, :exp)",
+                                         ConditionExpression="attribute_exists(pk)",
+                                         ExpressionAttributeValues={":exp": self._expiry()})
+        self._identifiers_dated.add(tenant_id)
 
     def remove_from_roster(self, tenant_id: str, patient_ids: set[str]) -> None:
         for patient_id in sorted(patient_ids):
