@@ -4,6 +4,7 @@ against the sandbox: a re-probe that answers reinstates the type; one that gets 
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -80,6 +81,9 @@ def test_denied_type_is_reprobed_after_the_interval_quietly_then_reinstated(
     assert len(rig.sandbox.fhir_requests("Observation")) == before + 1  # it really asked
     assert "PollTypeDenied" not in emf.getvalue()
     assert '"PollTypeReprobed":1.0' in emf.getvalue() and '"PollTypeReinstated":0.0' in emf.getvalue()
+    # The expected 403 is counted under endpoint "reprobe" but is no failed call (failed-call-rate alarm).
+    [probe_call] = [x for x in map(json.loads, emf.getvalue().splitlines()) if "PollCall403" in x]
+    assert probe_call["endpoint"] == "reprobe" and probe_call["PollCallFailed"] == 0.0
     assert client_metrics.count("ResourceDenied") == 1
     assert "Observation" in rig.refresher.state.status(TENANT).server_denied_types
     cursor = rig.cursors.get(TENANT, "Observation")
@@ -95,6 +99,8 @@ def test_denied_type_is_reprobed_after_the_interval_quietly_then_reinstated(
     outcome = _run(rig, reprobe, cursor.denied_probed_at + DAY + 10)
     assert outcome.status == "done" and outcome.resources > 0
     assert '"PollTypeReinstated":1.0' in emf.getvalue()
+    endpoints = [x["endpoint"] for x in map(json.loads, emf.getvalue().splitlines()) if "PollCalls" in x]
+    assert endpoints[0] == "reprobe" and "reprobe" not in endpoints[1:]  # only the probing call
     assert "Observation" not in rig.refresher.state.status(TENANT).server_denied_types
     cursor = rig.cursors.get(TENANT, "Observation")
     assert (cursor.denied_at, cursor.denied_probed_at, cursor.denied_scopes) == (None, None, None)

@@ -122,6 +122,7 @@ class Poller:
         self.settings = settings or PollSettings()
         self.clock = clock
         self._capabilities: dict[str, set[str]] | None = None
+        self._probe_open = False
         self.page_size = min(self.settings.page_size or tenant.profile.max_page_size, tenant.profile.max_page_size)
 
     # ---- capability ----------------------------------------------------------------------
@@ -177,6 +178,9 @@ class Poller:
         # Another environment may have denied or reinstated a type since this client last looked; a
         # re-probe job lets this one denied type be asked once more.
         probing = self.calls.client.reload_coverage(probe=rt if job.reprobe else None)
+        # Until the re-probe's first page answers, its calls are labelled endpoint "reprobe": an expected 403
+        # there is not a failed call (the failed-call-rate alarm stays quiet on a known denial).
+        self._probe_open = probing
         cursor = self.cursors.get(self.tenant.tenant_id, rt)
         if cursor.window is None:
             mode = self.mode_for(rt)
@@ -434,8 +438,15 @@ class Poller:
         run.cursor = self.cursors.put(run.cursor.with_window(window))
 
     def _fetch(self, rt: str, window: Window, patient: str, use_last_updated: bool, deadline: Deadline) -> Page:
+        page = self._fetch_page(rt, window, patient, use_last_updated, deadline)
+        self._probe_open = False  # the type answered
+        return page
+
+    def _fetch_page(self, rt: str, window: Window, patient: str, use_last_updated: bool,
+                    deadline: Deadline) -> Page:
         if window.resume_url:
-            return self.calls.get_page(window.resume_url, None, rt, endpoint="next-page", deadline=deadline)
+            return self.calls.get_page(window.resume_url, None, rt, deadline=deadline,
+                                       endpoint="reprobe" if self._probe_open else "next-page")
         params = {"_count": str(self.page_size + (window.keyset_ties if window.keyset_from is not None else 0))}
         if patient:
             params["patient"] = patient
@@ -447,7 +458,8 @@ class Poller:
             if self.tenant.profile.sorts_by_last_updated:
                 params["_sort"] = "_lastUpdated"
         endpoint = "keyset" if window.keyset_from is not None else "search"
-        return self.calls.get_page(rt, params, rt, endpoint=endpoint, deadline=deadline)
+        return self.calls.get_page(rt, params, rt, endpoint="reprobe" if self._probe_open else endpoint,
+                                   deadline=deadline)
 
     def _deliver(self, rt: str, page: Page, run: _Run) -> list[dict[str, Any]]:
         matches = [e["resource"] for e in page.bundle.get("entry") or []
