@@ -83,5 +83,7 @@ def test_a_refused_history_call_neither_fails_the_window_nor_denies_the_type(mak
     assert outcome.status == "done" and outcome.window_closed
     assert [r.status for r in _history_requests(rig)] == [403]
     assert _deleted_seen(stream) == []
+    [refused] = [x for x in map(json.loads, stream.getvalue().splitlines()) if x.get("endpoint") == "history"]
+    assert refused["PollCall403"] == 1.0 and refused["PollCallFailed"] == 0.0  # no failed-call-rate noise
     assert "Observation" not in rig.refresher.state.status(TENANT).server_denied_types
     assert rig.poller().run(_job(2, detect=False)).status == "done"  # still polled

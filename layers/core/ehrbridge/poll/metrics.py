@@ -65,8 +65,11 @@ class PollMetrics:
         self.latencies_ms.append(latency_ms)
         if outcome == "429":
             self.throttled += 1
-        # A re-probe of a type known to be denied expects its 403: counted (PollCall403), not a failure.
-        failed = 0.0 if outcome == "2xx" or (endpoint == "reprobe" and outcome == "403") else 1.0
+        # A re-probe of a type known to be denied expects its 403, and a server refusing the opt-in deletion
+        # count's type history (4xx) answers a capability question: counted by outcome, not failures.
+        expected = (endpoint == "reprobe" and outcome == "403") or (endpoint == "history" and outcome in (
+            "403", "404", "4xx"))
+        failed = 0.0 if outcome == "2xx" or expected else 1.0
         self._emit(endpoint, resource_type, {"PollCalls": (1.0, "Count"), f"PollCall{outcome}": (1.0, "Count"),
                                              "PollCallFailed": (failed, "Count"),
                                              "PollCallLatency": (latency_ms, "Milliseconds")},
