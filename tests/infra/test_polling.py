@@ -57,13 +57,21 @@ def test_roles_are_least_privilege(synth: Synth) -> None:
 def test_alarms_and_a_dashboard_widget_per_alarm(synth: Synth) -> None:
     alarms = {k: v["Properties"] for k, v in synth.resources("AWS::CloudWatch::Alarm").items()
               if "runbooks/polling.md" in v["Properties"].get("AlarmDescription", "")}
-    names = {"PollFailedCallRate", "PollLatencyP99", "Poll401Cluster", "PollTypeDenied", "PollStale"}
+    names = {"PollFailedCallRate", "PollLatencyP99", "Poll401Cluster", "PollTypeDenied", "PollStale",
+             "PollRosterUnresolved"}
     assert {n for n in names if any(n in k for k in alarms)} == names
     failed = next(v for k, v in alarms.items() if "PollFailedCallRate" in k)
     [query] = [m["Expression"] for m in failed["Metrics"] if "Expression" in m]
     assert query.startswith('SELECT AVG("PollCallFailed") FROM SCHEMA("ehrbridge", service, tenant, endpoint, '
                             "resource_type) GROUP BY tenant ORDER BY AVG() DESC LIMIT 1"), query
     assert failed["Threshold"] == 0.005 and failed["Metrics"][0]["Period"] == 900
+    roster = next(v for k, v in alarms.items() if "PollRosterUnresolved" in k)
+    [query] = [m["Expression"] for m in roster["Metrics"] if "Expression" in m]
+    assert query.startswith('SELECT MAX("PollRosterStuck") FROM SCHEMA("ehrbridge", service, tenant, endpoint, '
+                            "resource_type) GROUP BY tenant ORDER BY MAX() DESC LIMIT 1"), query
+    assert roster["Threshold"] == 5 and roster["EvaluationPeriods"] == 3 and roster["Metrics"][0]["Period"] == 3600
+    assert roster["ComparisonOperator"] == "GreaterThanOrEqualToThreshold" and roster["AlarmActions"]
+    assert "runbooks/polling.md#roster-unresolved" in roster["AlarmDescription"]
     p99 = next(v for k, v in alarms.items() if "PollLatencyP99" in k)
     assert p99["ExtendedStatistic"] == "p99" and p99["Threshold"] == 500
     # The series the poller writes: its Lambda's POWERTOOLS_SERVICE_NAME, fleet-wide.
@@ -77,7 +85,8 @@ def test_alarms_and_a_dashboard_widget_per_alarm(synth: Synth) -> None:
     for name, body in dashboards.items():
         assert "FHIR polling" in body, name
         for metric in ("PollCallFailed", "PollCallLatency", "PollCall401", "PollTypeDenied", "PollStalenessRatio",
-                       "PollFreshnessSeconds", "PollCalls", "PollCall429", "PollCall5xx"):
+                       "PollFreshnessSeconds", "PollCalls", "PollCall429", "PollCall5xx", "PollRosterStuck",
+                       "PollRosterResolved", "PollRosterUnresolved", "PollTypeReprobed", "PollTypeReinstated"):
             assert metric in body, (name, metric)
     tenant = dashboards["ehrbridge-tenant"].replace("\\", "")  # unescape the JSON in JSON
     assert "tenant = 'TENANT_ID'" in tenant and 'tenant="TENANT_ID"' in tenant  # insights and SEARCH

@@ -8,7 +8,9 @@ the poller's alarms and a per-tenant dashboard.
   the refreshed token), moves cursors forward with conditional writes, publishes to normalize.
 - Alarms (runbook: docs/runbooks/polling.md), all over every tenant with Metrics Insights (tenants
   are data, not deploy-time constants), worst tenant first: failed-call rate > 0.5 % over 15 min,
-  p99 call latency > 500 ms, a cluster of 401s, a newly denied type, a pair stale beyond 3 intervals.
+  p99 call latency > 500 ms, a cluster of 401s, a newly denied type (re-probes that get 403 again do not
+  count), a pair stale beyond 3 intervals, and ADT-fed roster identifiers that keep failing to resolve
+  (``PollRosterStuck`` ≥ 5 for a tenant three hours running).
   The poll-jobs queue's depth, age and DLQ alarms are PipelineMonitoring's (every pipeline queue).
 - Widgets: a "FHIR polling" section on the overview and per-tenant dashboards of PipelineMonitoring
   (``add_section``): one widget per alarm, plus calls by outcome, endpoint and resource type.
@@ -49,7 +51,8 @@ class FhirPolling(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, core: CoreResources,
                  monitoring: PipelineMonitoring | None = None, failed_rate_threshold: float = 0.005,
                  p99_latency_ms: float = 500.0,
-                 unauthorized_threshold: int = 5, stale_intervals: float = 3.0) -> None:
+                 unauthorized_threshold: int = 5, stale_intervals: float = 3.0,
+                 roster_stuck_threshold: int = 5, roster_stuck_hours: int = 3) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         self.dispatcher = PipelineFunction(self, "Dispatcher", core=core, function=spec.function("poll_dispatcher"),
@@ -132,10 +135,20 @@ class FhirPolling(Construct):
               _worst_tenant("MAX", names.POLL_STALENESS_RATIO, "worst age / interval", five),
               stale_intervals, gt, f"a tenant's resource type has not been polled for {stale_intervals:g}x its "
               "interval", evaluation_periods=2)
+        # A gauge of entries pending for over an hour after several failed resolutions: one patient the EHR
+        # lacks stays below the threshold; a tenant whose identifiers do not resolve (wrong identifier
+        # system, Patient denied, search broken) climbs above it and stays there.
+        alarm("PollRosterUnresolved", "roster-unresolved",
+              _worst_tenant("MAX", names.POLL_ROSTER_STUCK, "roster identifiers that keep failing, worst tenant",
+                            cdk.Duration.hours(1)),
+              roster_stuck_threshold, ge, f"{roster_stuck_threshold}+ of a tenant's ADT-fed roster identifiers have "
+              f"kept failing to resolve to a Patient for {roster_stuck_hours} hours",
+              evaluation_periods=roster_stuck_hours)
 
         # ---- widgets on the overview and tenant dashboards (PipelineMonitoring.add_section) ---
         self.thresholds = {"failed": failed_rate_threshold, "p99": p99_latency_ms,
-                           "unauthorized": float(unauthorized_threshold), "stale": stale_intervals}
+                           "unauthorized": float(unauthorized_threshold), "stale": stale_intervals,
+                           "roster_stuck": float(roster_stuck_threshold)}
         if monitoring is not None:
             monitoring.add_section("FHIR polling", overview=self.widgets(tenant=None),
                                    tenant=self.widgets(tenant=TENANT_PATTERN))
@@ -192,4 +205,15 @@ class FhirPolling(Construct):
             graph("Duplicates received", one(names.POLL_DUPLICATES, "SUM", "duplicates", by)),
             graph("Retries", one(names.POLL_RETRIES, "SUM", "retries", by)),
             graph("Throttle wait (ms)", one(names.POLL_THROTTLE_WAIT_MS, "SUM", "wait", by)),
+            graph("Denied types re-probed / reinstated",
+                  [search_total(names.POLL_TYPE_REPROBED, "Sum", "re-probed", where=where, period=five),
+                   search_total(names.POLL_TYPE_REINSTATED, "Sum", "reinstated", where=where, period=five)]),
+            graph("Roster identifiers resolved / not resolved (ADT)",
+                  [search_total(names.POLL_ROSTER_RESOLVED, "Sum", "resolved", where=where, period=five),
+                   search_total(names.POLL_ROSTER_UNRESOLVED, "Sum", "not resolved", where=where, period=five)]),
+            graph("Deletions seen at the source, not delivered (opt-in)",
+                  one(names.POLL_DELETIONS_SEEN, "SUM", "deleted", by)),
+            graph("Roster identifiers that keep failing",
+                  one(names.POLL_ROSTER_STUCK, "MAX", "stuck", ("tenant",), cdk.Duration.hours(1)),
+                  alarm_at=self.thresholds["roster_stuck"]),
         ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable
 
 import pytest
 
+from ehrbridge.poll.jobs import PollJob
 from ehrbridge.poll.metrics import PollMetrics
 from ehrbridge.poll.poller import PollSettings
 from ehrbridge.sandbox.data import MRN_SYSTEM
@@ -56,9 +58,14 @@ def test_epic_resolves_adt_identifiers_and_crawls_only_those_patients(make_rig: 
     text = stream.getvalue()
     assert "NOT-IN-THE-EHR-YET" not in text and not any(mrn_of(p) in text for p in admitted)
 
-    # Next window: resolved entries are not searched again; the unknown one is retried (still kept).
+    # Next window right away: resolved entries are not searched again, and the unknown one waits (backoff).
     before = len(rig.sandbox.fhir_requests("Patient"))
     assert crawl(rig, "Observation") == ["done"]
+    assert [r for r in rig.sandbox.fhir_requests("Patient")[before:] if r.status == 200] == []
+    # A window 6 minutes later: the unknown one is retried (still kept, counted).
+    later = rig.poller()
+    later.clock = lambda: time.time() + 360
+    assert later.run(PollJob(tenant_id="poll-health", resource_type="Observation", job_id="o-later")).status == "done"
     assert len([r for r in rig.sandbox.fhir_requests("Patient")[before:] if r.status == 200]) == 1
     assert rig.cursors.pending_roster_identifiers("poll-health")[0].attempts == 2
 

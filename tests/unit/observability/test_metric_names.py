@@ -171,6 +171,9 @@ def _poller_emissions() -> dict[str, set[tuple[str, ...]]]:
     recorder.received("Observation", 10, duplicates=2)
     recorder.freshness("Observation", 130.0)
     recorder.denied("Observation")
+    recorder.reprobed("Observation", reinstated=False)
+    recorder.roster(2, 1, stuck=1)
+    recorder.deletions("Observation", 3)
     recorder.staleness("Observation", 0.5)
     emitted: dict[str, set[tuple[str, ...]]] = {}
     for line in stream.getvalue().splitlines():

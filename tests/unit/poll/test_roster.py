@@ -136,3 +136,72 @@ def test_no_mrn_in_logs_or_metrics(epic_tenant: TenantConfig, log_buffer: io.Str
     assert "RosterFed" in emitted
     for phi in ("SECRETMRN", "SURVIVORMRN", "998877", "ZEBRAFAMILY", "123-45-6789"):
         assert phi not in emitted
+
+
+def test_a40_retires_the_merged_away_entry_and_its_patient_id(epic_tenant: TenantConfig,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    roster = InMemoryCursorStore()
+    stage, _ = stage_for(epic_tenant, roster)
+    roster.add_roster_identifier("demo-health", MRN_SYSTEM, "OLDMRN")  # an earlier ADT, resolved by the poller
+    [old] = roster.pending_roster_identifiers("demo-health")
+    roster.resolve_roster_identifier("demo-health", old.key, "epic-old-1")
+    roster.add_to_roster("demo-health", {"epic-other"})
+    assert stage(envelope(A40, "ADT^A40")).ok
+    assert [e.value for e in roster.pending_roster_identifiers("demo-health")] == ["SURVIVORMRN"]
+    assert roster.roster("demo-health") == ["epic-other"]  # the merged-away id is crawled no more
+    assert '"RosterRetired":' in capsys.readouterr().out
+    # Re-delivery of the A40: nothing left to retire, the survivor is not doubled, no second metric.
+    assert stage(envelope(A40, "ADT^A40")).ok
+    assert len(roster.pending_roster_identifiers("demo-health")) == 1
+    assert '"RosterRetired":' not in capsys.readouterr().out
+
+
+def test_merged_identifiers_come_from_the_replaced_by_patient_only() -> None:
+    from ehrbridge.normalize.roster import merged_identifiers
+
+    mr = {"type": {"coding": [{"code": "MR"}]}}
+    survivor = {"resourceType": "Patient", "identifier": [{**mr, "system": "urn:mr", "value": "NEW"}],
+                "link": [{"other": {"reference": "Patient/x"}, "type": "replaces"}]}
+    retired = {"resourceType": "Patient", "active": False, "identifier": [{**mr, "system": "urn:mr", "value": "OLD"}],
+               "link": [{"other": {"reference": "Patient/y"}, "type": "replaced-by"}]}
+    # Whatever the entry order, the survivor feeds the roster and the merged-away one retires.
+    for entries in ([retired, survivor], [survivor, retired]):
+        bundle = {"entry": [{"resource": r} for r in entries]}
+        assert roster_identifier(bundle) == ("urn:mr", "NEW")
+        assert merged_identifiers(bundle) == [("urn:mr", "OLD")]
+    assert merged_identifiers({"entry": [{"resource": survivor}]}) == []
+
+
+def test_expiry_in_memory_follows_activity() -> None:
+    now = [1000.0]
+    store = InMemoryCursorStore(roster_expiry_s=100.0, clock=lambda: now[0])
+    store.add_roster_identifier("t", "urn:mr", "A")
+    store.add_to_roster("t", {"p1"})
+    now[0] = 1090.0
+    assert not store.add_roster_identifier("t", "urn:mr", "A")  # another ADT: activity, not a new entry
+    now[0] = 1150.0
+    assert store.roster("t") == [] and len(store.pending_roster_identifiers("t")) == 1
+    now[0] = 1200.0
+    assert store.pending_roster_identifiers("t") == []
+    assert store.add_roster_identifier("t", "urn:mr", "A")  # after expiry a new ADT starts afresh
+    assert store.pending_roster_identifiers("t")[0].attempts == 0
+
+
+def test_unresolved_entries_back_off_exponentially_up_to_six_hours() -> None:
+    from ehrbridge.poll.cursor import RETRY_MAX_S, RosterIdentifier
+
+    fresh = RosterIdentifier("k", "urn:mr", "A")
+    assert fresh.due(0.0)
+    waits = []
+    for attempts in range(1, 10):
+        entry = RosterIdentifier("k", "urn:mr", "A", attempts=attempts, last_attempt_at=1000.0)
+        wait = next(w for w in range(0, 30_000, 60) if entry.due(1000.0 + w))
+        waits.append(wait)
+    assert waits[:4] == [300, 600, 1200, 2400] and waits[-1] == RETRY_MAX_S
+    now = [1000.0]
+    store = InMemoryCursorStore(clock=lambda: now[0])
+    store.add_roster_identifier("t", "urn:mr", "A")
+    [entry] = store.pending_roster_identifiers("t")
+    store.roster_identifier_unresolved("t", entry.key)
+    [entry] = store.pending_roster_identifiers("t")
+    assert entry.last_attempt_at == 1000.0 and not entry.due(1200.0) and entry.due(1300.0)

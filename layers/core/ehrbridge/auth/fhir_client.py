@@ -7,7 +7,9 @@
   whose tokens live 10-60 s is served this way, without waiting for the schedule or a 401.
 - 401: count ``Unauthorized401`` (per tenant), refresh once through the same single-flight lock,
   retry once; a second 401 fails loudly (metric again, exception). 401 clusters alarm in CDK.
-- 403: the type is recorded as denied for the tenant (state table), alerted, and not retried.
+- 403: the type is recorded as denied for the tenant (state table), alerted, and not retried. A
+  scheduled re-probe (the poller's, ``reload_coverage(probe=...)``) may ask once more; a 403 on it
+  confirms the denial quietly (no second ``ResourceDenied``: the alarm fired when it was new).
 - 429/5xx (per vendor profile) and network errors: bounded backoff honouring Retry-After.
 - ``next`` links are followed as given, and only to the tenant's own FHIR origin (a token is
   never sent to another host).
@@ -84,12 +86,25 @@ class FhirClient:
         self._params = vendor_params(tenant)
         self._headers = {"Accept": "application/fhir+json", **vendor_headers(tenant)}
         self._server_denied: set[str] | None = None
+        self._probing: set[str] = set()
 
     # ---- coverage -----------------------------------------------------------------
     def server_denied(self) -> set[str]:
         if self._server_denied is None:
             self._server_denied = set(self.state.status(self.tenant.tenant_id).server_denied_types)
         return self._server_denied
+
+    def reload_coverage(self, probe: str | None = None) -> bool:
+        """Read the server-denied types again (another process may have cleared or added one); ``probe``
+        lets requests for that one denied type go out (a scheduled re-probe) until it is denied again.
+        True if ``probe`` is recorded as denied (a re-probe is on)."""
+        self._server_denied = None
+        self._probing = set()
+        if probe is None or probe not in self.server_denied():
+            return False
+        self.server_denied().discard(probe)
+        self._probing.add(probe)
+        return True
 
     def permitted(self, resource_type: str, needed: str = "rs", token: CachedToken | None = None) -> bool:
         token = token or self.refresher.get_token(self.tenant)
@@ -138,6 +153,14 @@ class FhirClient:
                 logger.error("401 after refresh", extra={"tenant_id": tenant_id, "resource_type": resource_type})
                 raise UnauthorizedError(f"401 after one refresh for tenant {tenant_id}", status=401,
                                         resource_type=resource_type, code="unauthorized")
+        if response.status_code == 403 and resource_type is not None and resource_type in self._probing:
+            self._probing.discard(resource_type)
+            self.state.mark_server_denied(tenant_id, resource_type)  # normally still recorded: a no-op
+            self.server_denied().add(resource_type)
+            logger.info("403 again on re-probe: resource type stays denied",
+                        extra={"tenant_id": tenant_id, "resource_type": resource_type})
+            raise ResourceDenied(f"{resource_type} still denied (403) for tenant {tenant_id}", status=403,
+                                 resource_type=resource_type, code="forbidden")
         if response.status_code == 403 and resource_type is not None:
             self.state.mark_server_denied(tenant_id, resource_type)
             self.server_denied().add(resource_type)

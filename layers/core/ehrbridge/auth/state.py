@@ -55,6 +55,10 @@ class RefreshState(Protocol):
 
     def mark_server_denied(self, tenant_id: str, resource_type: str) -> None: ...
 
+    def clear_server_denied(self, tenant_id: str, resource_type: str) -> None:
+        """A re-probe of a 403-denied type succeeded: it is polled again."""
+        ...
+
     def clear(self, tenant_id: str) -> None: ...
 
 
@@ -117,6 +121,12 @@ class InMemoryRefreshState:
             status = self._status.setdefault(tenant_id, RefreshStatus())
             if resource_type not in status.server_denied_types:
                 status.server_denied_types.append(resource_type)
+
+    def clear_server_denied(self, tenant_id: str, resource_type: str) -> None:
+        with self._lock:
+            status = self._status.get(tenant_id)
+            if status is not None:
+                status.server_denied_types = [t for t in status.server_denied_types if t != resource_type]
 
     def clear(self, tenant_id: str) -> None:
         with self._lock:
@@ -217,6 +227,14 @@ class DynamoRefreshState:
         self.ddb.update_item(TableName=self.table_name, Key=self._key(tenant_id, _STATUS),
                              UpdateExpression="SET server_denied_types = :s",
                              ExpressionAttributeValues={":s": _l([*current.server_denied_types, resource_type])})
+
+    def clear_server_denied(self, tenant_id: str, resource_type: str) -> None:
+        current = self.status(tenant_id)
+        if resource_type not in current.server_denied_types:
+            return
+        self.ddb.update_item(TableName=self.table_name, Key=self._key(tenant_id, _STATUS),
+                             UpdateExpression="SET server_denied_types = :s", ExpressionAttributeValues={
+                                 ":s": _l([t for t in current.server_denied_types if t != resource_type])})
 
     def clear(self, tenant_id: str) -> None:
         for sk in (_STATUS, _LOCK):

@@ -141,6 +141,7 @@ def tenants_show(tenant_id: str, state_table: StateTable = None, as_json: AsJson
                "refresh": {"consecutive_failures": status.consecutive_failures,
                            "last_failure_reason": status.last_failure_reason,
                            "denied_types": status.denied_types, "server_denied_types": status.server_denied_types},
+               "recorded_denials": _recorded_denials(store.table_name, tenant_id),
                "credentials": creds}
         _print(out) if as_json else _print_show(out)
 
@@ -219,10 +220,8 @@ def tenants_check(
         from ehrbridge.tenants.onboarding import validate
 
         path = Path(tenant)
-        if path.suffix in (".yaml", ".yml") or path.exists():
-            config = TenantConfig.from_yaml(path)
-        else:
-            config = _store(state_table).get(tenant)
+        deployed = not (path.suffix in (".yaml", ".yml") or path.exists())
+        config = _store(state_table).get(tenant) if deployed else TenantConfig.from_yaml(path)
         problems = validate(config)
         if problems:
             from ehrbridge.contracts.envelope import ContractError
@@ -242,10 +241,15 @@ def tenants_check(
             report = check_tenant(config, refresher)
         finally:
             refresher.token_client.close()
+        # What the deployed poller has on record (a check's own probes use a private state): 403 denials
+        # and when each is asked again.
+        recorded = _recorded_denials(_store(state_table).table_name, config.tenant_id) \
+            if deployed or state_table else None
         if as_json:
-            _print({"ok": report.token_obtained, **report.to_dict()})
+            _print({"ok": report.token_obtained, **report.to_dict(), "recorded_denials": recorded})
         else:
             _print_check(report)
+            _print_denials(recorded)
         if not report.token_obtained:
             raise typer.Exit(1)
         if not report.healthy:
@@ -392,12 +396,28 @@ def _print_show(out: dict[str, Any]) -> None:
         _echo("  token: none yet")
     refresh = out["refresh"]
     _echo(f"  denied types: {', '.join(refresh['denied_types'] + refresh['server_denied_types']) or 'none'}")
+    _print_denials(out.get("recorded_denials"))
     _echo(f"  consecutive refresh failures: {refresh['consecutive_failures']}"
                + (f" (last: {refresh['last_failure_reason']})" if refresh["last_failure_reason"] else ""))
     creds = out["credentials"]
     if creds:
         kids = ", ".join(f"{k['kid']} [{k['status']}, {k['algorithm']}]" for k in creds["keys"]) or "none"
         _echo(f"  keys: {kids}")
+
+
+def _recorded_denials(table: str, tenant_id: str) -> list[dict[str, Any]]:
+    from ehrbridge.auth.state import DynamoRefreshState
+    from ehrbridge.poll.cursor import DynamoCursorStore
+    from ehrbridge.poll.jobs import recorded_denials, reprobe_after_s
+
+    return recorded_denials(DynamoRefreshState(table).status(tenant_id), DynamoCursorStore(table), tenant_id,
+                            reprobe_after_s=reprobe_after_s())
+
+
+def _print_denials(recorded: list[dict[str, Any]] | None) -> None:
+    for denial in recorded or []:
+        _echo(f"  recorded 403 denial: {denial['resource_type']} (since {denial['denied_since'] or 'unknown'}; "
+              f"re-probed at {denial['next_reprobe']}, or sooner {denial['also_reprobed']})")
 
 
 def _print_check(report: Any) -> None:

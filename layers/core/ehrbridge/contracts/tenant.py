@@ -68,6 +68,9 @@ class PollPlan(_Strict):
     resource_type: ResourceType
     interval_s: int = Field(default=300, ge=60, le=86400)
     overlap_s: int = Field(default=300, ge=0, le=3600)
+    # Opt-in: after each window, count the type's hard deletions from its _history (where the server
+    # offers it). Counted and logged only: the envelope contract cannot carry a deletion downstream.
+    detect_deletions: bool = False
 
 
 class RateLimits(_Strict):

@@ -20,7 +20,7 @@ from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
 from ehrbridge.hl7.message import split_messages
 from ehrbridge.normalize.engine import NormalizeResult, normalize_hl7
-from ehrbridge.normalize.roster import RosterFeed, feeds_roster, roster_identifier
+from ehrbridge.normalize.roster import RosterFeed, feeds_roster, merged_identifiers, roster_identifier
 from ehrbridge.observability import emit_metric, logger
 from ehrbridge.observability.names import reason_class
 
@@ -106,6 +106,9 @@ class NormalizerStage:
             return
         if self.roster is not None and self.roster.add_roster_identifier(tenant_id, *identifier):
             emit_metric("RosterFed", tenant=tenant_id, message_type=result.kind)
+        for merged in merged_identifiers(result.bundle):  # A40: the merged-away patient is crawled no more
+            if self.roster is not None and self.roster.retire_roster_identifier(tenant_id, *merged):
+                emit_metric("RosterRetired", tenant=tenant_id, message_type=result.kind)
 
 
 def build_normalizer_stage() -> Consumer:

@@ -69,6 +69,7 @@ CODE_REPAIRS = MetricName("CodeRepairs", "message_type")
 # An ADT recorded a patient identifier on the tenant's FHIR poll roster (new entries only) / had none to record.
 ROSTER_FED = MetricName("RosterFed", "message_type")
 ROSTER_FEED_SKIPPED = MetricName("RosterFeedSkipped", "message_type")
+ROSTER_RETIRED = MetricName("RosterRetired", "message_type")  # A40: the merged-away patient's entry dropped
 
 # ---- identity ----------------------------------------------------------------------------------
 IDENTITY_MATCH_SCORE = MetricName("IdentityMatchScore")  # percent, high resolution
@@ -123,6 +124,16 @@ POLL_RESOURCES = MetricName("PollResources", "resource_type", "poller")
 POLL_DUPLICATES = MetricName("PollDuplicates", "resource_type", "poller")
 POLL_FRESHNESS_SECONDS = MetricName("PollFreshnessSeconds", "resource_type", "poller")
 POLL_TYPE_DENIED = MetricName("PollTypeDenied", "resource_type", "poller")
+# A 403-denied type asked again (every interval, or when the grant changes); reinstated 1 = polled again.
+POLL_TYPE_REPROBED = MetricName("PollTypeReprobed", "resource_type", "poller")
+POLL_TYPE_REINSTATED = MetricName("PollTypeReinstated", "resource_type", "poller")
+# Opt-in (poll_plan detect_deletions): hard deletions a type's _history listed for a window; not delivered.
+POLL_DELETIONS_SEEN = MetricName("PollDeletionsSeen", "resource_type", "poller")
+# ADT-fed roster identifiers (per-patient vendors): resolved to a Patient id, not resolved this step, and
+# the gauge of entries that keep failing (pending ≥ 1 h after several attempts): the alarm's metric.
+POLL_ROSTER_RESOLVED = MetricName("PollRosterResolved", "resource_type", "poller")
+POLL_ROSTER_UNRESOLVED = MetricName("PollRosterUnresolved", "resource_type", "poller")
+POLL_ROSTER_STUCK = MetricName("PollRosterStuck", "resource_type", "poller")
 POLL_STALENESS_RATIO = MetricName("PollStalenessRatio", "resource_type", "poller")  # written by the dispatcher
 
 # ---- MLLP bridge (names from ehrbridge.mllp.metrics; the bridge is the emitter) -----------------------

@@ -104,7 +104,8 @@ class PollCalls:
 
     # ---- the one operation --------------------------------------------------------------
     def get_page(self, path_or_url: str, params: dict[str, str] | None, resource_type: str, *,
-                 endpoint: str = "search", deadline: Deadline | None = None) -> Page:
+                 endpoint: str = "search", deadline: Deadline | None = None, coverage: bool = True) -> Page:
+        """``coverage=False``: an auxiliary call (type history) whose 403 must not mark the type denied."""
         deadline = deadline or Deadline(None)
         self._label = (endpoint, resource_type)
         attempt = 0
@@ -117,8 +118,8 @@ class PollCalls:
             self._last = None
             started = time.perf_counter()
             try:
-                response = self.client.request("GET", path_or_url, params=params, resource_type=resource_type,
-                                               needed="s")
+                response = self.client.request("GET", path_or_url, params=params,
+                                               resource_type=resource_type if coverage else None, needed="s")
                 return self._page(response, resource_type)
             except FhirCallError as err:
                 if err.code == "network":

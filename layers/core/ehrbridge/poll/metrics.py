@@ -65,7 +65,11 @@ class PollMetrics:
         self.latencies_ms.append(latency_ms)
         if outcome == "429":
             self.throttled += 1
-        failed = 0.0 if outcome == "2xx" else 1.0
+        # A re-probe of a type known to be denied expects its 403, and a server refusing the opt-in deletion
+        # count's type history (4xx) answers a capability question: counted by outcome, not failures.
+        expected = (endpoint == "reprobe" and outcome == "403") or (endpoint == "history" and outcome in (
+            "403", "404", "4xx"))
+        failed = 0.0 if outcome == "2xx" or expected else 1.0
         self._emit(endpoint, resource_type, {"PollCalls": (1.0, "Count"), f"PollCall{outcome}": (1.0, "Count"),
                                              "PollCallFailed": (failed, "Count"),
                                              "PollCallLatency": (latency_ms, "Milliseconds")},
@@ -94,10 +98,21 @@ class PollMetrics:
     def denied(self, resource_type: str) -> None:
         self._emit("search", resource_type, {"PollTypeDenied": (1.0, "Count")})
 
-    def roster(self, resolved: int, unresolved: int) -> None:
-        """ADT-fed roster identifiers resolved to a Patient id, and those kept for a later retry."""
+    def reprobed(self, resource_type: str, *, reinstated: bool) -> None:
+        """A 403-denied type asked again: reinstated (polled again) or still denied (not a new alarm)."""
+        self._emit("search", resource_type, {"PollTypeReprobed": (1.0, "Count"),
+                                             "PollTypeReinstated": (1.0 if reinstated else 0.0, "Count")})
+
+    def deletions(self, resource_type: str, count: int) -> None:
+        """Hard deletions the type's _history listed for a window: seen, not delivered (opt-in)."""
+        self._emit("history", resource_type, {"PollDeletionsSeen": (float(count), "Count")})
+
+    def roster(self, resolved: int, unresolved: int, *, stuck: int = 0) -> None:
+        """ADT-fed roster identifiers resolved to a Patient id, those kept for a later retry, and (a gauge)
+        the pending entries that keep failing: the unresolved-roster alarm reads ``PollRosterStuck``."""
         self._emit("roster", "Patient", {"PollRosterResolved": (float(resolved), "Count"),
-                                         "PollRosterUnresolved": (float(unresolved), "Count")})
+                                         "PollRosterUnresolved": (float(unresolved), "Count"),
+                                         "PollRosterStuck": (float(stuck), "Count")})
 
     def staleness(self, resource_type: str, ratio: float) -> None:
         self._emit("dispatch", resource_type, {"PollStalenessRatio": (ratio, "None")})

@@ -46,7 +46,7 @@ from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.observability import logger
 from ehrbridge.poll.calls import OutOfTime, Page, PollCalls, SessionExpired
 from ehrbridge.poll.cursor import Cursor, CursorStore, Window
-from ehrbridge.poll.jobs import PollJob
+from ehrbridge.poll.jobs import PollJob, scope_key
 from ehrbridge.poll.limits import Deadline
 from ehrbridge.poll.sink import ResourceSink, patient_id_of, resource_key
 
@@ -96,7 +96,7 @@ class _Run:
 class _CountingSink:
     """Bulk files go to the same sink; counts and roster updates as for searched pages."""
 
-    def __init__(self, sink: ResourceSink, run: _Run, on_patients: Callable[[set[str]], None]) -> None:
+    def __init__(self, sink: ResourceSink, run: _Run, on_patients: Callable[[list[dict[str, Any]]], None]) -> None:
         self.sink, self.run, self.on_patients = sink, run, on_patients
 
     def deliver(self, tenant: TenantConfig, resources: Any) -> None:
@@ -110,7 +110,7 @@ class _CountingSink:
             fresh.append(resource)
         self.sink.deliver(tenant, fresh)
         self.run.resources += len(fresh)
-        patients = {p for r in fresh if r.get("resourceType") == "Patient" and (p := patient_id_of(r))}
+        patients = [r for r in fresh if r.get("resourceType") == "Patient"]
         if patients:
             self.on_patients(patients)
 
@@ -122,6 +122,7 @@ class Poller:
         self.settings = settings or PollSettings()
         self.clock = clock
         self._capabilities: dict[str, set[str]] | None = None
+        self._probe_open = False
         self.page_size = min(self.settings.page_size or tenant.profile.max_page_size, tenant.profile.max_page_size)
 
     # ---- capability ----------------------------------------------------------------------
@@ -141,6 +142,15 @@ class Poller:
                         self._capabilities[res["type"]] = common | {
                             p.get("name") for p in res.get("searchParam") or [] if isinstance(p, dict)}
         return self._capabilities.get(resource_type) if self._capabilities else None
+
+    def interactions(self, resource_type: str) -> set[str] | None:
+        """Interactions the CapabilityStatement declares for the type (None: no statement)."""
+        statement = self.calls.metadata()
+        if not statement:
+            return None
+        return {i.get("code") for rest in statement.get("rest") or [] if isinstance(rest, dict)
+                for res in rest.get("resource") or [] if isinstance(res, dict) and res.get("type") == resource_type
+                for i in res.get("interaction") or [] if isinstance(i, dict)}
 
     def supports_last_updated(self, resource_type: str) -> bool:
         if resource_type in self.tenant.profile.last_updated_unsupported:
@@ -165,6 +175,12 @@ class Poller:
         """Crawl (the rest of) the pair's window. ``since`` overrides the watermark for a new window."""
         deadline = deadline or Deadline(None)
         rt = job.resource_type
+        # Another environment may have denied or reinstated a type since this client last looked; a
+        # re-probe job lets this one denied type be asked once more.
+        probing = self.calls.client.reload_coverage(probe=rt if job.reprobe else None)
+        # Until the re-probe's first page answers, its calls are labelled endpoint "reprobe": an expected 403
+        # there is not a failed call (the failed-call-rate alarm stays quiet on a known denial).
+        self._probe_open = probing
         cursor = self.cursors.get(self.tenant.tenant_id, rt)
         if cursor.window is None:
             mode = self.mode_for(rt)
@@ -184,8 +200,14 @@ class Poller:
             run.cursor = self.cursors.put(replace(run.cursor, not_before=self.clock() + signal.wait_s,
                                                   dispatched_at=self.clock()))
         except ResourceDenied:
-            self.calls.metrics.denied(rt)
-            outcome.status, outcome.detail = "denied", "server answered 403; type denied for the tenant"
+            if probing:
+                self.calls.metrics.reprobed(rt, reinstated=False)  # known denial: no new alarm
+                outcome.detail = "server answered 403 again; the type stays denied"
+            else:
+                self.calls.metrics.denied(rt)
+                outcome.detail = "server answered 403; type denied for the tenant"
+            outcome.status = "denied"
+            run.cursor = self._record_denial_probe(run.cursor)
         except ScopeNotGranted:
             outcome.status, outcome.detail = "not_granted", "the token does not cover this type"
         except FhirCallError as err:
@@ -196,11 +218,16 @@ class Poller:
             run.cursor = self.cursors.put(replace(run.cursor, window=None, completed_at=self.clock()))
             outcome.status, outcome.detail = "unsupported", "the server answered 404 for this type"
         else:
+            closed_since = run.cursor.window.since if run.cursor.window else None
             run.cursor = self._close_window(run.cursor)
             outcome.status, outcome.window_closed = "done", True
+            if job.detect_deletions and mode == "incremental":
+                self._count_deletions(rt, closed_since, deadline)
         finally:
             if run.resources or run.duplicates:
                 self.calls.metrics.received(rt, run.resources, run.duplicates)
+        if outcome.status in ("done", "continue") and (probing or run.cursor.denied_at is not None):
+            run.cursor = self._settle_reprobe(run, outcome, probing)
         outcome.pages, outcome.resources, outcome.duplicates = run.pages, run.resources, run.duplicates
         outcome.watermark = run.cursor.watermark
         logger.info("poll window step", extra={"tenant_id": self.tenant.tenant_id, "resource_type": rt,
@@ -208,6 +235,70 @@ class Poller:
                                                     "pages": run.pages, "resources": run.resources,
                                                     "duplicates": run.duplicates}})
         return outcome
+
+    def _count_deletions(self, rt: str, since: str | None, deadline: Deadline) -> int | None:
+        """Opt-in: hard deletions since the window's start, from ``[type]/_history?_since=`` (DELETE entries).
+
+        ``_lastUpdated`` searches cannot see a deleted resource. They are counted and logged (ids never), not
+        delivered: the envelope contract has no way to say "deleted". Best effort after the window has
+        closed: a server without type history, a failed call or too little time only skips the count."""
+        if since is None:
+            return None  # a first load: nothing was delivered that could have been deleted since
+        declared = self.interactions(rt)
+        if declared is not None and "history-type" not in declared:
+            logger.info("deletions not counted: the server offers no type history",
+                        extra={"tenant_id": self.tenant.tenant_id, "resource_type": rt, "status": "unsupported"})
+            return None
+        deleted: set[str] = set()
+        url: str | None = f"{rt}/_history"
+        params: dict[str, str] | None = {"_since": since, "_count": str(self.page_size)}
+        pages = 0
+        try:
+            while url and pages < self.settings.max_pages_per_window:
+                if not deadline.allows(self.settings.reserve_s):
+                    raise OutOfTime(0.0)
+                page = self.calls.get_page(url, params, rt, endpoint="history", deadline=deadline, coverage=False)
+                pages += 1
+                deleted |= {str(req.get("url")) for e in page.bundle.get("entry") or []
+                            if isinstance(req := e.get("request"), dict) and req.get("method") == "DELETE"}
+                url = next((link.get("url") for link in page.bundle.get("link") or []
+                            if isinstance(link, dict) and link.get("relation") == "next"), None)
+                params = None  # next links are followed as given
+        except (OutOfTime, FhirCallError) as err:
+            logger.warning("deletions not counted", extra={"tenant_id": self.tenant.tenant_id, "resource_type": rt,
+                                                           "reason": getattr(err, "code", None) or "out of time"})
+            return None
+        self.calls.metrics.deletions(rt, len(deleted))
+        if deleted:
+            logger.warning("resources deleted at the source are not delivered downstream", extra={
+                "tenant_id": self.tenant.tenant_id, "resource_type": rt, "counts": {"deleted": len(deleted)}})
+        return len(deleted)
+
+    def _record_denial_probe(self, cursor: Cursor) -> Cursor:
+        """When the type was (again) found denied, and under which grant: the dispatcher's re-probe clock."""
+        now = self.clock()
+        granted = self.calls.client.state.status(self.tenant.tenant_id).granted_scopes
+        return self.cursors.put(replace(cursor, denied_at=cursor.denied_at or now, denied_probed_at=now,
+                                        denied_scopes=scope_key(granted)))
+
+    def _settle_reprobe(self, run: _Run, outcome: PollOutcome, probing: bool) -> Cursor:
+        """A denied type answered: reinstated if a page came back; a probe that asked nothing (no patient on
+        the roster, out of time before the first call) proves nothing and keeps the denial."""
+        rt, tenant_id = run.cursor.resource_type, self.tenant.tenant_id
+        if run.pages > 0:
+            # The state table first: a crash before the cursor write only means clearing again next job.
+            self.calls.client.state.clear_server_denied(tenant_id, rt)
+            self.calls.client.reload_coverage()
+            self.calls.metrics.reprobed(rt, reinstated=True)
+            logger.info("denied resource type answered again; polled from now on",
+                        extra={"tenant_id": tenant_id, "resource_type": rt, "status": "reinstated"})
+            outcome.detail = "re-probe answered: the type is no longer denied"
+            return self.cursors.put(replace(run.cursor, denied_at=None, denied_probed_at=None, denied_scopes=None))
+        if outcome.status == "done" and probing:
+            logger.info("re-probe of a denied type made no call; it stays denied",
+                        extra={"tenant_id": tenant_id, "resource_type": rt, "status": "inconclusive"})
+            return self._record_denial_probe(run.cursor)
+        return run.cursor
 
     def _open_window(self, cursor: Cursor, job: PollJob, mode: Mode, since: str | None) -> Window:
         base = since or cursor.watermark
@@ -250,7 +341,11 @@ class Poller:
                 window = replace(window, resume_url=None, keyset_from=None, restarts=window.restarts + 1)
                 run.cursor = self.cursors.put(run.cursor.with_window(window))
                 continue
+            delivered_before = run.resources
             resources = self._deliver(rt, page, run)
+            if patient and run.resources > delivered_before:
+                # New records for this patient: roster activity, its entry does not expire while data flows.
+                self.cursors.add_to_roster(self.tenant.tenant_id, {patient})
             window = self._advance(window, page, resources, use_last_updated)
             finished = window.resume_url is None and window.keyset_from is None
             if mode == "per_patient" and finished:
@@ -267,8 +362,14 @@ class Poller:
         and is counted: the EHR may not have the patient yet, and this type's crawl goes on regardless.
         """
         tenant_id = self.tenant.tenant_id
-        pending = self.cursors.pending_roster_identifiers(tenant_id)[:self.settings.max_roster_resolutions]
+        every_pending = self.cursors.pending_roster_identifiers(tenant_id)
+        # Entries that failed recently wait (backoff); new ones first, so a backlog of unknown identifiers
+        # never starves the patients the EHR does know.
+        due = sorted((e for e in every_pending if e.due(self.clock())), key=lambda e: e.attempts)
+        pending = due[:self.settings.max_roster_resolutions]
         resolved = unresolved = 0
+        failed: set[str] = set()
+        done: set[str] = set()
         for entry in pending:
             if not deadline.allows(self.settings.reserve_s):
                 break
@@ -280,23 +381,31 @@ class Poller:
             except FhirCallError as err:
                 self.cursors.roster_identifier_unresolved(tenant_id, entry.key)
                 unresolved += 1
+                failed.add(entry.key)
                 logger.warning("roster identifier not resolved", extra={
                     "tenant_id": tenant_id, "roster_key": entry.key, "reason": err.code or str(err.status)})
                 continue
-            ids = {r["id"] for e in page.bundle.get("entry") or [] if isinstance(r := e.get("resource"), dict)
-                   and r.get("resourceType") == "Patient" and r.get("id")
-                   and (e.get("search") or {}).get("mode", "match") == "match"}
+            ids = _current_patients([r for e in page.bundle.get("entry") or []
+                                     if isinstance(r := e.get("resource"), dict) and r.get("resourceType") == "Patient"
+                                     and r.get("id") and (e.get("search") or {}).get("mode", "match") == "match"])
             if len(ids) == 1:
                 self.cursors.resolve_roster_identifier(tenant_id, entry.key, ids.pop())
                 resolved += 1
+                done.add(entry.key)
             else:
                 self.cursors.roster_identifier_unresolved(tenant_id, entry.key)
                 unresolved += 1
+                failed.add(entry.key)
                 logger.info("roster identifier not resolved", extra={
                     "tenant_id": tenant_id, "roster_key": entry.key,
                     "reason": "no match" if not ids else "ambiguous", "matches": len(ids)})
-        if resolved or unresolved:
-            self.calls.metrics.roster(resolved, unresolved)
+        if every_pending:
+            # The gauge counts every pending entry that keeps failing (this step's failures included), so
+            # the alarm sees a tenant whose identifiers do not resolve, not one patient the EHR lacks.
+            now = self.clock()
+            stuck = sum(1 for e in every_pending if e.key not in done and replace(
+                e, attempts=e.attempts + (e.key in failed)).stuck(now))
+            self.calls.metrics.roster(resolved, unresolved, stuck=stuck)
 
     def _crawl_bulk(self, run: _Run, deadline: Deadline) -> None:
         """One export per window, a step per invocation where the server makes us wait."""
@@ -306,7 +415,7 @@ class Poller:
         window = run.cursor.window
         assert window is not None
         self.calls.label("bulk", rt)  # the exporter shares the HTTP client: its calls are counted and timed too
-        counted = _CountingSink(self.sink, run, lambda ids: self.cursors.add_to_roster(self.tenant.tenant_id, ids))
+        counted = _CountingSink(self.sink, run, self._update_roster)
         exporter = BulkExporter(self.tenant, self.calls.client.refresher, counted, http=self.calls.http,
                                 limiter=self.calls.bucket)
         if window.bulk_status_url is None:
@@ -329,8 +438,15 @@ class Poller:
         run.cursor = self.cursors.put(run.cursor.with_window(window))
 
     def _fetch(self, rt: str, window: Window, patient: str, use_last_updated: bool, deadline: Deadline) -> Page:
+        page = self._fetch_page(rt, window, patient, use_last_updated, deadline)
+        self._probe_open = False  # the type answered
+        return page
+
+    def _fetch_page(self, rt: str, window: Window, patient: str, use_last_updated: bool,
+                    deadline: Deadline) -> Page:
         if window.resume_url:
-            return self.calls.get_page(window.resume_url, None, rt, endpoint="next-page", deadline=deadline)
+            return self.calls.get_page(window.resume_url, None, rt, deadline=deadline,
+                                       endpoint="reprobe" if self._probe_open else "next-page")
         params = {"_count": str(self.page_size + (window.keyset_ties if window.keyset_from is not None else 0))}
         if patient:
             params["patient"] = patient
@@ -342,7 +458,8 @@ class Poller:
             if self.tenant.profile.sorts_by_last_updated:
                 params["_sort"] = "_lastUpdated"
         endpoint = "keyset" if window.keyset_from is not None else "search"
-        return self.calls.get_page(rt, params, rt, endpoint=endpoint, deadline=deadline)
+        return self.calls.get_page(rt, params, rt, endpoint="reprobe" if self._probe_open else endpoint,
+                                   deadline=deadline)
 
     def _deliver(self, rt: str, page: Page, run: _Run) -> list[dict[str, Any]]:
         matches = [e["resource"] for e in page.bundle.get("entry") or []
@@ -360,8 +477,28 @@ class Poller:
         self.sink.deliver(self.tenant, fresh)
         run.resources += len(fresh)
         if rt == "Patient" and fresh:
-            self.cursors.add_to_roster(self.tenant.tenant_id, {p for r in fresh if (p := patient_id_of(r))})
+            self._update_roster(fresh)
         return matches
+
+    def _update_roster(self, patients: list[dict[str, Any]]) -> None:
+        """Patient versions seen: each is roster activity (pushes its expiry out). A Patient carrying a
+        ``replaced-by`` link was merged away (FHIR: "must no longer be used"): it leaves the roster and the
+        patient it points to is crawled instead."""
+        active: set[str] = set()
+        retired: set[str] = set()
+        for patient in patients:
+            patient_id = patient_id_of(patient)
+            successors = _successors(patient)
+            if successors and patient_id:
+                retired.add(patient_id)
+                active |= successors
+            elif patient_id:
+                active.add(patient_id)
+        active -= retired
+        if retired:
+            self.cursors.remove_from_roster(self.tenant.tenant_id, retired)
+        if active:
+            self.cursors.add_to_roster(self.tenant.tenant_id, active)
 
     def _advance(self, window: Window, page: Page, resources: list[dict[str, Any]], use_last_updated: bool) -> Window:
         server_time = window.server_time or _normal(page.server_time)
@@ -406,6 +543,29 @@ class Poller:
                                          (_parse(window.server_time) - _parse(watermark)).total_seconds())
         return self.cursors.put(replace(cursor, watermark=watermark, window=None, completed_at=self.clock(),
                                         not_before=None))
+
+
+def _current_patients(matches: list[dict[str, Any]]) -> set[str]:
+    """The Patient ids an identifier search means: a merged-away record (``replaced-by`` link) stands for the
+    patient it points to, so an EHR that still answers with the old record next to the survivor (or only
+    with the old one) resolves to the survivor instead of looking ambiguous."""
+    out: set[str] = set()
+    for patient in matches:
+        out |= _successors(patient) or {str(patient["id"])}
+    return out
+
+
+def _successors(patient: dict[str, Any]) -> set[str]:
+    """Where a merged-away Patient points (``link.type = replaced-by``: "must no longer be used")."""
+    return {ref for link in patient.get("link") or [] if isinstance(link, dict)
+            and link.get("type") == "replaced-by" and (ref := _patient_reference(link.get("other")))}
+
+
+def _patient_reference(other: Any) -> str | None:
+    reference = other.get("reference") if isinstance(other, dict) else None
+    if not isinstance(reference, str) or "Patient/" not in reference:
+        return None
+    return reference.rstrip("/").split("Patient/")[-1].split("/")[0] or None
 
 
 def _pages_by_offset(url: str) -> bool:

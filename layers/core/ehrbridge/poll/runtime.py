@@ -22,7 +22,7 @@ from ehrbridge.contracts.tenant_store import DynamoTenantStore, TenantNotFound
 from ehrbridge.observability import logger
 from ehrbridge.poll.calls import PollCalls, effective_rate
 from ehrbridge.poll.cursor import DynamoCursorStore
-from ehrbridge.poll.jobs import DispatchSummary, PollJob, dispatch
+from ehrbridge.poll.jobs import DispatchSummary, PollJob, dispatch, reprobe_after_s
 from ehrbridge.poll.limits import Deadline, SharedRateLimiter
 from ehrbridge.poll.metrics import PollMetrics
 from ehrbridge.poll.poller import Poller
@@ -66,8 +66,8 @@ def _jobs() -> SqsJobQueue:
 def run_dispatcher() -> DispatchSummary:
     tenants, cursors, state = _stores()
     return dispatch(tenants.list(), cursors, _jobs().send,
-                    skipped_for=lambda tenant: state.status(tenant.tenant_id).skipped_types(),
-                    metrics_for=lambda tenant_id: PollMetrics(tenant_id))
+                    coverage_for=lambda tenant: state.status(tenant.tenant_id),
+                    metrics_for=lambda tenant_id: PollMetrics(tenant_id), reprobe_after_s=reprobe_after_s())
 
 
 @dataclass

@@ -97,6 +97,8 @@ class RequestRecord:
     client_id: str | None = None
     resource_type: str | None = None
     error: str | None = None
+    # Query parameters of an answered FHIR request (last value of each), for tests asking "who was searched".
+    params: dict[str, str] = field(default_factory=dict)
 
 
 class SandboxEHR:
@@ -131,6 +133,8 @@ class SandboxEHR:
         self.history: set[tuple[str, str, str]] = {(r["resourceType"], r["id"], r["meta"]["versionId"])
                                                    for items in self.resources.values() for r in items}
         self._last_stamp = ""
+        # Hard deletions (type, id, when): searches no longer find them; type history lists them as DELETE.
+        self.deleted: list[tuple[str, str, str]] = []
         # Oracle Health answers a bulk-file GET with a 307 to storage that must not see our token.
         redirect = self.profile.vendor == "oracle_health" if bulk_redirect_files is None else bulk_redirect_files
         self.bulk = BulkExports(self, status_polls=bulk_status_polls, redirect_files=redirect)
@@ -222,6 +226,53 @@ class SandboxEHR:
                 ids.append(new["id"])
             return ids
 
+    def delete(self, resource_type: str, resource_id: str) -> bool:
+        """Hard-delete a resource now (gone from searches; a DELETE entry in the type's ``_history``)."""
+        stamp = self.next_stamp()
+        with self._lock:
+            items = self.resources.get(resource_type, [])
+            kept = [r for r in items if r["id"] != resource_id]
+            if len(kept) == len(items):
+                return False
+            items[:] = kept
+            self.deleted.append((resource_type, resource_id, stamp))
+            return True
+
+    def type_history(self, token: IssuedToken, resource_type: str,
+                     query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        """``GET [type]/_history?_since=``: every current version and every deletion after ``_since``, oldest
+        first, paged by offset (a history bundle: ``request.method`` PUT or DELETE)."""
+        denied = self._access(token, resource_type, "s")
+        if denied:
+            return denied
+        since = query.get("_since", [""])[0]
+        with self._lock:
+            versions = [(r["meta"]["lastUpdated"], "PUT", r) for r in self.resources.get(resource_type, [])
+                        if r["meta"]["lastUpdated"] > since]
+            deletions = [(stamp, "DELETE", {"resourceType": resource_type, "id": rid})
+                         for rt, rid, stamp in self.deleted if rt == resource_type and stamp > since]
+        rows = sorted(versions + deletions, key=lambda row: (row[0], row[2]["id"]))
+        count = max(1, min(int(query.get("_count", [str(self.max_page_size)])[0] or 1), self.max_page_size))
+        offset = int(query.get("_offset", ["0"])[0])
+        base = f"{self.fhir_base_url}/{resource_type}/_history"
+        links = [{"relation": "self", "url": base}]
+        if offset + count < len(rows):
+            params = {k: v[-1] for k, v in query.items() if k != "_offset"}
+            links.append({"relation": "next", "url": f"{base}?" + urlencode({**params, "_offset": offset + count})})
+        entries = []
+        for stamp, method, resource in rows[offset:offset + count]:
+            url = f"{resource_type}/{resource['id']}"
+            entry: dict[str, Any] = {"fullUrl": f"{self.fhir_base_url}/{url}", "request": {"method": method,
+                                                                                            "url": url}}
+            if method == "DELETE":
+                entry["response"] = {"status": "204", "lastModified": stamp}
+            else:
+                entry["resource"] = resource
+                entry["response"] = {"status": "200", "lastModified": stamp}
+            entries.append(entry)
+        return 200, {"resourceType": "Bundle", "type": "history", "meta": {"lastUpdated": _now_iso(self.clock())},
+                     "total": len(rows), "link": links, "entry": entries}
+
     def next_stamp(self) -> str:
         """A lastUpdated for a write now, strictly after the previous one (like a database sequence)."""
         with self._lock:
@@ -274,7 +325,8 @@ class SandboxEHR:
                 params.append({"name": "patient", "type": "reference"})
             else:
                 params.append({"name": "identifier", "type": "token"})
-            resources.append({"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"}],
+            resources.append({"type": resource_type, "interaction": [{"code": "read"}, {"code": "search-type"},
+                                                                     {"code": "history-type"}],
                               "searchParam": params})
         return {"resourceType": "CapabilityStatement", "status": "active", "date": _now_iso(self.clock()),
                 "kind": "instance", "fhirVersion": "4.0.1", "format": ["json"],
@@ -653,6 +705,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif len(segments) == 1:
             status, body = sandbox.search(token, segments[0], query)
             searched = segments[0]
+        elif len(segments) == 2 and segments[1] == "_history":
+            status, body = sandbox.type_history(token, segments[0], query)
         elif len(segments) == 2:
             status, body = sandbox.read(token, segments[0], segments[1])
         else:
@@ -664,7 +718,8 @@ class _Handler(BaseHTTPRequestHandler):
                 sandbox.record(RequestRecord("fhir", "GET", path, 200, token.client_id, resource_type, "injected"))
                 self._send_raw(broken)
                 return
-        sandbox.record(RequestRecord("fhir", "GET", path, status, token.client_id, resource_type))
+        sandbox.record(RequestRecord("fhir", "GET", path, status, token.client_id, resource_type,
+                                     params={k: v[-1] for k, v in query.items() if v}))
         self._send(status, body)
 
     def _bulk(self, path: str, query: dict[str, list[str]]) -> None:
