@@ -17,7 +17,7 @@ from tests.infra.conftest import Synth
 pytestmark = [pytest.mark.infra, pytest.mark.xdist_group("infra")]
 
 # Dependencies with compiled code that the layer needs (each publishes aarch64 manylinux wheels).
-COMPILED = ("pydantic_core", "rapidfuzz", "cryptography", "jellyfish", "pyyaml", "cffi", "wrapt")
+COMPILED = ("pydantic_core", "rapidfuzz", "cryptography", "jellyfish", "pyyaml", "cffi", "wrapt", "orjson")
 
 
 def _elf(path: Path, machine: int, bits64: bool = True) -> None:

@@ -222,6 +222,9 @@ def test_every_ok_bundle_of_corpus_and_mutations_is_model_valid_and_loses_nothin
             continue
         ok += 1
         assert validate_with_models(r.bundle) == [], (data[:200], validate_with_models(r.bundle))
+        # The text the stage sends on (engine._to_json: orjson or the standard library) is ASCII and reads back
+        # as the bundle that was checked.
+        assert r.bundle_json.isascii() and json.loads(r.bundle_json) == r.bundle, data[:200]
         try:
             _check_fields_mapped_or_listed(data, r)
         except ParseError:

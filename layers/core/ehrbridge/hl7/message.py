@@ -40,6 +40,7 @@ class Separators:
 
 
 _HEX = re.compile(r"^[0-9A-Fa-f]+$")
+_SEGMENT_ID = re.compile(r"^[A-Z0-9]{3}$")
 # Formatting escapes of FT/TX (HL7 v2 2.7.2): line breaks become "\n"; layout hints are dropped.
 _FORMAT = {".br": "\n", ".sp": "\n", ".fi": "", ".nf": "", ".in": "", ".ti": "", ".sk": " ", ".ce": "\n",
            "H": "", "N": ""}
@@ -244,7 +245,7 @@ def clean(data: bytes, default_charset: str = "ASCII") -> tuple[str, wire.MshHea
     except wire.WireError as err:
         raise ParseError(err.reason) from None
     segments = wire.split_segments(data)
-    if wire.is_batch(data) or sum(1 for s in segments if s[:3] == b"MSH") > 1:
+    if wire.starts_batch(segments) or sum(1 for s in segments if s[:3] == b"MSH") > 1:
         raise ParseError("more than one message: split the batch first")
     if b"\r" not in data:
         cleanups.append("lf-segment-ends")
@@ -286,7 +287,7 @@ def parse(data: bytes, default_charset: str = "ASCII") -> Message:
     segments: list[Segment] = []
     for index, line in enumerate(lines):
         name = line[:3]
-        if (len(line) > 3 and line[3] != sep) or not re.match(r"^[A-Z0-9]{3}$", name):
+        if (len(line) > 3 and line[3] != sep) or not _SEGMENT_ID.match(name):
             raise ParseError(f"segment {index + 1} is not an HL7 segment (bad segment id)")
         if name == "MSH":
             if index:

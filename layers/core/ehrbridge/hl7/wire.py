@@ -275,5 +275,9 @@ def split_batch(data: bytes) -> list[bytes]:
 
 
 def is_batch(data: bytes) -> bool:
-    segments = split_segments(data)
+    return starts_batch(split_segments(data))
+
+
+def starts_batch(segments: list[bytes]) -> bool:
+    """``is_batch`` for a message already split into segments."""
     return bool(segments) and segments[0][:3] in (b"FHS", b"BHS")
