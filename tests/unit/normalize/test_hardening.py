@@ -205,3 +205,20 @@ def test_unicode_blanks_in_text_become_spaces(tenant: TenantConfig) -> None:
     assert result.ok and validate_with_models(result.bundle or {}) == []
     assert json.loads(result.bundle_json) == result.bundle and "\\u00a0" not in result.bundle_json
     assert any(r["kind"] == "whitespace" for r in result.repairs)
+
+
+def test_form_feed_in_text_becomes_a_space_and_a_literal_backslash_f_does_not(tenant: TenantConfig) -> None:
+    """JSON writes a form feed as ``\\f`` (not ``\\u000c``): the blank scan must read that escape too, and
+    only a real escape (an odd run of backslashes), not a text that spells a backslash and an f."""
+    from ehrbridge.normalize.validate import validate_with_models
+
+    head = ("MSH|^~\\&|LAB|FAC|EHR|DEMO|20240101120000||ORU^R01^ORU_R01|C1|P|2.5.1\r"
+            "PID|1||R1^^^MRN^MR||Doe^Jane\rOBR|1||O1|718-7^Hgb^LN\r")
+    result = normalize_hl7((head + "OBX|1|ST|A^B^L||page\x0cbreak||||||F\r").encode(), tenant)
+    assert result.ok and validate_with_models(result.bundle or {}) == []
+    assert "\\f" not in result.bundle_json and "page break" in result.bundle_json
+    assert any(r["kind"] == "whitespace" for r in result.repairs)
+    # HL7 escape \E\ is a literal backslash: "C:\E\files" is the text C:\files, JSON "C:\\files" - no blank.
+    literal = normalize_hl7((head + "OBX|1|ST|A^B^L||C:\\E\\files||||||F\r").encode(), tenant)
+    assert literal.ok and "C:\\\\files" in literal.bundle_json
+    assert not any(r["kind"] == "whitespace" for r in literal.repairs)

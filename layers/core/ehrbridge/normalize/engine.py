@@ -256,9 +256,12 @@ codecs.register_error(_JSON_ESCAPE, _json_u_escapes)
 
 
 # FHIR ``string`` is ``[ \r\n\t\S]+``: a Unicode blank other than those four (no-break space, line/paragraph
-# separator, VT, FF, ideographic space ...) makes the R4B models refuse the whole bundle. In the compact JSON
+# separator, VT, ideographic space ...) makes the R4B models refuse the whole bundle; a form feed passes them,
+# but no XML FHIR can carry it (XML 1.0 forbids the character), so it goes too. In the compact JSON
 # (ASCII-escaped) they appear as these escapes; a match only costs a walk that replaces them by a space.
-_ODD_BLANKS_JSON = re.compile(r"\\u(000[bc]|0085|00a0|1680|200[0-9a]|202[89f]|205f|3000)")
+# JSON writes a form feed as the two characters backslash + f; an escape is real only when no backslash
+# escapes its own backslash (JSON backslash backslash f is the text "backslash f", not a form feed).
+_ODD_BLANKS_JSON = re.compile(r"(?<!\\)(?:\\\\)*\\(?:f|u(?:000[bc]|0085|00a0|1680|200[0-9a]|202[89f]|205f|3000))")
 _ODD_BLANKS = re.compile("[\x0b\x0c\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 
 
