@@ -16,9 +16,9 @@ The minimum is one request per page of ``_count`` resources. "10 % 429s" is meas
 Both run on the sandbox's default paging (opaque ``next`` links, as HAPI and the vendors page), and
 the pages case again on offset paging, where the poller does not trust offsets and re-queries by
 keyset (``_lastUpdated=ge{last}``). That re-reads the records sharing the page's last timestamp
-(at least the last record). The poller asks for that many more, so a page still brings ``_count``
-new records. Only when ``_count`` is already the server's cap does this cost about 1 % extra
-pages; ``--count 50`` shows the uncapped case.
+(at least the last record). The poller asks for that many more (within the vendor's page cap), so
+a page still brings ``_count`` new records. Only when ``_count`` is already the cap does this cost
+about 1 % extra pages; ``--count 50`` shows the uncapped case.
 
 Printed per run: the 429 answers, extra pages, other failed calls, the requests outside the search
 (CapabilityStatement, token) counted apart, and whether the acceptance holds. Missing resources

@@ -447,7 +447,10 @@ class Poller:
         if window.resume_url:
             return self.calls.get_page(window.resume_url, None, rt, deadline=deadline,
                                        endpoint="reprobe" if self._probe_open else "next-page")
-        params = {"_count": str(self.page_size + (window.keyset_ties if window.keyset_from is not None else 0))}
+        # A keyset page asks for the records it re-reads on top, within the vendor's page cap (a server
+        # may refuse a _count above it rather than trim it).
+        ties = window.keyset_ties if window.keyset_from is not None else 0
+        params = {"_count": str(min(self.page_size + ties, max(self.page_size, self.tenant.profile.max_page_size)))}
         if patient:
             params["patient"] = patient
         if use_last_updated:
