@@ -33,6 +33,11 @@ class StageConfig(BaseModel):
     mllp_internet_facing: bool = False
     bridge_image: str | None = None  # a pre-built image URI instead of building bridge/Dockerfile
     bridge_desired_count: int = Field(default=2, ge=1, le=50)
+    # Per-patient crawl rosters: entries with no ADT/Patient/record activity for this long expire. One value
+    # for the normalizer (writes them from ADT) and the poller (reads and refreshes them).
+    roster_expiry_days: int = Field(default=90, ge=1, le=3650)
+    # A resource type a server answered 403 for is asked again after this long (and when the grant changes).
+    poll_reprobe_denied_s: int = Field(default=86_400, ge=300, le=30 * 86_400)
 
     @field_validator("mllp_allowed_cidrs")
     @classmethod

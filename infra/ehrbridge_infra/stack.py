@@ -23,14 +23,17 @@ class EhrbridgeStack(cdk.Stack):
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
         self.core = CoreResources(self, "Core", alarm_emails=config.alarm_emails)
-        self.pipeline = PipelineFunctions(self, "Pipeline", core=self.core)
+        self.pipeline = PipelineFunctions(self, "Pipeline", core=self.core,
+                                          roster_expiry_days=config.roster_expiry_days)
         self.identity = IdentityExtras(self, "Identity", core=self.core,
                                        function=self.pipeline.functions["identity_matcher"])
         self.monitoring = PipelineMonitoring(self, "Monitoring", core=self.core, tenants=config.tenant_ids())
         self.token_refresh = TokenRefresh(self, "TokenRefresh", core=self.core)
         self.mllp_bridge = MllpBridgeService(self, "MllpBridge", core=self.core,
                                             desired_count=config.bridge_desired_count)
-        self.polling = FhirPolling(self, "Polling", core=self.core, monitoring=self.monitoring)
+        self.polling = FhirPolling(self, "Polling", core=self.core, monitoring=self.monitoring,
+                                   roster_expiry_days=config.roster_expiry_days,
+                                   reprobe_denied_s=config.poll_reprobe_denied_s)
         cdk.Tags.of(self).add("app", "ehrbridge")
         cdk.Tags.of(self).add("data-classification", "phi")
         if not cdk.Token.is_unresolved(self.region):

@@ -32,6 +32,8 @@ def test_a_stage_without_a_file_gets_safe_defaults(tmp_path: Path) -> None:
     {"account": "12345"},
     {"availability_zones": ["us-east-1a"]},      # one AZ
     {"client_secret": "x"},                      # unknown keys (and secrets) are refused
+    {"roster_expiry_days": 0},                   # every roster entry would expire on write
+    {"poll_reprobe_denied_s": 10},               # a denied type hammered every dispatcher run
 ])
 def test_bad_stage_settings_are_refused(tmp_path: Path, document: dict) -> None:
     import yaml

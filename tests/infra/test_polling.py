@@ -92,3 +92,18 @@ def test_alarms_and_a_dashboard_widget_per_alarm(synth: Synth) -> None:
     assert "tenant = 'TENANT_ID'" in tenant and 'tenant="TENANT_ID"' in tenant  # insights and SEARCH
     assert "GROUP BY endpoint, resource_type" in tenant  # calls per endpoint and resource type
 
+
+
+def test_roster_expiry_and_reprobe_interval_are_one_setting_on_every_function_that_uses_them(synth: Synth) -> None:
+    """The normalizer writes roster entries from ADT, the poller and dispatcher read and refresh them: a
+    different expiry on one side would cut entries short, so the stage sets both from one value."""
+    from ehrbridge.poll.cursor import ROSTER_EXPIRY_ENV
+    from ehrbridge.poll.jobs import REPROBE_ENV
+    from ehrbridge_infra.config import load_stage
+
+    stage = load_stage("dev")
+    env = {name: _function(synth, name)[1]["Properties"]["Environment"]["Variables"]
+           for name in ("normalizer", "fhir_poller", "poll_dispatcher")}
+    assert {name: e.get(ROSTER_EXPIRY_ENV) for name, e in env.items()} == dict.fromkeys(
+        env, str(stage.roster_expiry_days))
+    assert env["fhir_poller"][REPROBE_ENV] == env["poll_dispatcher"][REPROBE_ENV] == str(stage.poll_reprobe_denied_s)

@@ -31,6 +31,8 @@ from constructs import Construct
 from ehrbridge import resources as spec
 from ehrbridge.contracts.tenant import SECRET_PREFIX
 from ehrbridge.observability import names
+from ehrbridge.poll.cursor import DEFAULT_ROSTER_EXPIRY_DAYS, ROSTER_EXPIRY_ENV
+from ehrbridge.poll.jobs import DEFAULT_REPROBE_AFTER_S, REPROBE_ENV
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
 from ehrbridge_infra.constructs.monitoring import PipelineMonitoring
@@ -52,12 +54,17 @@ class FhirPolling(Construct):
                  monitoring: PipelineMonitoring | None = None, failed_rate_threshold: float = 0.005,
                  p99_latency_ms: float = 500.0,
                  unauthorized_threshold: int = 5, stale_intervals: float = 3.0,
-                 roster_stuck_threshold: int = 5, roster_stuck_hours: int = 3) -> None:
+                 roster_stuck_threshold: int = 5, roster_stuck_hours: int = 3,
+                 roster_expiry_days: int = int(DEFAULT_ROSTER_EXPIRY_DAYS),
+                 reprobe_denied_s: int = DEFAULT_REPROBE_AFTER_S) -> None:
         super().__init__(scope, construct_id)
         stack = cdk.Stack.of(self)
         self.dispatcher = PipelineFunction(self, "Dispatcher", core=core, function=spec.function("poll_dispatcher"),
                                            reserved_concurrency=1)
         self.poller = PipelineFunction(self, "Poller", core=core, function=spec.function("fhir_poller"))
+        for fn in (self.dispatcher, self.poller):
+            fn.function.add_environment(ROSTER_EXPIRY_ENV, str(roster_expiry_days))
+            fn.function.add_environment(REPROBE_ENV, str(reprobe_denied_s))
         state_arn = core.tables["state"].table_arn
         # The tenant list is a scan of the state table's config items.
         self.dispatcher.role.add_to_principal_policy(iam.PolicyStatement(actions=["dynamodb:Scan"],
