@@ -24,8 +24,6 @@ from aws_cdk import Acknowledgment, Validations
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
-from aws_cdk import aws_scheduler as scheduler
-from aws_cdk import aws_scheduler_targets as targets
 from constructs import Construct
 
 from ehrbridge import resources as spec
@@ -36,6 +34,7 @@ from ehrbridge.poll.jobs import DEFAULT_REPROBE_AFTER_S, REPROBE_ENV
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
 from ehrbridge_infra.constructs.monitoring import PipelineMonitoring
+from ehrbridge_infra.constructs.schedule import every_minute
 from ehrbridge_infra.nag import iam5_resource
 from ehrbridge_infra.observability import TENANT_PATTERN, insights, search, search_total, series
 
@@ -87,24 +86,12 @@ class FhirPolling(Construct):
                            reason="Writes only per-tenant token secrets, when a 401 forces one refresh."))
 
         # ---- one schedule for all tenants ----------------------------------------------------
-        invoke_role = iam.Role(self, "SchedulerRole", assumed_by=iam.ServicePrincipal(
-            "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": stack.account}}),
-            description="ehrbridge: EventBridge Scheduler invokes poll_dispatcher")
-        self.schedule = scheduler.Schedule(
-            self, "EveryMinute", schedule=scheduler.ScheduleExpression.rate(cdk.Duration.minutes(1)),
-            description="ehrbridge: enqueue due FHIR poll jobs",
-            target=targets.LambdaInvoke(self.dispatcher.function, role=invoke_role, retry_attempts=0,
-                                        max_event_age=cdk.Duration.minutes(1)))
+        self.schedule = every_minute(self, self.dispatcher.function, function_label="poll_dispatcher",
+                                     description="ehrbridge: enqueue due FHIR poll jobs")
         Validations.of(self.dispatcher).acknowledge(Acknowledgment(
             id="HIPAA.Security-LambdaDLQ",
             reason="Invoked by EventBridge Scheduler every minute without retries: the next run re-derives what is "
                    "due from the cursors, and a pair that stays undispatched alarms as stale."))
-        fn_logical = stack.resolve(stack.get_logical_id(self.dispatcher.function.node.default_child))  # type: ignore[arg-type]
-        Validations.of(invoke_role).acknowledge(
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::<{fn_logical}.Arn>:*]",
-                           reason="lambda:InvokeFunction on the dispatcher's own versions/aliases, as CDK grants it."),
-            Acknowledgment(id="HIPAA.Security-IAMNoInlinePolicy",
-                           reason="Invoke permission attached only to the scheduler's own role for this function."))
 
         # ---- alarms --------------------------------------------------------------------------
         action = cw_actions.SnsAction(core.alarm_topic)

@@ -20,8 +20,6 @@ from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
-from aws_cdk import aws_scheduler as scheduler
-from aws_cdk import aws_scheduler_targets as targets
 from constructs import Construct
 
 from ehrbridge import resources as spec
@@ -29,6 +27,7 @@ from ehrbridge.contracts.tenant import SECRET_PREFIX
 from ehrbridge.observability import names
 from ehrbridge_infra.constructs.core import CoreResources
 from ehrbridge_infra.constructs.function import PipelineFunction
+from ehrbridge_infra.constructs.schedule import every_minute
 from ehrbridge_infra.nag import iam5_resource
 from ehrbridge_infra.observability import insights
 
@@ -80,20 +79,8 @@ class TokenRefresh(Construct):
                                   "superseded by the next one, and failures alarm (Errors, refresh failures)."))
 
         # ---- schedule ----------------------------------------------------------------------
-        # Our own invoke role (not the stack-wide singleton) so its grant is scoped and acknowledged here.
-        invoke_role = iam.Role(self, "SchedulerRole", assumed_by=iam.ServicePrincipal(
-            "scheduler.amazonaws.com", conditions={"StringEquals": {"aws:SourceAccount": stack.account}}),
-            description="ehrbridge: EventBridge Scheduler invokes token_refresh")
-        self.schedule = scheduler.Schedule(
-            self, "EveryMinute", schedule=scheduler.ScheduleExpression.rate(cdk.Duration.minutes(1)),
-            description="ehrbridge: refresh SMART tokens that are due",
-            target=targets.LambdaInvoke(fn, role=invoke_role, retry_attempts=0,
-                                        max_event_age=cdk.Duration.minutes(1)))
-        Validations.of(invoke_role).acknowledge(
-            Acknowledgment(id=f"AwsSolutions-IAM5[Resource::<{_logical_id(stack, fn)}.Arn>:*]",
-                           reason="lambda:InvokeFunction on the refresher's own versions/aliases, as CDK grants it."),
-            Acknowledgment(id="HIPAA.Security-IAMNoInlinePolicy",
-                           reason="Invoke permission attached only to the scheduler's own role for this function."))
+        self.schedule = every_minute(self, fn, function_label="token_refresh",
+                                     description="ehrbridge: refresh SMART tokens that are due")
 
         # ---- alarms -----------------------------------------------------------------------
         action = cw_actions.SnsAction(core.alarm_topic)
