@@ -244,3 +244,29 @@ def test_patient_without_id_is_an_error(resolver: Resolver) -> None:
 def test_unknown_model_schema_is_rejected() -> None:
     with pytest.raises(Exception, match="levels"):
         Model(version="x", prior=0.1, m=[[0.5]] * len(COMPARISONS), u=[[0.5]] * len(COMPARISONS))
+
+
+def test_junior_senior_at_one_home_goes_to_review_when_another_member_holds_one_birth_date() -> None:
+    from ehrbridge.identity.resolver import GENERATION_DATE_OF_ANOTHER_MEMBER
+
+    def home(with_sister_born: str | None) -> Resolver:
+        resolver = Resolver(InMemoryMpiStore(), default_model(), clock=StepClock())
+        resolver.resolve(T, patient("a1", given=["Daniel", "R"], birth="1960-03-05", gender="male"))
+        if with_sister_born:
+            resolver.resolve(T, patient("a2", given="Sophia", birth=with_sister_born))
+        return resolver
+
+    son = patient("b1", given=["Daniel", "R"], birth="1994-07-11", gender="male")
+    # Father and son alone: the generation guard answers certainly-not, no review item.
+    res = home(None).resolve(T, son)
+    assert (res.decision, res.grade, res.review_id) == ("new", "certainly-not", None)
+    # A sister born on a day of her own changes nothing.
+    assert home("1996-02-20").resolve(T, son).decision == "new"
+    # The sister holds the son's birth date: the father's record may carry a date keyed from her line,
+    # so a person looks; never an automatic link.
+    resolver = home("1994-07-11")
+    res = resolver.resolve(T, son)
+    assert res.decision == "review" and res.enterprise_id != enterprise_id(T, "a1")
+    item = resolver.store.review(T, res.review_id)
+    assert item is not None and item.candidates[0]["source_key"] == "a1"
+    assert item.candidates[0]["reason"] == item.candidates[0]["gate"] == GENERATION_DATE_OF_ANOTHER_MEMBER
