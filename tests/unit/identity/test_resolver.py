@@ -3,6 +3,8 @@ relink on new evidence, manual decisions surviving re-runs, append-only history,
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ehrbridge.identity.comparisons import COMPARISONS
@@ -270,3 +272,35 @@ def test_junior_senior_at_one_home_goes_to_review_when_another_member_holds_one_
     item = resolver.store.review(T, res.review_id)
     assert item is not None and item.candidates[0]["source_key"] == "a1"
     assert item.candidates[0]["reason"] == item.candidates[0]["gate"] == GENERATION_DATE_OF_ANOTHER_MEMBER
+
+
+def test_candidates_do_not_depend_on_the_order_the_store_returns_bucket_members() -> None:
+    # More records share the query's blocking keys than are scored (MAX_CANDIDATES): ties must be broken
+    # the same way whatever order a store (DynamoDB, or a set in memory) hands the members back in.
+    from ehrbridge.identity.blocking import MAX_CANDIDATES
+
+    class ReversedStore(InMemoryMpiStore):
+        def blocks(self, tenant: str, keys: Any) -> dict[str, Any]:
+            out = super().blocks(tenant, keys)
+            for bucket in out.values():
+                bucket.members.reverse()
+            return out
+
+    seen: list[list[str]] = []
+    for store in (InMemoryMpiStore(), ReversedStore()):
+        resolver = Resolver(store, default_model(), clock=StepClock())
+        for i in range(MAX_CANDIDATES + 10):
+            resolver.resolve(T, patient(f"a{i:02d}", given=f"Name{chr(65 + i % 26)}{chr(65 + i // 26)}",
+                                        family=f"Family{chr(65 + i % 26)}", line=f"{i} Oak St"))
+        candidates: list[str] = []
+        score = resolver._score
+
+        def spy(person: Any, cands: dict[str, Any], exclude: set[str], th: Thresholds,
+                _score: Any = score, _out: list[str] = candidates) -> Any:
+            _out.extend(sorted(cands))
+            return _score(person, cands, exclude, th)
+
+        resolver._score = spy  # type: ignore[method-assign]
+        resolver.resolve(T, patient("b1", given="Rose", family="Newman", line="1 Elm St"))
+        seen.append(candidates)
+    assert len(seen[0]) == MAX_CANDIDATES and seen[0] == seen[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -187,7 +188,7 @@ class Resolver:
                 cur = best.get(rec.eid)
                 if cur is None or s.weight > cur.score.weight:
                     best[rec.eid] = Candidate(rec.eid, rec.source_key, s)
-        return sorted(best.values(), key=lambda c: c.score.weight, reverse=True)
+        return sorted(best.values(), key=lambda c: (-c.score.weight, c.source_key))
 
     def _date_of_another_member(self, person: Person, rec: SourceRecord, candidates: dict[str, SourceRecord],
                                 exclude: set[str]) -> bool:
@@ -274,7 +275,9 @@ class Resolver:
                 for _ in range(key_weight(key)):
                     hits.update(bucket.members)
         hits.pop(source_key, None)
-        wanted = [sk for sk, _ in hits.most_common(MAX_CANDIDATES)]
+        # Ties broken by source key: the store returns bucket members in no particular order, and the same
+        # record must get the same candidates (and decision) in every process.
+        wanted = [sk for sk, _ in heapq.nsmallest(MAX_CANDIDATES, hits.items(), key=lambda kv: (-kv[1], kv[0]))]
         candidates = self.store.records(tenant, [*wanted, source_key])
         existing = candidates.pop(source_key, None)
 
