@@ -304,3 +304,19 @@ def test_candidates_do_not_depend_on_the_order_the_store_returns_bucket_members(
         resolver.resolve(T, patient("b1", given="Rose", family="Newman", line="1 Elm St"))
         seen.append(candidates)
     assert len(seen[0]) == MAX_CANDIDATES and seen[0] == seen[1]
+
+
+def test_a_junior_senior_kept_for_review_does_not_block_a_link_as_runner_up() -> None:
+    from ehrbridge.identity.model import PairScore
+    from ehrbridge.identity.resolver import GENERATION_DATE_OF_ANOTHER_MEMBER, Candidate
+
+    resolver = Resolver(InMemoryMpiStore(), default_model(), clock=StepClock())
+    resolver._same_system_eids, resolver._gated_best = set(), float("-inf")
+    th = Thresholds()
+    own = Candidate("e1", "a1", PairScore(20.0, 0.999999, [0] * len(COMPARISONS), False, None))
+    father = Candidate("e2", "a2", PairScore(16.0, 0.99998, [0] * len(COMPARISONS), False,
+                                             GENERATION_DATE_OF_ANOTHER_MEMBER))
+    assert resolver._decide([own, father], th)[0] == "link"
+    # Any other candidate that close still stops the link.
+    other = Candidate("e3", "a3", PairScore(16.0, 0.99998, [0] * len(COMPARISONS), False, None))
+    assert resolver._decide([own, other], th)[:2] == ("review", "probable")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import heapq
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -229,8 +228,12 @@ class Resolver:
             grade, reason = "probable", "the patient has another number from the same system"
         if grade == "certain" and self._gated_best > top.weight:
             grade, reason = "probable", "a gated household member fits better"
-        if grade == "certain" and len(ranked) > 1:
-            runner = ranked[1].score
+        # A junior/senior kept for review only because another member holds one of the birth dates is
+        # still a gated household member: it blocks a link only by fitting better (above), never as a
+        # runner-up, so that rule turns some certainly-not answers into review and changes no link.
+        runners = [c for c in ranked[1:] if c.score.gate != GENERATION_DATE_OF_ANOTHER_MEMBER]
+        if grade == "certain" and runners:
+            runner = runners[0].score
             if runner.probability >= th.review and top.weight - runner.weight < th.margin_bits:
                 grade, reason = "probable", "runner-up too close"
         if grade == "certain":
@@ -269,15 +272,17 @@ class Resolver:
         keys = query_keys(person)
         buckets = self.store.blocks(tenant, keys)
         hits: Counter[str] = Counter()
-        for key, bucket in buckets.items():
-            if not bucket.full:
-                # Counter.update counts in C; a key of weight w counts w times.
+        for key in keys:
+            bucket = buckets.get(key)
+            if bucket is not None and not bucket.full:
+                # Counter.update counts in C; a key of weight w counts w times. Members sorted, keys in the
+                # query's order: equal counts then rank the same way in every process (a store returns a
+                # bucket's members in no particular order), the records met on the more personal keys first.
+                members = sorted(bucket.members)
                 for _ in range(key_weight(key)):
-                    hits.update(bucket.members)
+                    hits.update(members)
         hits.pop(source_key, None)
-        # Ties broken by source key: the store returns bucket members in no particular order, and the same
-        # record must get the same candidates (and decision) in every process.
-        wanted = [sk for sk, _ in heapq.nsmallest(MAX_CANDIDATES, hits.items(), key=lambda kv: (-kv[1], kv[0]))]
+        wanted = [sk for sk, _ in hits.most_common(MAX_CANDIDATES)]
         candidates = self.store.records(tenant, [*wanted, source_key])
         existing = candidates.pop(source_key, None)
 
