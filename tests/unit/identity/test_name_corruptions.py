@@ -155,6 +155,37 @@ def test_a_first_name_of_the_other_sex_is_a_replaced_name_not_a_twin() -> None:
     assert _score(girl, _person(["Nino", "R"], "Nelson", gender="female")).gate is not None
 
 
+def test_a_nickname_of_the_other_sex_is_a_replaced_name_not_a_twin() -> None:
+    # NANNY is not in the SSA list but stands only for girls' names (ANN, ANNA, HANNAH, NANCY): on a male
+    # record next to MANUEL, same birth date, surname, middle initial and home, the name is wrong.
+    from ehrbridge.identity.names import sex_of_name
+
+    assert sex_of_name("NANNY") == "F" and sex_of_name("PEGGIE") == "F" and sex_of_name("MANUEL") == "M"
+    # A nickname of names of both sexes (PAT: PATRICK, PATRICIA), or no listed name at all, has no sex.
+    assert sex_of_name("PAT") is None and sex_of_name("ZZYZX") is None
+    boy = _person(["Manuel", "R"], "Steele", gender="male")
+    assert _score(boy, _person(["Nanny", "R"], "Steele", gender="male")).gate is None
+    # Boy-girl twins: each record carries a name of its own sex.
+    assert _score(boy, _person(["Nanny", "R"], "Steele", gender="female")).gate is not None
+    # Two boys' names (one a nickname) stay twins.
+    assert _score(boy, _person(["Billy", "R"], "Steele", gender="male")).gate is not None
+
+
+def test_a_keying_error_that_also_sounds_alike_is_scored_as_a_keying_error() -> None:
+    # GXBRIELPA/GABRIELLA and PULLE/PILLE are misspellings (the typo / one-keying-error rules) whose
+    # phonetic codes also agree: they take the stronger level, not "phonetic".
+    given_levels, family_levels = cmp.COMPARISONS[GIVEN][1], cmp.COMPARISONS[FAMILY][1]
+    s = _score(_person(["Gabriella", "M"], "Hale"), _person(["Gxbrielpa", "M"], "Hale"))
+    assert given_levels[s.levels[GIVEN]] == "typo"
+    s = _score(_person(["Erik", "R"], "Pulle"), _person(["Erik", "R"], "Pille"))
+    assert family_levels[s.levels[FAMILY]] == "jw92"
+    # Sounding alike without being one keying error apart stays phonetic (BRISCOE/BRYSKOE: two edits);
+    # so do short surnames (LEE/LI) and two listed first names (CATHY/KATHY: another first letter too).
+    assert family_levels[_score(_person(["Ana"], "Briscoe"), _person(["Ana"], "Bryskoe")).levels[FAMILY]] == "phonetic"
+    assert family_levels[_score(_person(["Ana"], "Lee"), _person(["Ana"], "Li")).levels[FAMILY]] == "phonetic"
+    assert given_levels[_score(_person(["Cathy"], "Hale"), _person(["Kathy"], "Hale")).levels[GIVEN]] != "typo"
+
+
 def test_street_name_with_one_keying_error_at_the_same_house_number_is_the_same_home() -> None:
     address = cmp.INDEX["address"]
     home = _person(["Ben"], "Hernandez", line="2242 gertrude street", postal=None)

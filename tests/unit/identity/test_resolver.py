@@ -3,6 +3,8 @@ relink on new evidence, manual decisions surviving re-runs, append-only history,
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ehrbridge.identity.comparisons import COMPARISONS
@@ -244,3 +246,77 @@ def test_patient_without_id_is_an_error(resolver: Resolver) -> None:
 def test_unknown_model_schema_is_rejected() -> None:
     with pytest.raises(Exception, match="levels"):
         Model(version="x", prior=0.1, m=[[0.5]] * len(COMPARISONS), u=[[0.5]] * len(COMPARISONS))
+
+
+def test_junior_senior_at_one_home_goes_to_review_when_another_member_holds_one_birth_date() -> None:
+    from ehrbridge.identity.resolver import GENERATION_DATE_OF_ANOTHER_MEMBER
+
+    def home(with_sister_born: str | None) -> Resolver:
+        resolver = Resolver(InMemoryMpiStore(), default_model(), clock=StepClock())
+        resolver.resolve(T, patient("a1", given=["Daniel", "R"], birth="1960-03-05", gender="male"))
+        if with_sister_born:
+            resolver.resolve(T, patient("a2", given="Sophia", birth=with_sister_born))
+        return resolver
+
+    son = patient("b1", given=["Daniel", "R"], birth="1994-07-11", gender="male")
+    # Father and son alone: the generation guard answers certainly-not, no review item.
+    res = home(None).resolve(T, son)
+    assert (res.decision, res.grade, res.review_id) == ("new", "certainly-not", None)
+    # A sister born on a day of her own changes nothing.
+    assert home("1996-02-20").resolve(T, son).decision == "new"
+    # The sister holds the son's birth date: the father's record may carry a date keyed from her line,
+    # so a person looks; never an automatic link.
+    resolver = home("1994-07-11")
+    res = resolver.resolve(T, son)
+    assert res.decision == "review" and res.enterprise_id != enterprise_id(T, "a1")
+    item = resolver.store.review(T, res.review_id)
+    assert item is not None and item.candidates[0]["source_key"] == "a1"
+    assert item.candidates[0]["reason"] == item.candidates[0]["gate"] == GENERATION_DATE_OF_ANOTHER_MEMBER
+
+
+def test_candidates_do_not_depend_on_the_order_the_store_returns_bucket_members() -> None:
+    # More records share the query's blocking keys than are scored (MAX_CANDIDATES): ties must be broken
+    # the same way whatever order a store (DynamoDB, or a set in memory) hands the members back in.
+    from ehrbridge.identity.blocking import MAX_CANDIDATES
+
+    class ReversedStore(InMemoryMpiStore):
+        def blocks(self, tenant: str, keys: Any) -> dict[str, Any]:
+            out = super().blocks(tenant, keys)
+            for bucket in out.values():
+                bucket.members.reverse()
+            return out
+
+    seen: list[list[str]] = []
+    for store in (InMemoryMpiStore(), ReversedStore()):
+        resolver = Resolver(store, default_model(), clock=StepClock())
+        for i in range(MAX_CANDIDATES + 10):
+            resolver.resolve(T, patient(f"a{i:02d}", given=f"Name{chr(65 + i % 26)}{chr(65 + i // 26)}",
+                                        family=f"Family{chr(65 + i % 26)}", line=f"{i} Oak St"))
+        candidates: list[str] = []
+        score = resolver._score
+
+        def spy(person: Any, cands: dict[str, Any], exclude: set[str], th: Thresholds,
+                _score: Any = score, _out: list[str] = candidates) -> Any:
+            _out.extend(sorted(cands))
+            return _score(person, cands, exclude, th)
+
+        resolver._score = spy  # type: ignore[method-assign]
+        resolver.resolve(T, patient("b1", given="Rose", family="Newman", line="1 Elm St"))
+        seen.append(candidates)
+    assert len(seen[0]) == MAX_CANDIDATES and seen[0] == seen[1]
+
+
+def test_a_junior_senior_kept_for_review_does_not_block_a_link_as_runner_up() -> None:
+    from ehrbridge.identity.model import PairScore
+    from ehrbridge.identity.resolver import GENERATION_DATE_OF_ANOTHER_MEMBER, Candidate
+
+    resolver = Resolver(InMemoryMpiStore(), default_model(), clock=StepClock())
+    resolver._same_system_eids, resolver._gated_best = set(), float("-inf")
+    th = Thresholds()
+    own = Candidate("e1", "a1", PairScore(20.0, 0.999999, [0] * len(COMPARISONS), False, None))
+    father = Candidate("e2", "a2", PairScore(16.0, 0.99998, [0] * len(COMPARISONS), False,
+                                             GENERATION_DATE_OF_ANOTHER_MEMBER))
+    assert resolver._decide([own, father], th)[0] == "link"
+    # Any other candidate that close still stops the link.
+    other = Candidate("e3", "a3", PairScore(16.0, 0.99998, [0] * len(COMPARISONS), False, None))
+    assert resolver._decide([own, other], th)[:2] == ("review", "probable")

@@ -70,12 +70,14 @@ def _given(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_m
         return 5
     if sim >= 0.92:
         return 2
+    # A keying error is checked before the phonetic codes: a misspelling that also sounds alike
+    # (GXBRIELPA/GABRIELLA) is still a misspelling, and must not be scored as the weaker level.
+    if sim >= 0.80 and _typo(a, b):
+        return 4
     # Phonetic codes alone are too coarse for first names (TERESA ~ DORS in Metaphone, JOSE ~ JESSICA
     # in Soundex): they count only with some spelling similarity too.
     if sim >= 0.80 and (a_mph == b_mph or a_sdx == b_sdx):
         return 3
-    if sim >= 0.80 and _typo(a, b):
-        return 4
     if sim >= 0.80:
         return 6
     return 8
@@ -147,12 +149,13 @@ def _family(a: str | None, b: str | None, a_sdx: str, b_sdx: str, a_mph: str, b_
     sim = _jw(a, b)
     if sim >= 0.92:
         return 1
+    if min(len(a), len(b)) >= 5 and a[0] == b[0] and _dl(a, b, score_cutoff=1) <= 1:
+        # One keying error in a surname of five letters or more (FEAST/FEDST, GEORGE/GEOER, PULLE/PILLE) is
+        # the same surname mistyped, whatever Jaro-Winkler makes of a short word, and whether or not the
+        # two spellings also sound alike (the phonetic level is weaker evidence).
+        return 1
     if a_mph == b_mph or a_sdx == b_sdx:
         return 2
-    if min(len(a), len(b)) >= 5 and a[0] == b[0] and _dl(a, b, score_cutoff=1) <= 1:
-        # One keying error in a surname of five letters or more (FEAST/FEDST, GEORGE/GEOER) is the same
-        # surname mistyped, whatever Jaro-Winkler makes of a short word.
-        return 1
     # Hyphenated / compound / double-barrelled surnames, or one part of it kept after marriage.
     if (" " in a or " " in b) and set(a.split()) & set(b.split()):
         return 3

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ehrbridge.identity import comparisons as cmp
-from ehrbridge.identity.names import is_given_name, name_sex
+from ehrbridge.identity.names import is_given_name, sex_of_name
 from ehrbridge.identity.nicknames import is_listed
 from ehrbridge.identity.normalize import Person
 
@@ -336,7 +336,7 @@ def _first_name_replaced(a: Person, b: Person, levels: list[int]) -> bool:
         # name fits that same sex (NINO on a female record against KIMBERLY): the name, not the person,
         # is wrong. Boy-girl twins each carry a name of their own sex.
         if one.given and other.given and one.sex in ("F", "M") and one.sex == other.sex \
-                and name_sex(one.given) not in (None, one.sex) and name_sex(other.given) == other.sex:
+                and sex_of_name(one.given) not in (None, one.sex) and sex_of_name(other.given) == other.sex:
             return True
     return any(g and (len(g) == 1 or not (is_given_name(g) or is_listed(g))) for g in (a.given, b.given))
 

@@ -13,6 +13,8 @@ import csv
 from functools import cache
 from importlib import resources as importlib_resources
 
+from ehrbridge.identity.nicknames import equivalents
+
 # A name given to this share of babies of one sex is that sex's name (ADRIANA: F, ADRIAN: M).
 _SEX_SHARE = 0.9
 
@@ -43,3 +45,13 @@ def name_sex(name: str) -> str | None:
     if male >= _SEX_SHARE * (female + male):
         return "M"
     return None
+
+
+def sex_of_name(name: str) -> str | None:
+    """Like `name_sex`, and for a nickname the SSA list lacks (NANNY, PEGGIE), the sex shared by every
+    listed name it stands for (NANNY: ANN, ANNA, HANNAH, NANCY, all 'F'); None when they differ."""
+    sex = name_sex(name)
+    if sex is not None or name in _table():
+        return sex
+    sexes = {name_sex(n) for n in equivalents(name) if n in _table()}
+    return next(iter(sexes)) if len(sexes) == 1 else None

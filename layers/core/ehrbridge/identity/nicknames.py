@@ -63,6 +63,11 @@ def are_nicknames(a: str, b: str) -> bool:
     return group is not None and b in group
 
 
+def equivalents(name: str) -> frozenset[str]:
+    """The names the curated list makes equivalent to this one (empty when it does not know it)."""
+    return _groups().get(name, frozenset())
+
+
 def source_available() -> bool:
     return _csv_path() is not None
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from ehrbridge.identity import comparisons as cmp
 from ehrbridge.identity.blocking import MAX_BUCKET, MAX_CANDIDATES, key_weight, query_keys, record_keys
-from ehrbridge.identity.model import Grade, Model, PairScore, Thresholds
+from ehrbridge.identity.model import GENERATION_GATE, Grade, Model, PairScore, Thresholds
 from ehrbridge.identity.normalize import Person, person_from_patient
 from ehrbridge.identity.store import (
     Bucket,
@@ -33,7 +33,12 @@ from ehrbridge.identity.store import (
 
 Decision = Literal["link", "review", "new"]
 _PERSON_CACHE_MAX = 300_000
-_IDENTIFIER = cmp.INDEX["identifier"]
+_IDENTIFIER, _ADDRESS, _GIVEN = cmp.INDEX["identifier"], cmp.INDEX["address"], cmp.INDEX["given"]
+# Same name a generation apart at one home, and another member of that home holds one of the two birth
+# dates: a date keyed from the wrong member's line of the form is as likely as father and son, so a
+# person looks (review), where the generation guard alone would answer certainly-not.
+GENERATION_DATE_OF_ANOTHER_MEMBER = ("same name, born a generation apart, at one home where another member "
+                                     "holds one of the two birth dates")
 
 
 class ResolveError(ValueError):
@@ -158,6 +163,7 @@ class Resolver:
         score = self.model.score
         self._gated_best = float("-inf")
         self._same_system_eids = set()
+        generation: list[tuple[SourceRecord, PairScore]] = []
         for rec in candidates.values():
             if rec.status != "active" or rec.eid in exclude:
                 continue
@@ -169,11 +175,38 @@ class Resolver:
                 # candidate must not win just because a better-fitting one was gated away.
                 if s.weight > self._gated_best:
                     self._gated_best = s.weight
+                if s.gate == GENERATION_GATE and s.levels[_ADDRESS] == 0:
+                    generation.append((rec, s))
                 continue
             cur = best.get(rec.eid)
             if cur is None or s.weight > cur.score.weight:
                 best[rec.eid] = Candidate(rec.eid, rec.source_key, s)
-        return sorted(best.values(), key=lambda c: c.score.weight, reverse=True)
+        for rec, s in generation:
+            if self._date_of_another_member(person, rec, candidates, exclude):
+                s.gate = GENERATION_DATE_OF_ANOTHER_MEMBER
+                cur = best.get(rec.eid)
+                if cur is None or s.weight > cur.score.weight:
+                    best[rec.eid] = Candidate(rec.eid, rec.source_key, s)
+        return sorted(best.values(), key=lambda c: (-c.score.weight, c.source_key))
+
+    def _date_of_another_member(self, person: Person, rec: SourceRecord, candidates: dict[str, SourceRecord],
+                                exclude: set[str]) -> bool:
+        """Another active record at the same home, of another enterprise patient and with a first name that
+        agrees with neither record, born on the new record's or the candidate's birth date."""
+        other = self._person(rec)
+        dates = {d for d in (person.dob, other.dob) if d}
+        for member in candidates.values():
+            if member.eid == rec.eid or member.status != "active" or member.eid in exclude:
+                continue
+            m = self._person(member)
+            if m.dob not in dates:
+                continue
+            levels_new, _ = cmp.compare(person, m)
+            if levels_new[_ADDRESS] != 0 or levels_new[_GIVEN] in cmp.GIVEN_AGREES:
+                continue
+            if cmp.compare(other, m)[0][_GIVEN] not in cmp.GIVEN_AGREES:
+                return True
+        return False
 
     def _decide(self, ranked: list[Candidate], th: Thresholds) -> tuple[Decision, Grade, float, str | None]:
         if not ranked:
@@ -195,8 +228,12 @@ class Resolver:
             grade, reason = "probable", "the patient has another number from the same system"
         if grade == "certain" and self._gated_best > top.weight:
             grade, reason = "probable", "a gated household member fits better"
-        if grade == "certain" and len(ranked) > 1:
-            runner = ranked[1].score
+        # A junior/senior kept for review only because another member holds one of the birth dates is
+        # still a gated household member: it blocks a link only by fitting better (above), never as a
+        # runner-up, so that rule turns some certainly-not answers into review and changes no link.
+        runners = [c for c in ranked[1:] if c.score.gate != GENERATION_DATE_OF_ANOTHER_MEMBER]
+        if grade == "certain" and runners:
+            runner = runners[0].score
             if runner.probability >= th.review and top.weight - runner.weight < th.margin_bits:
                 grade, reason = "probable", "runner-up too close"
         if grade == "certain":
@@ -235,11 +272,15 @@ class Resolver:
         keys = query_keys(person)
         buckets = self.store.blocks(tenant, keys)
         hits: Counter[str] = Counter()
-        for key, bucket in buckets.items():
-            if not bucket.full:
-                # Counter.update counts in C; a key of weight w counts w times.
+        for key in keys:
+            bucket = buckets.get(key)
+            if bucket is not None and not bucket.full:
+                # Counter.update counts in C; a key of weight w counts w times. Members sorted, keys in the
+                # query's order: equal counts then rank the same way in every process (a store returns a
+                # bucket's members in no particular order), the records met on the more personal keys first.
+                members = sorted(bucket.members)
                 for _ in range(key_weight(key)):
-                    hits.update(bucket.members)
+                    hits.update(members)
         hits.pop(source_key, None)
         wanted = [sk for sk, _ in hits.most_common(MAX_CANDIDATES)]
         candidates = self.store.records(tenant, [*wanted, source_key])
