@@ -1,8 +1,9 @@
 """A SMART Backend Services server reached only through discovery, behind a rate-limiting proxy.
 
 Nothing vendor-specific: the tenant gives a FHIR base URL (the proxy) and no token URL, so the
-token endpoint comes from ``.well-known/smart-configuration``; the proxy answers 429 with
-``Retry-After`` whenever the client goes faster than it allows, and tokens live 10 s.
+token endpoint comes from ``.well-known/smart-configuration`` and sits behind the same proxy (so the
+client assertion's ``aud`` is the proxy's URL); the proxy answers 429 with ``Retry-After`` to any
+request, FHIR read or token POST, whenever the client goes faster than it allows, and tokens live 10 s.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class RateLimitingProxy:
         self.upstream, self.per_second = upstream.rstrip("/"), per_second
         self.slots: dict[int, int] = {}
         self.refused = 0
+        self.requests: dict[str, int] = {}
+        self.refused_by_method: dict[str, int] = {}
         self.lock = threading.Lock()
         proxy = self
 
@@ -41,24 +44,34 @@ class RateLimitingProxy:
                 pass
 
             def do_GET(self) -> None:
+                self._forward(None)
+
+            def do_POST(self) -> None:  # the token endpoint sits behind the same proxy and the same limit
+                self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+            def _forward(self, data: bytes | None) -> None:
                 slot = int(time.monotonic())
                 with proxy.lock:
                     proxy.slots[slot] = proxy.slots.get(slot, 0) + 1
                     over = proxy.slots[slot] > proxy.per_second
                     proxy.refused += over
+                    if over:
+                        proxy.refused_by_method[self.command] = proxy.refused_by_method.get(self.command, 0) + 1
                 if over:
                     self._reply(429, b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
                                      b'"code":"throttled"}]}', {"Retry-After": "1"})
                     return
-                request = urllib.request.Request(proxy.upstream + self.path, headers={  # noqa: S310 - loopback
-                    k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept")})
+                proxy.requests[self.command] = proxy.requests.get(self.command, 0) + 1
+                request = urllib.request.Request(proxy.upstream + self.path, data=data, headers={  # noqa: S310
+                    k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept", "content-type")})
                 try:
                     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
                         status, body, headers = response.status, response.read(), dict(response.headers)
                 except urllib.error.HTTPError as err:
                     status, body, headers = err.code, err.read(), dict(err.headers)
-                if "/.well-known/" not in self.path:  # FHIR bodies name the proxy, as a real deployment would
-                    body = body.replace(proxy.upstream.encode(), proxy.origin.encode())
+                # FHIR bodies and the discovery document name the proxy, as a real deployment would: the
+                # token endpoint found by discovery is reached through the proxy too.
+                body = body.replace(proxy.upstream.encode(), proxy.origin.encode())
                 self._reply(status, body, {k: v for k, v in headers.items() if k in ("Retry-After", "Date")})
 
             def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -82,6 +95,7 @@ class RateLimitingProxy:
 def test_discovery_rate_limiting_proxy_and_short_tokens(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig("generic", patients=12, token_lifetime_s=10, paging_style="offset")
     proxy = RateLimitingProxy(rig.sandbox.base_url, per_second=2)
+    rig.sandbox.public_token_urls.add(proxy.origin + rig.sandbox.token_url.removeprefix(rig.sandbox.base_url))
     try:
         rig.tenant = TenantConfig.model_validate({**rig.tenant.model_dump(), "fhir_base_url": proxy.origin + "/fhir",
                                                   "token_url": None})
@@ -90,7 +104,10 @@ def test_discovery_rate_limiting_proxy_and_short_tokens(make_rig: Callable[..., 
         for resource_type in ("Patient", "Observation"):
             assert poller.run(job(resource_type)).status == "done"
         assert set(rig.sink.delivered) >= rig.sandbox.current_versions(["Patient", "Observation"])
-        assert proxy.refused > 0 and rig.metrics.throttled == proxy.refused
+        # Every 429 on a FHIR read was seen and honoured by the poller (token 429s are the refresher's).
+        assert proxy.refused > 0 and rig.metrics.throttled == proxy.refused_by_method.get("GET", 0)
         assert any(r.kind == "discovery" for r in rig.sandbox.requests)
+        # Tokens (10 s) were fetched through the proxy's rate limit several times during the crawl.
+        assert proxy.requests.get("POST", 0) >= 2 and sum(r.kind == "token" for r in rig.sandbox.requests) >= 2
     finally:
         proxy.stop()

@@ -152,6 +152,9 @@ class SandboxEHR:
         self._thread: threading.Thread | None = None
         host_, port_ = self._server.server_address[:2]
         self.base_url = f"http://{host_}:{port_}"
+        # The token endpoint's public URLs when the sandbox sits behind a proxy: a client's assertion names
+        # the URL it was sent to (``aud``), as a server behind a reverse proxy must accept.
+        self.public_token_urls: set[str] = set()
 
     # ---- lifecycle ----------------------------------------------------------------
     @property
@@ -425,7 +428,7 @@ class SandboxEHR:
         if claims.get("sub") != iss:
             return None, "sub must equal iss"
         aud = claims.get("aud")
-        if self.token_url not in (aud if isinstance(aud, list) else [aud]):
+        if not ({self.token_url} | self.public_token_urls) & set(aud if isinstance(aud, list) else [aud]):
             return None, "aud is not this token endpoint"
         exp, iat, jti = claims.get("exp"), claims.get("iat"), claims.get("jti")
         if not isinstance(exp, int | float):
