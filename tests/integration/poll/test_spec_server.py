@@ -28,12 +28,14 @@ pytestmark = pytest.mark.integration
 class RateLimitingProxy:
     """At most ``per_second`` requests in any one-second slot; the rest get 429 + Retry-After: 1."""
 
-    def __init__(self, upstream: str, per_second: int) -> None:
+    def __init__(self, upstream: str, per_second: int, *, rewrite_links: bool = True) -> None:
         self.upstream, self.per_second = upstream.rstrip("/"), per_second
+        self.rewrite_links = rewrite_links
         self.slots: dict[int, int] = {}
         self.refused = 0
         self.requests: dict[str, int] = {}
         self.refused_by_method: dict[str, int] = {}
+        self.forwarded_paths: list[str] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -62,6 +64,7 @@ class RateLimitingProxy:
                                      b'"code":"throttled"}]}', {"Retry-After": "1"})
                     return
                 proxy.requests[self.command] = proxy.requests.get(self.command, 0) + 1
+                proxy.forwarded_paths.append(self.path)
                 request = urllib.request.Request(proxy.upstream + self.path, data=data, headers={  # noqa: S310
                     k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept", "content-type")})
                 try:
@@ -71,7 +74,9 @@ class RateLimitingProxy:
                     status, body, headers = err.code, err.read(), dict(err.headers)
                 # FHIR bodies and the discovery document name the proxy, as a real deployment would: the
                 # token endpoint found by discovery is reached through the proxy too.
-                body = body.replace(proxy.upstream.encode(), proxy.origin.encode())
+                # A proxy that does not (rewrite_links=False) leaves the server's own address in Bundle links.
+                if proxy.rewrite_links or "/.well-known/" in self.path:
+                    body = body.replace(proxy.upstream.encode(), proxy.origin.encode())
                 self._reply(status, body, {k: v for k, v in headers.items() if k in ("Retry-After", "Date")})
 
             def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -109,5 +114,30 @@ def test_discovery_rate_limiting_proxy_and_short_tokens(make_rig: Callable[..., 
         assert any(r.kind == "discovery" for r in rig.sandbox.requests)
         # Tokens (10 s) were fetched through the proxy's rate limit several times during the crawl.
         assert proxy.requests.get("POST", 0) >= 2 and sum(r.kind == "token" for r in rig.sandbox.requests) >= 2
+    finally:
+        proxy.stop()
+
+
+def test_links_naming_the_servers_own_address_are_rebased_onto_the_proxy(make_rig: Callable[..., Rig],
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A server behind a proxy that builds ``next`` links from its internal address: the poller follows them
+    through the configured base URL (the token never goes to the internal host) and misses nothing."""
+    rig = make_rig("generic", patients=12, paging_style="next_link")
+    proxy = RateLimitingProxy(rig.sandbox.base_url, per_second=1000, rewrite_links=False)
+    rig.sandbox.public_token_urls.add(proxy.origin + rig.sandbox.token_url.removeprefix(rig.sandbox.base_url))
+    try:
+        rig.tenant = TenantConfig.model_validate({**rig.tenant.model_dump(), "fhir_base_url": proxy.origin + "/fhir",
+                                                  "token_url": None})
+        rig.settings = PollSettings(page_size=5)
+        assert rig.poller().run(job("Patient")).status == "done"
+        assert set(rig.sink.delivered) >= rig.sandbox.current_versions(["Patient"])
+        searches = [r for r in rig.sandbox.fhir_requests("Patient") if r.status == 200]
+        assert len(searches) >= 3  # several pages: the links were followed
+        # Every FHIR request the server saw came through the proxy: none went to the address in the links.
+        not_searches = ("/fhir/metadata", "/fhir/.well-known")
+        searched_through_proxy = [p for p in proxy.forwarded_paths
+                                  if p.startswith("/fhir") and not p.startswith(not_searches)]
+        assert len(searched_through_proxy) == len(rig.sandbox.fhir_requests())
+        assert '"FhirLinkRebased"' in capsys.readouterr().out
     finally:
         proxy.stop()

@@ -47,12 +47,16 @@ def test_athena_practice_context_is_required_and_sent() -> None:
 
 def test_next_links_are_followed_as_given_but_only_on_the_same_origin() -> None:
     clock = FakeClock()
-    pages = iter([_bundle(f"{FHIR_URL}?_getpages=abc&_getpagesoffset=10"), _bundle("https://evil.example/fhir?p=2")])
+    pages = iter([_bundle(f"{FHIR_URL}?_getpages=abc&_getpagesoffset=10"),
+                  _bundle("https://evil.example/fhir?_getpages=abc&_getpagesoffset=20"),
+                  _bundle("https://evil.example/other/Patient?p=3")])
     fhir, seen = _client(lambda r: httpx.Response(200, json=next(pages)), clock)
     with pytest.raises(FhirCallError, match="another host"):
         list(fhir.pages("Patient", {"_count": "10"}))
     assert str(seen[1].url) == f"{FHIR_URL}?_getpages=abc&_getpagesoffset=10"  # opaque: not rebuilt
-    assert all(r.url.host == "ehr.example" for r in seen)
+    # Another origin under the same base path is re-based onto ours; one under another path is refused.
+    assert str(seen[2].url) == f"{FHIR_URL}?_getpages=abc&_getpagesoffset=20"
+    assert len(seen) == 3 and all(r.url.host == "ehr.example" for r in seen)  # the token never left
 
 
 def test_429_and_503_are_retried_boundedly_honouring_retry_after() -> None:
@@ -86,3 +90,17 @@ def test_errors_carry_the_outcome_code_not_the_body() -> None:
     with pytest.raises(FhirCallError) as err:
         fhir.search("Observation", {})
     assert err.value.code == "required" and "Jane" not in str(err.value)
+
+
+def test_links_on_another_origin_are_rebased_only_under_the_same_base_path() -> None:
+    from ehrbridge.auth.fhir_client import rebase_link
+
+    base = "https://ehr.example/fhir/r4"
+    # The server named its internal address: same base path, so the same server; the query stays opaque.
+    assert rebase_link("http://10.0.0.5:8080/fhir/r4?_getpages=abc&_getpagesoffset=20", base) == \
+        "https://ehr.example/fhir/r4?_getpages=abc&_getpagesoffset=20"
+    assert rebase_link("http://internal/fhir/r4/Observation?page=2", base) == \
+        "https://ehr.example/fhir/r4/Observation?page=2"
+    # Anything else is not provably this server: refused (the token is never sent anywhere but the base).
+    assert rebase_link("https://elsewhere.example/other/Observation?page=2", base) is None
+    assert rebase_link("https://elsewhere.example/fhir/r4x/Observation", base) is None

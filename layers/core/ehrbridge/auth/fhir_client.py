@@ -12,7 +12,9 @@
   confirms the denial quietly (no second ``ResourceDenied``: the alarm fired when it was new).
 - 429/5xx (per vendor profile) and network errors: bounded backoff honouring Retry-After.
 - ``next`` links are followed as given, and only to the tenant's own FHIR origin (a token is
-  never sent to another host).
+  never sent to another host). A link on another origin under the same base path is the classic
+  server-behind-a-proxy mistake (the server names its internal address): it is re-based onto the
+  tenant's base URL (``FhirLinkRebased``); any other foreign link is refused.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -178,8 +180,12 @@ class FhirClient:
     def _target(self, path_or_url: str, params: dict[str, str] | None) -> tuple[str, dict[str, str] | None]:
         if path_or_url.startswith(("http://", "https://")):
             if _origin(path_or_url) != _origin(self.base_url):
-                raise FhirCallError("next link points to another host; not sending the token there",
-                                    code="foreign_link")
+                rebased = rebase_link(path_or_url, self.base_url)
+                if rebased is None:
+                    raise FhirCallError("next link points to another host and path; not sending the token there",
+                                        code="foreign_link")
+                emit_metric("FhirLinkRebased", tenant=self.tenant.tenant_id)
+                return rebased, None
             return path_or_url, None  # opaque: as given, no parameters added
         return f"{self.base_url}/{path_or_url.lstrip('/')}", {**self._params, **(params or {})}
 
@@ -216,6 +222,20 @@ class FhirClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+def rebase_link(url: str, base_url: str) -> str | None:
+    """``url`` moved onto ``base_url``'s origin when its path lies under the same base path, else None.
+
+    A server behind a reverse proxy often builds links from its own address (``http://10.0.0.5:8080/fhir
+    ?_getpages=...``) while clients reach it as ``https://ehr.example/fhir``. Sending the request to the
+    configured origin keeps the token there; the path and the opaque query are kept as given.
+    """
+    link, base = urlsplit(url), urlsplit(base_url)
+    base_path = base.path.rstrip("/")
+    if link.path.rstrip("/") != base_path and not link.path.startswith(base_path + "/"):
+        return None
+    return urlunsplit((base.scheme, base.netloc, link.path, link.query, ""))
 
 
 def _origin(url: str) -> tuple[str, str]:

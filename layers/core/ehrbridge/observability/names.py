@@ -109,6 +109,8 @@ FHIR_CALL_2XX = MetricName("FhirCall2xx", "resource_type", optional_secondary=Tr
 FHIR_CALL_3XX = MetricName("FhirCall3xx", "resource_type", optional_secondary=True)
 FHIR_CALL_4XX = MetricName("FhirCall4xx", "resource_type", optional_secondary=True)
 FHIR_CALL_5XX = MetricName("FhirCall5xx", "resource_type", optional_secondary=True)
+# A next link on another origin under the tenant's base path, re-based onto it (server behind a proxy).
+FHIR_LINK_REBASED = MetricName("FhirLinkRebased")
 
 # ---- FHIR poller (names from ehrbridge.poll.metrics; PollMetrics is the emitter) ---------------------
 # secondary = "resource_type" (with "endpoint" beside it): the dimension the infra helpers select on.
