@@ -141,3 +141,21 @@ def test_links_naming_the_servers_own_address_are_rebased_onto_the_proxy(make_ri
         assert '"FhirLinkRebased"' in capsys.readouterr().out
     finally:
         proxy.stop()
+
+
+def test_a_statement_silent_on_last_updated_is_probed_once_then_polled_incrementally(
+        make_rig: Callable[..., Rig]) -> None:
+    """``_lastUpdated`` is common to every resource and often left out of a type's searchParam list: the
+    poller asks the server once instead of falling back to full re-reads or an export."""
+    rig = make_rig("generic", patients=8)
+    rig.sandbox.declares_last_updated = False
+    poller = rig.poller()
+    assert poller.mode_for("Patient") == "incremental"
+    for step in range(2):
+        assert poller.run(job("Patient", step)).status == "done"
+    probes = [r for r in rig.sandbox.fhir_requests("Patient") if "_lastUpdated" in (r.params or {})
+              and r.params["_lastUpdated"].startswith("gt20") and r.params["_lastUpdated"][2:6] > "2030"]
+    assert len(probes) == 1  # asked once per client, not per window
+    second_window = [r for r in rig.sandbox.fhir_requests("Patient") if r not in probes][-1]
+    assert (second_window.params or {}).get("_lastUpdated", "").startswith("gt")  # incremental, not a full read
+    assert set(rig.sink.delivered) >= rig.sandbox.current_versions(["Patient"])

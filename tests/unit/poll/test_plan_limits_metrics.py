@@ -189,30 +189,53 @@ def test_sandbox_fault_switches() -> None:
 
 
 class _StatementOnly:
-    """The one PollCalls method the capability check uses."""
+    """The PollCalls surface the capability check uses: the statement, and a probe search."""
 
-    def __init__(self, statement: dict[str, object]) -> None:
+    def __init__(self, statement: dict[str, object], probe_answer: dict[str, object] | Exception | None = None) -> None:
         self.statement = statement
+        self.probe_answer = probe_answer
+        self.last_updated_probes: dict[str, bool] = {}
+        self.probes: list[dict[str, str] | None] = []
 
     def metadata(self) -> dict[str, object]:
         return self.statement
 
+    def get_page(self, path: str, params: dict[str, str] | None, resource_type: str, **_: object) -> object:
+        from ehrbridge.poll.calls import Page
+
+        self.probes.append(params)
+        if isinstance(self.probe_answer, Exception):
+            raise self.probe_answer
+        return Page(bundle=self.probe_answer or {"resourceType": "Bundle", "entry": []}, server_time=None)
+
 
 def test_server_wide_search_params_count_for_every_type() -> None:
+    from ehrbridge.auth.fhir_client import FhirCallError
     from ehrbridge.poll.cursor import InMemoryCursorStore as Cursors
     from ehrbridge.poll.poller import Poller
 
-    def poller(statement: dict[str, object]) -> Poller:
-        return Poller(tenant(), _StatementOnly(statement), Cursors(), sink=None)  # type: ignore[arg-type]
+    def poller(statement: dict[str, object], probe_answer: object = None) -> tuple[Poller, _StatementOnly]:
+        calls = _StatementOnly(statement, probe_answer)  # type: ignore[arg-type]
+        return Poller(tenant(), calls, Cursors(), sink=None), calls  # type: ignore[arg-type]
 
+    observation_only = {"rest": [{"mode": "server",
+                                  "resource": [{"type": "Observation", "searchParam": [{"name": "code"}]}]}]}
     # _lastUpdated declared once at rest level (it applies to all resources): incremental, not a full re-read.
-    common = poller({"rest": [{"mode": "server", "searchParam": [{"name": "_lastUpdated", "type": "date"}],
-                               "resource": [{"type": "Observation", "searchParam": [{"name": "code"}]}]}]})
+    common, calls = poller({"rest": [{"mode": "server", "searchParam": [{"name": "_lastUpdated", "type": "date"}],
+                                      "resource": [{"type": "Observation", "searchParam": [{"name": "code"}]}]}]})
     assert common.supports_last_updated("Observation") and common.mode_for("Observation") == "incremental"
-    # Declared for the type's own parameters only, without it: the poller must not assume it.
-    absent = poller({"rest": [{"mode": "server",
-                               "resource": [{"type": "Observation", "searchParam": [{"name": "code"}]}]}]})
-    # (the generic profile offers system-level $export, so the type is covered by Bulk _since instead)
-    assert not absent.supports_last_updated("Observation") and absent.mode_for("Observation") == "bulk"
+    assert calls.probes == []  # declared: nothing to ask
+    # Not declared anywhere: asked once with a bound in the future. No match -> the server applies it.
+    applied, calls = poller(observation_only)
+    assert applied.mode_for("Observation") == "incremental" and applied.supports_last_updated("Observation")
+    assert len(calls.probes) == 1 and calls.probes[0]["_lastUpdated"].startswith("gt20")  # type: ignore[index]
+    # A server that ignores the parameter answers matches; one that refuses it errs: not supported (the generic
+    # profile offers system-level $export, so the type is covered by Bulk _since instead).
+    match = {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Observation", "id": "o1"},
+                                                  "search": {"mode": "match"}}]}
+    for answer in (match, FhirCallError("bad request", status=400, code="invalid")):
+        ignored, calls = poller(observation_only, answer)
+        assert not ignored.supports_last_updated("Observation") and ignored.mode_for("Observation") == "bulk"
+        assert len(calls.probes) == 1  # remembered with the client, not asked per call
     # No CapabilityStatement at all: assume the spec's common parameter works.
-    assert poller({}).supports_last_updated("Observation")
+    assert poller({})[0].supports_last_updated("Observation")

@@ -67,8 +67,9 @@ class PollMetrics:
             self.throttled += 1
         # A re-probe of a type known to be denied expects its 403, and a server refusing the opt-in deletion
         # count's type history (4xx) answers a capability question: counted by outcome, not failures.
+        # The same for a server refusing the _lastUpdated probe (400): the answer is "not supported".
         expected = (endpoint == "reprobe" and outcome == "403") or (endpoint == "history" and outcome in (
-            "403", "404", "4xx"))
+            "403", "404", "4xx")) or (endpoint == "probe" and outcome in ("404", "4xx"))
         failed = 0.0 if outcome == "2xx" or expected else 1.0
         self._emit(endpoint, resource_type, {"PollCalls": (1.0, "Count"), f"PollCall{outcome}": (1.0, "Count"),
                                              "PollCallFailed": (failed, "Count"),

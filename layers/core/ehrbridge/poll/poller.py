@@ -14,7 +14,9 @@ a ``next`` link pages by offset, the poller re-queries from the last ``lastUpdat
 (``_lastUpdated=ge{last}&_sort=_lastUpdated``, keyset) instead of trusting the offset.
 
 Modes (vendor profile + CapabilityStatement):
-- ``incremental``: ``_lastUpdated`` supported (the general case).
+- ``incremental``: ``_lastUpdated`` supported (the general case). Declared by the CapabilityStatement (for
+  the type or server-wide), or the statement is absent; a statement that lists the type's parameters
+  without it is checked once per client with a search bounded in the future (no match: applied).
 - ``per_patient``: the vendor needs ``patient=`` on this type's searches (Epic, athena): the window
   walks the tenant's roster (fed by Patient polls and ADT), with ``_lastUpdated`` when supported.
   Patients the roster knows by identifier only (ADT PID-3) are first resolved to the vendor's
@@ -156,7 +158,36 @@ class Poller:
         if resource_type in self.tenant.profile.last_updated_unsupported:
             return False
         declared = self.search_params(resource_type)
-        return declared is None or "_lastUpdated" in declared
+        if declared is None or "_lastUpdated" in declared:
+            return True
+        if "patient" in self.tenant.profile.required_search_params.get(resource_type, ()):
+            return False  # no search without a patient to ask the server with: trust the statement
+        probed = self.calls.last_updated_probes  # kept with the client: once per execution environment
+        if resource_type not in probed:
+            probed[resource_type] = self._probe_last_updated(resource_type)
+        return probed[resource_type]
+
+    def _probe_last_updated(self, resource_type: str) -> bool:
+        """The statement lists the type's parameters without ``_lastUpdated`` (it is common to every
+        resource, and many servers leave it out): ask once with a bound in the future. A server that
+        applies it answers no match; one that ignores it answers matches, and one that refuses it errs.
+        Either of the last two means it is not supported, and the type is read another way."""
+        future = _iso(datetime.fromtimestamp(self.clock(), UTC) + timedelta(days=3650))
+        try:
+            page = self.calls.get_page(resource_type, {"_lastUpdated": f"gt{future}", "_count": "1"}, resource_type,
+                                       endpoint="probe")
+        except FhirCallError as err:
+            if isinstance(err, ResourceDenied | ScopeNotGranted):
+                raise
+            logger.info("_lastUpdated probe refused", extra={"tenant_id": self.tenant.tenant_id,
+                                                              "resource_type": resource_type,
+                                                              "reason": err.code or str(err.status)})
+            return False
+        matches = sum(1 for e in page.bundle.get("entry") or []
+                      if (e.get("search") or {}).get("mode", "match") == "match")
+        logger.info("_lastUpdated probe", extra={"tenant_id": self.tenant.tenant_id, "resource_type": resource_type,
+                                                 "supported": matches == 0})
+        return matches == 0
 
     def bulk_group(self) -> str | None:
         return self.tenant.vendor_context.get("bulk_group_id")

@@ -129,6 +129,8 @@ class SandboxEHR:
         self.max_page_size = min(max_page_size or self.profile.max_page_size, self.profile.max_page_size)
         self.faults = faults or Faults()
         self.injector = FaultInjector(self)
+        # Many servers leave the common parameters out of each type's searchParam list: switch off to be one.
+        self.declares_last_updated = True
         # Every (type, id, versionId) that ever existed: what a poller may legitimately deliver.
         self.history: set[tuple[str, str, str]] = {(r["resourceType"], r["id"], r["meta"]["versionId"])
                                                    for items in self.resources.values() for r in items}
@@ -322,7 +324,7 @@ class SandboxEHR:
         resources = []
         for resource_type in self.supported_types():
             params = [{"name": "_id", "type": "token"}, {"name": "_count", "type": "number"}]
-            if resource_type not in self.profile.last_updated_unsupported:
+            if resource_type not in self.profile.last_updated_unsupported and self.declares_last_updated:
                 params.append({"name": "_lastUpdated", "type": "date"})
             if resource_type != "Patient":
                 params.append({"name": "patient", "type": "reference"})
