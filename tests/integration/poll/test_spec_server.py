@@ -159,3 +159,18 @@ def test_a_statement_silent_on_last_updated_is_probed_once_then_polled_increment
     second_window = [r for r in rig.sandbox.fhir_requests("Patient") if r not in probes][-1]
     assert (second_window.params or {}).get("_lastUpdated", "").startswith("gt")  # incremental, not a full read
     assert set(rig.sink.delivered) >= rig.sandbox.current_versions(["Patient"])
+
+
+def test_a_server_refusing_the_sort_is_searched_unsorted_without_keyset(make_rig: Callable[..., Rig]) -> None:
+    """A strict server answers 400 to ``_sort``: the crawl goes on unsorted (asked once), following the offset
+    links as given, and never re-queries by keyset, which needs results in _lastUpdated order."""
+    rig = make_rig("generic", patients=12, paging_style="offset", settings=PollSettings(page_size=5))
+    rig.sandbox.refuses_sort = True
+    poller = rig.poller()
+    for step, resource_type in enumerate(("Patient", "Patient")):
+        assert poller.run(job(resource_type, step)).status == "done"
+    made = rig.sandbox.fhir_requests("Patient")
+    refused = [r for r in made if r.status == 400]
+    assert len(refused) == 1 and [r for r in made if "_sort" in (r.params or {})] == refused  # asked once
+    assert not any((r.params or {}).get("_lastUpdated", "").startswith("ge") for r in made)  # no keyset
+    assert set(rig.sink.delivered) >= rig.sandbox.current_versions(["Patient"])

@@ -85,6 +85,7 @@ class PollCalls:
         self._metadata: dict[str, Any] | None = None
         # Per type: does the server apply _lastUpdated (asked once when the statement does not say)?
         self.last_updated_probes: dict[str, bool] = {}
+        self.sort_refused: set[str] = set()  # types whose searches the server refused to sort (400)
         self.http = http or httpx.Client(timeout=httpx.Timeout(timeout_s, connect=5.0), follow_redirects=False)
         self.http.event_hooks["request"].append(self._on_request)
         self.http.event_hooks["response"].append(self._on_response)

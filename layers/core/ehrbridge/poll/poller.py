@@ -377,7 +377,7 @@ class Poller:
             if patient and run.resources > delivered_before:
                 # New records for this patient: roster activity, its entry does not expire while data flows.
                 self.cursors.add_to_roster(self.tenant.tenant_id, {patient})
-            window = self._advance(window, page, resources, use_last_updated)
+            window = self._advance(window, page, resources, use_last_updated, rt)
             finished = window.resume_url is None and window.keyset_from is None
             if mode == "per_patient" and finished:
                 window = replace(window, patient_after=patient)
@@ -489,11 +489,25 @@ class Poller:
                 params["_lastUpdated"] = f"ge{window.keyset_from}"
             elif window.since is not None:
                 params["_lastUpdated"] = f"gt{window.since}"
-            if self.tenant.profile.sorts_by_last_updated:
+            if self._sorted_search(rt):
                 params["_sort"] = "_lastUpdated"
-        endpoint = "keyset" if window.keyset_from is not None else "search"
-        return self.calls.get_page(rt, params, rt, endpoint="reprobe" if self._probe_open else endpoint,
-                                   deadline=deadline)
+        endpoint = "reprobe" if self._probe_open else "keyset" if window.keyset_from is not None else "search"
+        try:
+            return self.calls.get_page(rt, params, rt, endpoint=endpoint, deadline=deadline)
+        except FhirCallError as err:
+            if "_sort" not in params or err.status != 400 or isinstance(err, ResourceDenied | ScopeNotGranted):
+                raise
+        # A server that refuses the sort (400) is searched unsorted from now on: next links followed as
+        # given, no keyset (which needs results in _lastUpdated order).
+        self.calls.sort_refused.add(rt)
+        logger.warning("server refused _sort=_lastUpdated; searching unsorted",
+                       extra={"tenant_id": self.tenant.tenant_id, "resource_type": rt})
+        del params["_sort"]
+        return self.calls.get_page(rt, params, rt, endpoint=endpoint, deadline=deadline)
+
+    def _sorted_search(self, resource_type: str) -> bool:
+        """Searches ask for (and get) results in _lastUpdated order: the vendor sorts and has not refused."""
+        return self.tenant.profile.sorts_by_last_updated and resource_type not in self.calls.sort_refused
 
     def _deliver(self, rt: str, page: Page, run: _Run) -> list[dict[str, Any]]:
         matches = [e["resource"] for e in page.bundle.get("entry") or []
@@ -534,7 +548,8 @@ class Poller:
         if active:
             self.cursors.add_to_roster(self.tenant.tenant_id, active)
 
-    def _advance(self, window: Window, page: Page, resources: list[dict[str, Any]], use_last_updated: bool) -> Window:
+    def _advance(self, window: Window, page: Page, resources: list[dict[str, Any]], use_last_updated: bool,
+                 window_type: str) -> Window:
         server_time = window.server_time or _normal(page.server_time)
         moments = [m for r in resources if (m := _moment((r.get("meta") or {}).get("lastUpdated"))) is not None]
         newest_moment = max(moments, default=None)
@@ -547,8 +562,11 @@ class Poller:
         window = replace(window, server_time=server_time, newest_seen=newest, pages=window.pages + 1)
         if not next_url:
             return replace(window, resume_url=None, keyset_from=None, keyset_ties=0)
+        # Keyset only where the server was asked to sort by _lastUpdated: a page that merely looks sorted
+        # says nothing of the pages after it, and a keyset over unsorted results would skip records.
         sorted_page = all(a <= b for a, b in pairwise(moments))
-        if use_last_updated and moments and sorted_page and _pages_by_offset(next_url):
+        if use_last_updated and self._sorted_search(window_type) and moments and sorted_page and \
+                _pages_by_offset(next_url):
             last = moments[-1]
             if window.keyset_from is None or last > _parse(window.keyset_from):
                 # ``ge`` re-reads the records that share ``last``; asking for that many more keeps

@@ -131,6 +131,8 @@ class SandboxEHR:
         self.injector = FaultInjector(self)
         # Many servers leave the common parameters out of each type's searchParam list: switch off to be one.
         self.declares_last_updated = True
+        # A strict server that does not implement _sort answers 400 to it (switch on to be one).
+        self.refuses_sort = False
         # Every (type, id, versionId) that ever existed: what a poller may legitimately deliver.
         self.history: set[tuple[str, str, str]] = {(r["resourceType"], r["id"], r["meta"]["versionId"])
                                                    for items in self.resources.values() for r in items}
@@ -523,6 +525,8 @@ class SandboxEHR:
         missing += [p for p in self.profile.extra_query_params if p not in query]
         if missing:
             return 400, _outcome("required", f"required search parameter missing: {', '.join(missing)}")
+        if self.refuses_sort and "_sort" in query:
+            return 400, _outcome("not-supported", "_sort is not supported")
         warnings: list[str] = []
         matches = self._filter(resource_type, query, warnings)
         count = min(int(query.get("_count", [str(self.max_page_size)])[0] or 1), self.max_page_size)
