@@ -3,6 +3,8 @@ ehrbridge.resources, exactly as the local twin does."""
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,3 +47,16 @@ def twin(moto_server, monkeypatch):  # type: ignore[no-untyped-def]
     reset_clients()
     yield resources
     reset_clients()
+
+
+@pytest.fixture()
+def log_buffer() -> Iterator[io.StringIO]:
+    """Everything the project's logger writes during the test (for the no-PHI-in-logs checks)."""
+    from ehrbridge.observability import logger
+
+    buffer = io.StringIO()
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    previous = handler.setStream(buffer)
+    yield buffer
+    handler.setStream(previous)

@@ -6,8 +6,13 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from tests.conftest import REPO
+
+if TYPE_CHECKING:
+    from ehrbridge.mllp.commit import Entry
 
 
 def handler_import_modules(function: str) -> set[str]:
@@ -74,3 +79,14 @@ class RecordingTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         self.paused = False
+
+
+class RecordingSink:
+    """The bridge's queue sink in memory: keeps every committed entry, fails none."""
+
+    def __init__(self) -> None:
+        self.entries: list[Entry] = []
+
+    async def send_batch(self, entries: Sequence[Entry]) -> dict[str, str]:
+        self.entries.extend(entries)
+        return {}

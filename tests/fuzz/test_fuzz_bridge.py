@@ -12,17 +12,17 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
-from collections.abc import Sequence
 from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ehrbridge.contracts.tenant import MllpSource, TenantConfig
-from ehrbridge.mllp.commit import Entry, GroupCommitter
+from ehrbridge.mllp.commit import GroupCommitter
 from ehrbridge.mllp.framing import FrameTooLarge, MllpDecoder, frame
 from ehrbridge.mllp.metrics import BridgeMetrics
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge, MllpConnection
+from tests.support import RecordingSink as Sink
 from tests.support import RecordingTransport
 
 from . import stats
@@ -35,14 +35,6 @@ TENANT = TenantConfig(tenant_id="t1", vendor="generic", mllp_sources=(
 _SSL = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 _LOOP = asyncio.new_event_loop()
 
-
-class Sink:
-    def __init__(self) -> None:
-        self.entries: list[Entry] = []
-
-    async def send_batch(self, entries: Sequence[Entry]) -> dict[str, str]:
-        self.entries.extend(entries)
-        return {}
 
 
 class Quarantine:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,11 @@ from ehrbridge.contracts.tenant import MllpSource, TenantConfig
 from ehrbridge.mllp import server as server_module
 from ehrbridge.mllp.ack_store import DurableAcks, InMemoryAckStore
 from ehrbridge.mllp.client import parse_ack
-from ehrbridge.mllp.commit import Entry, GroupCommitter
+from ehrbridge.mllp.commit import GroupCommitter
 from ehrbridge.mllp.framing import frame
 from ehrbridge.mllp.metrics import BridgeMetrics
 from ehrbridge.mllp.server import BridgeSettings, MllpBridge, MllpConnection
+from tests.support import RecordingSink as Sink
 from tests.support import RecordingTransport
 
 TENANT = TenantConfig(tenant_id="t1", vendor="generic",
@@ -34,14 +34,6 @@ class FakeTransport(RecordingTransport):
     def acks(self) -> list[str]:
         return [parse_ack(w.strip(b"\x0b\x1c\r")).code for w in self.written]
 
-
-class Sink:
-    def __init__(self) -> None:
-        self.entries: list[Entry] = []
-
-    async def send_batch(self, entries: Sequence[Entry]) -> dict[str, str]:
-        self.entries.extend(entries)
-        return {}
 
 
 def make_bridge(sink: Sink, **settings: object) -> MllpBridge:

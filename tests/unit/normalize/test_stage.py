@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
-
-import pytest
 
 from ehrbridge.aws.s3 import InMemoryBlobStore
 from ehrbridge.aws.sqs import InMemoryPublisher
@@ -15,7 +11,6 @@ from ehrbridge.contracts.envelope import Envelope, new_envelope
 from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.contracts.tenant_store import InMemoryTenantStore
 from ehrbridge.normalize.stage import NormalizerStage, reason_class
-from ehrbridge.observability import logger
 from ehrbridge.pipeline.stages import Quarantine
 from tests.unit.normalize.conftest import EVENTS
 
@@ -95,14 +90,6 @@ def test_reason_classes_are_low_cardinality() -> None:
     assert reason_class("OBX-3: loinc: invalid check digit") == "OBX-3"
 
 
-@pytest.fixture()
-def log_buffer() -> Iterator[io.StringIO]:
-    buffer = io.StringIO()
-    handler = logger.registered_handler
-    assert isinstance(handler, logging.StreamHandler)
-    previous = handler.setStream(buffer)
-    yield buffer
-    handler.setStream(previous)
 
 
 def test_no_phi_in_logs(tenant: TenantConfig, log_buffer: io.StringIO) -> None:

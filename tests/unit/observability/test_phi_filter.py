@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -21,14 +20,6 @@ CANARY_PID = (f"PID|1||{CANARY['mrn']}^^^HOSP^MR||{CANARY['family']}^{CANARY['gi
               f"{CANARY['street']}^^SPRINGFIELD^IL^62701||{CANARY['phone']}|||||{CANARY['ssn']}")
 
 
-@pytest.fixture()
-def captured() -> io.StringIO:
-    buffer = io.StringIO()
-    handler = logger.registered_handler
-    assert isinstance(handler, logging.StreamHandler)
-    previous = handler.setStream(buffer)
-    yield buffer
-    handler.setStream(previous)
 
 
 def _assert_clean(text: str) -> None:
@@ -38,7 +29,7 @@ def _assert_clean(text: str) -> None:
             assert value.lower() not in text.lower()
 
 
-def test_canary_patient_never_reaches_the_logs(captured: io.StringIO) -> None:
+def test_canary_patient_never_reaches_the_logs(log_buffer: io.StringIO) -> None:
     logger.info(f"received segment {CANARY_PID}")
     logger.info("bundle", extra={"tenant_id": "demo-health", "patient_name": CANARY["family"],
                                  "reason": f"bad birthDate {CANARY['dob_iso']}"})
@@ -49,14 +40,14 @@ def test_canary_patient_never_reaches_the_logs(captured: io.StringIO) -> None:
         raise ValueError(f"cannot map PID: {CANARY_PID}")
     except ValueError:
         logger.exception("mapping failed")
-    text = captured.getvalue()
+    text = log_buffer.getvalue()
     _assert_clean(text)
     lines = [json.loads(line) for line in text.splitlines()]
     assert len(lines) == 6
     assert lines[1]["tenant_id"] == "demo-health" and lines[1]["patient_name"] == "[redacted]"
 
 
-def test_pydantic_errors_are_logged_without_input_values(captured: io.StringIO) -> None:
+def test_pydantic_errors_are_logged_without_input_values(log_buffer: io.StringIO) -> None:
     class Strict(BaseModel):
         model_config = ConfigDict(extra="forbid")
         age: int
@@ -65,8 +56,8 @@ def test_pydantic_errors_are_logged_without_input_values(captured: io.StringIO) 
         Strict.model_validate({"age": CANARY["family"]})
     except Exception:
         logger.exception("validation failed")
-    _assert_clean(captured.getvalue())
-    assert "validation failed" in captured.getvalue()
+    _assert_clean(log_buffer.getvalue())
+    assert "validation failed" in log_buffer.getvalue()
 
 
 def test_metrics_refuse_high_cardinality_dimensions() -> None:

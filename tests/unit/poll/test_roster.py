@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,7 +13,6 @@ from ehrbridge.contracts.tenant import TenantConfig
 from ehrbridge.contracts.tenant_store import InMemoryTenantStore
 from ehrbridge.normalize.roster import feeds_roster, roster_identifier
 from ehrbridge.normalize.stage import NormalizerStage
-from ehrbridge.observability import logger
 from ehrbridge.pipeline.stages import Quarantine
 from ehrbridge.poll.cursor import InMemoryCursorStore, identifier_key
 from tests.unit.normalize.conftest import EVENTS
@@ -57,14 +54,6 @@ def envelope(raw: bytes, kind: str, tenant_id: str = "demo-health"):  # type: ig
                         attributes={"source_id": "demo-adt", "charset": "ASCII", "version": "2.5.1"})
 
 
-@pytest.fixture()
-def log_buffer() -> Iterator[io.StringIO]:
-    buffer = io.StringIO()
-    handler = logger.registered_handler
-    assert isinstance(handler, logging.StreamHandler)
-    previous = handler.setStream(buffer)
-    yield buffer
-    handler.setStream(previous)
 
 
 @pytest.mark.parametrize("event", ["A01", "A04", "A08", "A28", "A31"])

@@ -35,6 +35,13 @@ def outcome_for(status: int | None, *, timeout: bool = False) -> str:
     return "5xx" if status >= 500 else "4xx"
 
 
+# Calls that ask the server a question, where a refusal is the answer and not a failed call: a re-probe
+# of a type known to be denied expects its 403, the opt-in deletion count's type history may be refused,
+# and so may the _lastUpdated probe (the answer is then "not supported").
+_EXPECTED_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "reprobe": ("403",), "history": ("403", "404", "4xx"), "probe": ("404", "4xx")}
+
+
 class PollMetrics:
     """Counts what a crawl did (for summaries) and writes EMF lines (for CloudWatch).
 
@@ -65,11 +72,7 @@ class PollMetrics:
         self.latencies_ms.append(latency_ms)
         if outcome == "429":
             self.throttled += 1
-        # A re-probe of a type known to be denied expects its 403, and a server refusing the opt-in deletion
-        # count's type history (4xx) answers a capability question: counted by outcome, not failures.
-        # The same for a server refusing the _lastUpdated probe (400): the answer is "not supported".
-        expected = (endpoint == "reprobe" and outcome == "403") or (endpoint == "history" and outcome in (
-            "403", "404", "4xx")) or (endpoint == "probe" and outcome in ("404", "4xx"))
+        expected = outcome in _EXPECTED_OUTCOMES.get(endpoint, ())
         failed = 0.0 if outcome == "2xx" or expected else 1.0
         self._emit(endpoint, resource_type, {"PollCalls": (1.0, "Count"), f"PollCall{outcome}": (1.0, "Count"),
                                              "PollCallFailed": (failed, "Count"),

@@ -481,7 +481,7 @@ class Poller:
         # A keyset page asks for the records it re-reads on top, within the vendor's page cap (a server
         # may refuse a _count above it rather than trim it).
         ties = window.keyset_ties if window.keyset_from is not None else 0
-        params = {"_count": str(min(self.page_size + ties, max(self.page_size, self.tenant.profile.max_page_size)))}
+        params = {"_count": str(min(self.page_size + ties, self.tenant.profile.max_page_size))}
         if patient:
             params["patient"] = patient
         if use_last_updated:
@@ -549,7 +549,7 @@ class Poller:
             self.cursors.add_to_roster(self.tenant.tenant_id, active)
 
     def _advance(self, window: Window, page: Page, resources: list[dict[str, Any]], use_last_updated: bool,
-                 window_type: str) -> Window:
+                 resource_type: str) -> Window:
         server_time = window.server_time or _normal(page.server_time)
         moments = [m for r in resources if (m := _moment((r.get("meta") or {}).get("lastUpdated"))) is not None]
         newest_moment = max(moments, default=None)
@@ -565,7 +565,7 @@ class Poller:
         # Keyset only where the server was asked to sort by _lastUpdated: a page that merely looks sorted
         # says nothing of the pages after it, and a keyset over unsorted results would skip records.
         sorted_page = all(a <= b for a, b in pairwise(moments))
-        if use_last_updated and self._sorted_search(window_type) and moments and sorted_page and \
+        if use_last_updated and self._sorted_search(resource_type) and moments and sorted_page and \
                 _pages_by_offset(next_url):
             last = moments[-1]
             if window.keyset_from is None or last > _parse(window.keyset_from):
