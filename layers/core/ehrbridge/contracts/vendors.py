@@ -1,6 +1,7 @@
 """Vendor profiles: every vendor difference lives in this one table, not in `if vendor == ...` branches.
 
-Figures come from ../shared/research/smart-fhir.md (vendor documentation, cited there).
+Figures come from the vendors' public developer documentation (Epic on FHIR, Oracle Health Millennium, athenahealth
+API guides), as collected in the project's research notes before this table was written.
 """
 
 from __future__ import annotations
